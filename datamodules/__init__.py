@@ -1,0 +1,1 @@
+"""Dataset-family DataModules, each registered by name (see DATASETS.md)."""

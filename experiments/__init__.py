@@ -1,0 +1,1 @@
+"""Sweeps, leaderboards and reproduce targets."""

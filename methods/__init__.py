@@ -1,0 +1,1 @@
+"""Retrieval methods, each registered by name (see METHODS.md)."""
