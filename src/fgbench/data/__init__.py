@@ -1,0 +1,24 @@
+"""Shared data contracts: batch dataclasses, processors, validation helpers and the DataModule base."""
+
+from fgbench.data.batches import (
+    ComposedQueryBatch,
+    PairBatch,
+    TextBatch,
+    TripletBatch,
+    Visual,
+    VisualBatch,
+    Text,
+)
+from fgbench.data.processor import BasicProcessor, Processor
+
+__all__ = [
+    "BasicProcessor",
+    "ComposedQueryBatch",
+    "PairBatch",
+    "Processor",
+    "Text",
+    "TextBatch",
+    "TripletBatch",
+    "Visual",
+    "VisualBatch",
+]

@@ -1,0 +1,161 @@
+"""Generic map-style datasets over an in-memory index; each item is a dict (see `fgbench.data.batches`).
+
+A *visual store* turns an image id into a visual entry: `ImageFiles` opens a file with PIL (RGB) and applies
+the processor's transform; region-feature stores (precomputed features) return `regions` and `boxes`.
+The DataModule sets `transform` on the datasets when it builds the loaders.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+from PIL import Image
+from torch import Tensor
+from torch.utils.data import Dataset
+
+Transform = Callable[[Image.Image], Tensor]
+
+
+class VisualStore(Protocol):
+    """Maps an image id (0..n-1) to a visual entry dict (`pixels`, or `regions` + `boxes`)."""
+
+    def __len__(self) -> int: ...
+
+    def get(self, i: int, transform: Transform | None) -> dict[str, Tensor]: ...
+
+
+def load_image(path: Path) -> Image.Image:
+    """Open an image and convert it to RGB (COCO and others contain greyscale images)."""
+    with Image.open(path) as img:
+        return img.convert("RGB")
+
+
+class ImageFiles:
+    """Visual store over image files on disk."""
+
+    def __init__(self, paths: Sequence[Path]) -> None:
+        self.paths = list(paths)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def get(self, i: int, transform: Transform | None) -> dict[str, Tensor]:
+        if transform is None:
+            raise RuntimeError("ImageFiles needs an image transform: attach a processor to the DataModule")
+        return {"pixels": transform(load_image(self.paths[i]))}
+
+
+def _prefixed(d: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
+    return {prefix + k: v for k, v in d.items()}
+
+
+class PairDataset(Dataset):
+    """(image, caption) training pairs: text-image and image-text tasks."""
+
+    def __init__(
+        self,
+        store: VisualStore,
+        image_ids: Sequence[int],
+        captions: Sequence[str],
+        labels: Sequence[int],
+        image_index: Sequence[int],
+    ) -> None:
+        if not (len(image_ids) == len(captions) == len(labels) == len(image_index)):
+            raise ValueError("PairDataset: image_ids, captions, labels and image_index differ in length")
+        self.store, self.image_ids, self.captions = store, list(image_ids), list(captions)
+        self.labels, self.image_index = list(labels), list(image_index)
+        self.transform: Transform | None = None
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        item: dict[str, Any] = {
+            "index": i,
+            "text": self.captions[i],
+            "label": self.labels[i],
+            "image_index": self.image_index[i],
+        }
+        item.update(self.store.get(self.image_ids[i], self.transform))
+        return item
+
+
+class TextDataset(Dataset):
+    """Caption queries for evaluation."""
+
+    def __init__(self, captions: Sequence[str]) -> None:
+        self.captions = list(captions)
+        self.transform: Transform | None = None
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return {"index": i, "text": self.captions[i]}
+
+
+class VisualDataset(Dataset):
+    """Gallery items for evaluation: the store's items `ids` in order."""
+
+    def __init__(self, store: VisualStore, ids: Sequence[int] | None = None) -> None:
+        self.store = store
+        self.ids = list(range(len(store))) if ids is None else list(ids)
+        self.transform: Transform | None = None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return {"index": i, **self.store.get(self.ids[i], self.transform)}
+
+
+class TripletDataset(Dataset):
+    """(reference, text, target) training triplets of composed retrieval."""
+
+    def __init__(
+        self,
+        store: VisualStore,
+        ref_ids: Sequence[int],
+        texts: Sequence[str] | Sequence[Callable[[], str]],
+        tgt_ids: Sequence[int],
+    ) -> None:
+        if not (len(ref_ids) == len(texts) == len(tgt_ids)):
+            raise ValueError("TripletDataset: ref_ids, texts and tgt_ids differ in length")
+        self.store, self.ref_ids, self.texts, self.tgt_ids = store, list(ref_ids), list(texts), list(tgt_ids)
+        self.transform: Transform | None = None
+
+    def __len__(self) -> int:
+        return len(self.ref_ids)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        text = self.texts[i]
+        item: dict[str, Any] = {
+            "index": i,
+            "text": text() if callable(text) else text,
+            "target_label": self.tgt_ids[i],
+        }
+        item.update(_prefixed(self.store.get(self.ref_ids[i], self.transform), "ref_"))
+        item.update(_prefixed(self.store.get(self.tgt_ids[i], self.transform), "tgt_"))
+        return item
+
+
+class ComposedQueryDataset(Dataset):
+    """(reference, text) evaluation queries of composed retrieval."""
+
+    def __init__(self, store: VisualStore, ref_ids: Sequence[int], texts: Sequence[str]) -> None:
+        if len(ref_ids) != len(texts):
+            raise ValueError("ComposedQueryDataset: ref_ids and texts differ in length")
+        self.store, self.ref_ids, self.texts = store, list(ref_ids), list(texts)
+        self.transform: Transform | None = None
+
+    def __len__(self) -> int:
+        return len(self.ref_ids)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return {
+            "index": i,
+            "text": self.texts[i],
+            **_prefixed(self.store.get(self.ref_ids[i], self.transform), "ref_"),
+        }

@@ -1,0 +1,185 @@
+"""RetrievalDataModule: the base every dataset family extends (ARCHITECTURE.md, step 2).
+
+A subclass implements `load()`: parse the official annotation files, validate them (DATASETS.md) and return
+a `LoadedData` with the training dataset, one `EvalSet` per evaluation split and per-split counts. The base
+class serves the loaders: a training loader of task batches, and for validation and test two loaders,
+queries then gallery, whose items carry their dataset index. `batch_size` is per device and never scaled
+with the world size (in-batch losses depend on it; METHODS.md). Lightning wraps the loaders in
+DistributedSamplers under DDP; the evaluator de-duplicates the padded items by index.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import lightning as L
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from fgbench.data import batches as B
+from fgbench.data.processor import BasicProcessor, Processor
+from fgbench.evaluation.spec import EvalSpec
+
+TRAIN_COLLATE: dict[str, Callable[..., Any]] = {
+    "text-image": B.collate_pairs,
+    "image-text": B.collate_pairs,
+    "composed": B.collate_triplets,
+}
+QUERY_COLLATE: dict[str, Callable[..., Any]] = {
+    "text": B.collate_texts,
+    "composed": B.collate_composed_queries,
+}
+
+
+@dataclass
+class EvalSet:
+    """One evaluation split: query and gallery datasets plus the EvalSpec that scores them."""
+
+    queries: Dataset
+    gallery: Dataset
+    spec: EvalSpec
+    query_kind: str = "text"  # "text" | "composed" (selects the query collate function)
+
+
+@dataclass
+class LoadedData:
+    """What `load()` returns."""
+
+    train: Dataset | None
+    eval_sets: dict[str, EvalSet]  # split name -> EvalSet
+    stats: dict[str, dict[str, int]]  # split -> {images, captions, labels, queries, gallery, missing}
+    # (`missing` counts files referenced but absent, before any skip_missing drop)
+    num_classes: int = 0  # training identities / classes (MMRef references, ID classifiers)
+    train_vocab_texts: list[str] = field(default_factory=list)  # training captions (tiny tokenizers)
+    warnings: list[str] = field(default_factory=list)
+    missing: dict[str, list[str]] = field(default_factory=dict)  # split -> every missing path
+
+
+class RetrievalDataModule(L.LightningDataModule):
+    """Base DataModule: loaders and EvalSpecs from the `LoadedData` a subclass's `load()` builds."""
+
+    name: ClassVar[str] = ""
+    tasks: ClassVar[frozenset[str]] = frozenset()
+    layout: ClassVar[str] = ""  # the expected tree under `root` (DATASETS.md), shown in errors
+    folder: ClassVar[str] = ""  # the dataset's folder under `root` (synthetic subclasses override it)
+    # DATASETS.md counts per split: {"images", "captions", "labels", "queries", "gallery"} -> int, or None
+    # where unknown. A mismatch is a warning (plain and ≈ counts alike); found counts go into result.json.
+    expected: ClassVar[dict[str, dict[str, int | None]]] = {}
+
+    def __init__(
+        self,
+        root: str = "data",
+        batch_size: int = 32,
+        eval_batch_size: int = 128,
+        num_workers: int = 0,
+        skip_missing: bool = False,
+        val_split: str = "val",
+        test_split: str = "test",
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+    ) -> None:
+        super().__init__()
+        self.root = Path(root)
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.num_workers = num_workers
+        self.skip_missing = skip_missing
+        self.val_split = val_split
+        self.test_split = test_split
+        self.pin_memory = pin_memory
+        self.persistent_workers = persistent_workers and num_workers > 0
+        self.processor: Processor = BasicProcessor()
+        self.data: LoadedData | None = None
+
+    # -- to implement -------------------------------------------------------------------------------
+    def load(self) -> LoadedData:
+        """Parse and validate the dataset on disk (called once, in `setup`)."""
+        raise NotImplementedError
+
+    # -- shared machinery ---------------------------------------------------------------------------
+    def set_processor(self, processor: Processor) -> None:
+        """Attach a method's processor (tokenizer, image size, mean/std, augmentation) before fitting."""
+        self.processor = processor
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.data is None:
+            self.data = self.load()
+
+    @property
+    def loaded(self) -> LoadedData:
+        if self.data is None:
+            self.setup()
+        assert self.data is not None
+        return self.data
+
+    @property
+    def num_classes(self) -> int:
+        return self.loaded.num_classes
+
+    def check(self) -> dict[str, dict[str, int]]:
+        """Per-split counts for `fgbench data check`."""
+        return self.loaded.stats
+
+    def eval_spec(self, split: str) -> EvalSpec:
+        return self._eval_set(split).spec
+
+    def _eval_set(self, split: str) -> EvalSet:
+        sets = self.loaded.eval_sets
+        if split not in sets:
+            raise KeyError(f"{self.name}: no evaluation split {split!r}; available: {sorted(sets)}")
+        return sets[split]
+
+    def _loader(
+        self,
+        ds: Dataset,
+        collate: Callable[..., Any],
+        batch_size: int,
+        shuffle: bool,
+        sampler: Sampler | None = None,
+        drop_last: bool = False,
+    ) -> DataLoader:
+        return DataLoader(
+            ds,
+            batch_size=batch_size,
+            shuffle=shuffle if sampler is None else False,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            collate_fn=functools.partial(collate, processor=self.processor),
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers,
+            drop_last=drop_last,
+        )
+
+    def train_sampler(self, ds: Dataset) -> Sampler | None:
+        """Override to use an identity-aware sampler; None = random shuffling."""
+        return None
+
+    def train_dataloader(self) -> DataLoader:
+        ds = self.loaded.train
+        if ds is None:
+            raise RuntimeError(f"{self.name}: this configuration has no training split")
+        ds.transform = self.processor.image_transform(True)  # type: ignore[attr-defined]
+        task = "composed" if "composed" in self.tasks else "text-image"
+        return self._loader(
+            ds, TRAIN_COLLATE[task], self.batch_size, True, self.train_sampler(ds), drop_last=True
+        )
+
+    def eval_dataloaders(self, split: str) -> list[DataLoader]:
+        """[queries, gallery] loaders of an evaluation split."""
+        es = self._eval_set(split)
+        transform = self.processor.image_transform(False)
+        es.queries.transform = transform  # type: ignore[attr-defined]
+        es.gallery.transform = transform  # type: ignore[attr-defined]
+        return [
+            self._loader(es.queries, QUERY_COLLATE[es.query_kind], self.eval_batch_size, False),
+            self._loader(es.gallery, B.collate_visuals, self.eval_batch_size, False),
+        ]
+
+    def val_dataloader(self) -> list[DataLoader]:
+        return self.eval_dataloaders(self.val_split)
+
+    def test_dataloader(self) -> list[DataLoader]:
+        return self.eval_dataloaders(self.test_split)

@@ -1,0 +1,166 @@
+"""Bad-input rules shared by every loader (DATASETS.md, "What a loader must do with bad input").
+
+Errors name the dataset, the file, the entry and the field; nothing is skipped silently.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("fgbench.data")
+
+MAX_LISTED = 20
+
+
+class DatasetError(Exception):
+    """Base class of every data error raised by fgbench loaders."""
+
+
+class DatasetFormatError(DatasetError, ValueError):
+    """A malformed annotation: says which file, which entry or line, which field and what was expected."""
+
+    def __init__(
+        self,
+        file: Path | str,
+        problem: str,
+        *,
+        where: str | None = None,
+        field: str | None = None,
+        expected: str | None = None,
+    ) -> None:
+        parts = [f"{file}"]
+        if where is not None:
+            parts.append(where)
+        if field is not None:
+            parts.append(f"field {field!r}")
+        msg = ": ".join([", ".join(parts), problem])
+        if expected is not None:
+            msg += f" (expected {expected})"
+        super().__init__(msg)
+        self.file, self.where, self.field, self.expected = str(file), where, field, expected
+
+
+class DatasetNotFoundError(DatasetError, FileNotFoundError):
+    """A missing root or annotation file; the message shows the expected layout."""
+
+
+class MissingFilesError(DatasetError, FileNotFoundError):
+    """Referenced files that do not exist (images, feature files); lists the first ones and the count."""
+
+    def __init__(self, dataset: str, split: str, missing: Sequence[Path | str], total: int, hint: str = ""):
+        shown = "\n  ".join(str(p) for p in list(missing)[:MAX_LISTED])
+        more = f"\n  ... and {len(missing) - MAX_LISTED} more" if len(missing) > MAX_LISTED else ""
+        msg = (
+            f"{dataset} [{split}]: {len(missing)} of {total} referenced files are missing:\n  {shown}{more}\n"
+            "Fix the dataset folder, or pass skip_missing=True to drop the affected samples, queries and "
+            "gallery items (results are then not comparable with the papers; n_missing goes into "
+            "result.json)."
+        )
+        if hint:
+            msg += f"\n{hint}"
+        super().__init__(msg)
+        self.missing = [str(p) for p in missing]
+
+
+def not_found(dataset: str, path: Path, layout: str, hint: str | None = None) -> DatasetNotFoundError:
+    """Build the error for a missing root or annotation file, with the expected tree."""
+    msg = f"{dataset}: {path} not found.\nExpected layout under the dataset root:\n{layout.rstrip()}"
+    if hint:
+        msg += f"\n{hint}"
+    return DatasetNotFoundError(msg)
+
+
+def read_json(path: Path, dataset: str) -> Any:
+    """Parse a JSON file; invalid JSON names the file, line and column."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise DatasetFormatError(path, f"not UTF-8 text ({err})", expected="a UTF-8 JSON file") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise DatasetFormatError(
+            path, f"invalid JSON: {err.msg}", where=f"line {err.lineno}, column {err.colno}"
+        ) from None
+
+
+def require(
+    record: Any,
+    key: str,
+    types: type | tuple[type, ...],
+    *,
+    file: Path | str,
+    where: str,
+    nonempty: bool = False,
+) -> Any:
+    """Return record[key], checking that the record is a dict, the key exists and the value has the type."""
+    if not isinstance(record, Mapping):
+        raise DatasetFormatError(file, f"entry is {type(record).__name__}", where=where, expected="an object")
+    if key not in record:
+        raise DatasetFormatError(file, "missing field", where=where, field=key)
+    value = record[key]
+    if isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
+        raise DatasetFormatError(file, "wrong type bool", where=where, field=key, expected=_names(types))
+    if not isinstance(value, types):
+        raise DatasetFormatError(
+            file, f"wrong type {type(value).__name__}", where=where, field=key, expected=_names(types)
+        )
+    if nonempty and (len(value) == 0 or (isinstance(value, str) and not value.strip())):
+        raise DatasetFormatError(file, "empty value", where=where, field=key, expected="non-empty")
+    return value
+
+
+def _names(types: type | tuple[type, ...]) -> str:
+    ts = types if isinstance(types, tuple) else (types,)
+    return " or ".join(t.__name__ for t in ts)
+
+
+def find_missing(paths: Iterable[Path]) -> list[Path]:
+    """Stat every path; return those that do not exist (in input order, de-duplicated)."""
+    seen: set[Path] = set()
+    missing = []
+    for p in paths:
+        if p in seen:
+            continue
+        seen.add(p)
+        if not p.is_file():
+            missing.append(p)
+    return missing
+
+
+def handle_missing(
+    dataset: str, split: str, missing: Sequence[Path], total: int, skip_missing: bool, hint: str = ""
+) -> None:
+    """Apply the missing-file rule: raise, or (skip_missing) warn with the counts."""
+    if not missing:
+        return
+    if not skip_missing:
+        raise MissingFilesError(dataset, split, missing, total, hint)
+    log.warning(
+        "%s [%s]: skip_missing=True drops %d of %d referenced files (first: %s); "
+        "results are not comparable with the papers",
+        dataset,
+        split,
+        len(missing),
+        total,
+        missing[0],
+    )
+
+
+def warn_counts(
+    dataset: str, split: str, found: Mapping[str, int], expected: Mapping[str, int | None]
+) -> list[str]:
+    """Compare found counts with DATASETS.md's; warn for each difference and return the warnings."""
+    out = []
+    for key, exp in expected.items():
+        if exp is None or key not in found:
+            continue
+        if int(found[key]) != int(exp):
+            msg = f"{dataset} [{split}]: expected {exp} {key}, found {found[key]}"
+            log.warning(msg)
+            out.append(msg)
+    return out
