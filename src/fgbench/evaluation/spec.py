@@ -28,7 +28,9 @@ class EvalSpec:
     groups: dict[str, tuple[Tensor, Tensor]] | None = None  # name -> (query idx, gallery idx), scored apart
     query_ids: list[str] | None = None  # CIRR pair ids, for the test-server submission
     gallery_names: list[str] | None = None  # CIRR image names, for the test-server submission
-    info: dict[str, Any] = field(default_factory=dict)  # split, caption policy, feature source... (result.json)
+    info: dict[str, Any] = field(
+        default_factory=dict
+    )  # split, caption policy, feature source... (result.json)
 
     @property
     def n_query(self) -> int:

@@ -1,0 +1,5 @@
+import sys
+
+from fgbench.cli import main
+
+sys.exit(main())

@@ -1,0 +1,129 @@
+"""Identity-aware P x K training sampler (the RandomIdentitySampler of person re-id, made DDP-safe).
+
+Each batch holds P = batch_size / K distinct identities with K samples each, so in-batch losses over
+identities (ID, SDM, triplet) always see positives. Conventions follow the re-id samplers of
+anosorae/IRRA and michuanhaohao/reid-strong-baseline: an identity's samples are shuffled and cut into
+chunks of K (an identity with fewer than K samples is padded by drawing with replacement; the remainder
+of a longer one is dropped for the epoch).
+
+Unlike those samplers the number of batches is fixed: batches are filled with the identities that have the
+most chunks left (random among ties), which reaches the largest possible number of batches of distinct
+identities, so `len()` is exact. Under DDP every rank builds the same epoch-seeded list of batches, keeps
+a multiple of the world size and takes every `num_replicas`-th batch: the shares are disjoint and equally
+long. It subclasses `DistributedSampler` so that Lightning neither wraps it again nor forgets `set_epoch`.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch.distributed as dist
+from torch.utils.data import DistributedSampler
+
+
+class PKSampler(DistributedSampler):
+    """Yields dataset indices in batches of `batch_size // k` identities x `k` samples.
+
+    Args:
+        labels: identity of each dataset item (any hashable ints).
+        batch_size: per-device batch size; must be a multiple of `k` and hold at least two identities.
+        k: samples per identity in a batch.
+        num_replicas, rank: the DDP world size and this rank (default: from torch.distributed, else 1, 0).
+        seed: base seed; the epoch set by `set_epoch` is added to it (same on every rank).
+    """
+
+    def __init__(
+        self,
+        labels: Sequence[int],
+        batch_size: int,
+        k: int = 4,
+        num_replicas: int | None = None,
+        rank: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        if k < 1 or batch_size % k != 0 or batch_size // k < 2:
+            raise ValueError(
+                f"PKSampler: batch_size {batch_size} must be a multiple of k={k} holding at least two "
+                "identities (batch_size = P x k, P >= 2)"
+            )
+        num_replicas, rank = _world(num_replicas, rank)
+        groups: dict[int, list[int]] = defaultdict(list)
+        for i, label in enumerate(labels):
+            groups[int(label)].append(i)
+        self.groups = [np.asarray(v) for _, v in sorted(groups.items())]
+        self.k, self.p = k, batch_size // k
+        if len(self.groups) < self.p:
+            raise ValueError(
+                f"PKSampler: {len(self.groups)} identities cannot fill batches of P={self.p} distinct "
+                f"identities (batch_size {batch_size}, k={k})"
+            )
+        self.num_replicas, self.rank, self.seed, self.epoch = num_replicas, rank, seed, 0
+        self.batches_per_rank = max_batches(self.chunk_counts(), self.p) // num_replicas
+
+    def chunk_counts(self) -> list[int]:
+        """Chunks of K each identity contributes per epoch (at least one)."""
+        return [max(1, len(g) // self.k) for g in self.groups]
+
+    def __len__(self) -> int:
+        return self.batches_per_rank * self.p * self.k
+
+    def __iter__(self) -> Iterator[int]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        chunks = [self.identity_chunks(g, rng) for g in self.groups]
+        batches = fill_batches([len(c) for c in chunks], self.p, rng)
+        batches = batches[: self.batches_per_rank * self.num_replicas]
+        order = rng.permutation(len(batches))
+        for b in order[self.rank :: self.num_replicas]:
+            for ident in batches[b]:
+                yield from (int(i) for i in chunks[ident].pop())
+
+    def identity_chunks(self, idx: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
+        """Shuffle one identity's samples and cut them into chunks of K (padding a short identity)."""
+        if len(idx) < self.k:
+            idx = rng.choice(idx, size=self.k, replace=True)
+        else:
+            idx = rng.permutation(idx)
+        n = len(idx) // self.k
+        return [idx[j * self.k : (j + 1) * self.k] for j in range(n)]
+
+
+def fill_batches(counts: Sequence[int], p: int, rng: np.random.Generator | None = None) -> list[list[int]]:
+    """Batches of `p` distinct identities, each taking one chunk from the identities with most chunks left.
+
+    Largest-first is optimal for this packing, so the number of batches depends only on `counts`; `rng`
+    breaks ties afresh at every step, so equal identities are not always grouped alike (None: by index).
+    """
+
+    def tie() -> float:
+        return float(rng.random()) if rng is not None else 0.0
+
+    heap = [(-c, tie(), i) for i, c in enumerate(counts) if c > 0]
+    heapq.heapify(heap)
+    batches: list[list[int]] = []
+    while len(heap) >= p:
+        taken = [heapq.heappop(heap) for _ in range(p)]
+        batches.append([i for _, _, i in taken])
+        for neg, _, i in taken:
+            if neg + 1 < 0:
+                heapq.heappush(heap, (neg + 1, tie(), i))
+    return batches
+
+
+def max_batches(counts: Sequence[int], p: int) -> int:
+    """Number of batches `fill_batches` makes from these chunk counts."""
+    return len(fill_batches(counts, p))
+
+
+def _world(num_replicas: int | None, rank: int | None) -> tuple[int, int]:
+    """Resolve the DDP world size and rank, defaulting to torch.distributed (or a single process)."""
+    initialized = dist.is_available() and dist.is_initialized()
+    if num_replicas is None:
+        num_replicas = dist.get_world_size() if initialized else 1
+    if rank is None:
+        rank = dist.get_rank() if initialized else 0
+    if not 0 <= rank < num_replicas:
+        raise ValueError(f"PKSampler: rank {rank} is outside [0, {num_replicas})")
+    return num_replicas, rank

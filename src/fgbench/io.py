@@ -1,0 +1,58 @@
+"""Atomic file writes and safe loading of arrays a user hands the suite (no unpickling)."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write `text` to a temp file in the same folder, then rename: readers never see a partial file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_json(path: str | Path, obj: Any, indent: int | None = 2) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=indent, sort_keys=False) + "\n")
+
+
+def load_array(path: str | Path, what: str) -> torch.Tensor:
+    """Load a `.npy` (no pickles) or `.pt` (weights_only) array; errors name the file and the problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what}: {path} not found")
+    if path.suffix == ".npy":
+        try:
+            return torch.from_numpy(np.load(path, allow_pickle=False))
+        except ValueError as err:  # object arrays need pickles: refused
+            raise ValueError(
+                f"{what}: {path} cannot be loaded without unpickling ({err}); save a numeric array"
+            ) from None
+    if path.suffix in (".pt", ".pth"):
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # noqa: BLE001 - torch raises UnpicklingError and others
+            raise ValueError(
+                f"{what}: {path} is not a plain tensor file loadable with weights_only=True ({err})"
+            ) from None
+        if not isinstance(obj, torch.Tensor):
+            raise ValueError(f"{what}: {path} holds a {type(obj).__name__}, expected a single tensor")
+        return obj
+    raise ValueError(f"{what}: {path} has extension {path.suffix!r}; expected .npy or .pt")
