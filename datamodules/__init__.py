@@ -1,1 +1,3 @@
 """Dataset-family DataModules, each registered by name (see DATASETS.md)."""
+
+from datamodules import cirr, fashion200k, fashioniq, itm, person, reed  # noqa: F401

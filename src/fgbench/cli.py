@@ -1,4 +1,4 @@
-"""`python -m fgbench <command>`: evaluate saved scores, check a dataset folder (more commands register here).
+"""`python -m fgbench <command>`: fit|validate|test (LightningCLI), evaluate scores, check a dataset.
 
 Each command module contributes `add_parser(subparsers)`; the registry below keeps `main` free of if/elif.
 """
@@ -22,7 +22,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# subcommands handled by LightningCLI (training runs)
+LIGHTNING_COMMANDS = frozenset({"fit", "validate", "test"})
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in LIGHTNING_COMMANDS:
+        from fgbench.train_cli import run
+
+        return run(argv)
     args = build_parser().parse_args(argv)
     return int(args.func(args) or 0)
 

@@ -3,11 +3,11 @@
 from fgbench.data.batches import (
     ComposedQueryBatch,
     PairBatch,
+    Text,
     TextBatch,
     TripletBatch,
     Visual,
     VisualBatch,
-    Text,
 )
 from fgbench.data.processor import BasicProcessor, Processor
 

@@ -5,8 +5,9 @@ these dataclasses, tokenising captions with the attached processor inside the wo
 its dataset `index`, so features gathered from several devices can be de-duplicated and put back in order.
 
 Item dict keys: ``index`` (int), ``text`` (str), ``label`` (int), ``image_index`` (int), and a visual
-entry: ``pixels`` (Tensor[3,H,W]) or ``regions`` (Tensor[R,D]) + ``boxes`` (Tensor[R,4], normalised
-x1,y1,x2,y2). Composed items use ``ref_``/``tgt_`` prefixes for the two visual entries.
+entry: ``pixels`` (Tensor[3,H,W], with optional ``boxes`` Tensor[n,4] given with the image) or
+``regions`` (Tensor[R,D]) + ``boxes`` (Tensor[R,4]); boxes are normalised x1,y1,x2,y2. Composed items
+use ``ref_``/``tgt_`` prefixes for the two visual entries.
 """
 
 from __future__ import annotations
@@ -106,7 +107,11 @@ def move_batch(batch: Any, device: torch.device | str) -> Any:
 def _stack_visual(items: Sequence[dict[str, Any]], prefix: str = "") -> Visual:
     first = items[0]
     if prefix + "pixels" in first:
-        return Visual(pixels=torch.stack([it[prefix + "pixels"] for it in items]))
+        pixels = torch.stack([it[prefix + "pixels"] for it in items])
+        if prefix + "boxes" not in first:
+            return Visual(pixels=pixels)
+        boxes, mask = _pad_boxes([it[prefix + "boxes"] for it in items])
+        return Visual(pixels=pixels, boxes=boxes, region_mask=mask)
     if prefix + "regions" in first:
         regs = [it[prefix + "regions"] for it in items]
         n_max = max(r.shape[0] for r in regs)
@@ -123,6 +128,17 @@ def _stack_visual(items: Sequence[dict[str, Any]], prefix: str = "") -> Visual:
             mask[i, : r.shape[0]] = True
         return Visual(regions=out, boxes=boxes, region_mask=mask)
     raise KeyError(f"dataset item has neither '{prefix}pixels' nor '{prefix}regions': keys {sorted(first)}")
+
+
+def _pad_boxes(bxs: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+    """Boxes of varying count per image -> [B, n_max, 4] and a validity mask."""
+    n = max(int(b.shape[0]) for b in bxs)
+    boxes = torch.zeros(len(bxs), n, 4)
+    mask = torch.zeros(len(bxs), n, dtype=torch.bool)
+    for i, b in enumerate(bxs):
+        boxes[i, : b.shape[0]] = b
+        mask[i, : b.shape[0]] = True
+    return boxes, mask
 
 
 def _text(raw: list[str], processor: Processor | None) -> Text:

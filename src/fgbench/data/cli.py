@@ -28,8 +28,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     c.add_argument("name", help="registered dataset name, e.g. rstpreid")
     c.add_argument("--root", required=True, help="the folder holding the dataset folder")
     c.add_argument("--json", dest="json_out", help="write the counts to this JSON file")
-    c.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="a DataModule argument, e.g. --set feature_source=precomp (repeatable)")
+    c.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a DataModule argument, e.g. --set feature_source=precomp (repeatable)",
+    )
     c.set_defaults(func=check)
 
 

@@ -126,6 +126,10 @@ class RetrievalDataModule(L.LightningDataModule):
     def eval_spec(self, split: str) -> EvalSpec:
         return self._eval_set(split).spec
 
+    def evaluation_set(self, split: str) -> EvalSet:
+        """The query and gallery datasets and the EvalSpec of an evaluation split."""
+        return self._eval_set(split)
+
     def _eval_set(self, split: str) -> EvalSet:
         sets = self.loaded.eval_sets
         if split not in sets:

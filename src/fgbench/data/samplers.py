@@ -8,9 +8,10 @@ of a longer one is dropped for the epoch).
 
 Unlike those samplers the number of batches is fixed: batches are filled with the identities that have the
 most chunks left (random among ties), which reaches the largest possible number of batches of distinct
-identities, so `len()` is exact. Under DDP every rank builds the same epoch-seeded list of batches, keeps
-a multiple of the world size and takes every `num_replicas`-th batch: the shares are disjoint and equally
-long. It subclasses `DistributedSampler` so that Lightning neither wraps it again nor forgets `set_epoch`.
+identities, so `len()` is exact. Under DDP every rank builds the same epoch-seeded list of batches,
+shuffles it, keeps a multiple of the world size and takes every `num_replicas`-th batch: the shares are
+disjoint and equally long. It subclasses `DistributedSampler` so that Lightning neither wraps it again nor
+forgets `set_epoch`.
 """
 
 from __future__ import annotations
@@ -73,12 +74,13 @@ class PKSampler(DistributedSampler):
     def __iter__(self) -> Iterator[int]:
         rng = np.random.default_rng([self.seed, self.epoch])
         chunks = [self.identity_chunks(g, rng) for g in self.groups]
-        batches = fill_batches([len(c) for c in chunks], self.p, rng)
-        batches = batches[: self.batches_per_rank * self.num_replicas]
-        order = rng.permutation(len(batches))
+        batches = [
+            np.concatenate([chunks[ident].pop() for ident in batch])
+            for batch in fill_batches([len(c) for c in chunks], self.p, rng)
+        ]
+        order = rng.permutation(len(batches))[: self.batches_per_rank * self.num_replicas]
         for b in order[self.rank :: self.num_replicas]:
-            for ident in batches[b]:
-                yield from (int(i) for i in chunks[ident].pop())
+            yield from (int(i) for i in batches[b])
 
     def identity_chunks(self, idx: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
         """Shuffle one identity's samples and cut them into chunks of K (padding a short identity)."""

@@ -1,0 +1,336 @@
+"""FashionIQ (Wu et al., CVPR'21): composed retrieval of dresses, shirts and tops (DATASETS.md §4).
+
+Annotations from XiaoxiaoGuo/fashion-iq: `cap.{cat}.{split}.json` (candidate, target, two captions; test
+entries have no target) and `split.{cat}.{split}.json` (the category's gallery); images `<ASIN>.jpg`.
+
+Two evaluation protocols (PROTOCOLS.md §4.1), chosen by `protocol`:
+- `fiq_a` (ABaldrati/CLIP4Cir): one query per triplet, text = cap(strip(c1)) + " and " + strip(c2), the
+  candidate stays in the gallery;
+- `fiq_b` (naver/artemis): two queries per triplet, strip(c1) + " and " + strip(c2) and the reverse, the
+  candidate is excluded.
+strip removes leading and trailing ".", "?", ",", " "; cap is `str.capitalize`. Each category is scored
+against its own gallery only (`EvalSpec.groups`). Training texts follow CLIP4Cir: drawn per sample from
+"c1 and c2", "c2 and c1", "c1", "c2" (`train_text="random"`), or always "c1 and c2" (`train_text="concat"`),
+formatted as the protocol's queries. The test split has no targets: its EvalSpec has `query_labels=None`
+(not evaluated).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import torch
+
+from fgbench.data.datasets import ComposedQueryDataset, ImageFiles, TripletDataset, VisualDataset
+from fgbench.data.module import EvalSet, LoadedData, RetrievalDataModule
+from fgbench.data.validation import (
+    DatasetFormatError,
+    find_missing,
+    handle_missing,
+    not_found,
+    read_json,
+    require,
+    warn_counts,
+)
+from fgbench.evaluation.spec import EvalSpec
+from fgbench.registry import register_datamodule
+
+CATEGORIES = ("dress", "shirt", "toptee")
+PROTOCOLS = ("fiq_a", "fiq_b")
+TRAIN_TEXTS = ("random", "concat")
+IMAGE_EXT = ".jpg"
+LAYOUT = """\
+<root>/fashionIQ_dataset/captions/cap.{dress,shirt,toptee}.{train,val,test}.json
+<root>/fashionIQ_dataset/image_splits/split.{dress,shirt,toptee}.{train,val,test}.json
+<root>/fashionIQ_dataset/images/<ASIN>.jpg
+"""
+# DATASETS.md §4: (triplets, images) per category and split
+COUNTS = {
+    "dress": {"train": (5985, 11452), "val": (2017, 3817), "test": (2024, 3818)},
+    "shirt": {"train": (5988, 19036), "val": (2038, 6346), "test": (2038, 6346)},
+    "toptee": {"train": (6027, 16121), "val": (1961, 5373), "test": (2056, 5374)},
+}
+
+
+def strip(caption: str) -> str:
+    return caption.strip(".?, ")
+
+
+def join_a(first: str, second: str) -> str:
+    """fiq_a (CLIP4Cir): cap(strip(first)) + " and " + strip(second)."""
+    return f"{strip(first).capitalize()} and {strip(second)}"
+
+
+def join_b(first: str, second: str) -> str:
+    """fiq_b (ARTEMIS, always joined with " and "): strip(first) + " and " + strip(second)."""
+    return f"{strip(first)} and {strip(second)}"
+
+
+@dataclass(frozen=True)
+class RandomText:
+    """A training text drawn at each access (module-level `random`, seeded per loader worker by torch)."""
+
+    options: tuple[str, ...]
+
+    def __call__(self) -> str:
+        return random.choice(self.options)
+
+
+@dataclass
+class Triplet:
+    candidate: str
+    target: str | None
+    captions: tuple[str, str]
+
+
+@dataclass
+class CategorySplit:
+    """One category's split: its triplets and its gallery (split-file order)."""
+
+    category: str
+    triplets: list[Triplet]
+    gallery: list[str]
+
+
+@register_datamodule("fashioniq")
+class FashionIQDataModule(RetrievalDataModule):
+    """FashionIQ triplets of one or all three categories; evaluation on val per category (`fiq_a`/`fiq_b`)."""
+
+    name: ClassVar[str] = "fashioniq"
+    tasks: ClassVar[frozenset[str]] = frozenset({"composed"})
+    layout: ClassVar[str] = LAYOUT
+    folder: ClassVar[str] = "fashionIQ_dataset"
+    # per "<split>/<category>"; the split totals depend on the categories loaded
+    expected: ClassVar[dict[str, dict[str, int | None]]] = {
+        f"{split}/{cat}": {"triplets": t, "images": n}
+        for cat, splits in COUNTS.items()
+        for split, (t, n) in splits.items()
+    }
+
+    def __init__(
+        self,
+        root: str = "data",
+        categories: str | list[str] | None = None,
+        protocol: Literal["fiq_a", "fiq_b"] = "fiq_a",
+        train_text: Literal["random", "concat"] = "random",
+        val_split: str = "val",
+        test_split: str | None = "test",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(root=root, val_split=val_split, test_split=test_split, **kwargs)  # type: ignore[arg-type]
+        cats = [categories] if isinstance(categories, str) else list(categories or CATEGORIES)
+        for value, allowed, what in [
+            (protocol, PROTOCOLS, "protocol"),
+            (train_text, TRAIN_TEXTS, "train_text"),
+        ]:
+            if value not in allowed:
+                raise ValueError(f"fashioniq: unknown {what} {value!r}; choose one of {allowed}")
+        unknown = [c for c in cats if c not in CATEGORIES]
+        if unknown or not cats:
+            raise ValueError(f"fashioniq: unknown categories {unknown}; choose among {CATEGORIES}")
+        self.categories = list(dict.fromkeys(cats))
+        self.protocol = protocol
+        self.train_text = train_text
+
+    @property
+    def base(self) -> Path:
+        return self.root / self.folder
+
+    def image_path(self, asin: str) -> Path:
+        return self.base / "images" / f"{asin}{IMAGE_EXT}"
+
+    # -- load -----------------------------------------------------------------------------------------
+    def load(self) -> LoadedData:
+        if not self.base.is_dir():
+            raise not_found(self.name, self.base, self.layout)
+        if not (self.base / "images").is_dir():
+            raise not_found(self.name, self.base / "images", self.layout)
+        out = LoadedData(train=None, eval_sets={}, stats={})
+        eval_splits = [s for s in dict.fromkeys([self.val_split, self.test_split]) if s]
+        for split in ["train", *eval_splits]:
+            parts = [self.read(cat, split) for cat in self.categories]
+            for part in parts:
+                key = f"{split}/{part.category}"
+                out.stats[key] = {"triplets": len(part.triplets), "images": len(part.gallery)}
+                out.warnings += warn_counts(self.name, key, out.stats[key], self.expected.get(key, {}))
+            if split == "train":
+                self.build_train(parts, out)
+            else:
+                self.build_eval(split, parts, out)
+        return out
+
+    def read(self, cat: str, split: str) -> CategorySplit:
+        """Parse one category's captions and split file and check them against each other."""
+        gallery = self.read_image_split(cat, split)
+        file = self.annotation(f"captions/cap.{cat}.{split}.json")
+        entries = read_json(file, self.name)
+        if not isinstance(entries, list):
+            raise DatasetFormatError(file, f"top level is {type(entries).__name__}", expected="a JSON list")
+        labelled = split != "test" or any(isinstance(e, dict) and "target" in e for e in entries)
+        triplets = [parse_entry(e, file, f"entry {i}", labelled) for i, e in enumerate(entries)]
+        if split != "train":
+            known = set(gallery)
+            for i, t in enumerate(triplets):
+                for key, asin in [("candidate", t.candidate), ("target", t.target)]:
+                    if asin is not None and asin not in known:
+                        raise DatasetFormatError(
+                            file,
+                            f"{asin!r} is not in split.{cat}.{split}.json",
+                            where=f"entry {i}",
+                            field=key,
+                        )
+        return CategorySplit(cat, triplets, gallery)
+
+    def read_image_split(self, cat: str, split: str) -> list[str]:
+        file = self.annotation(f"image_splits/split.{cat}.{split}.json")
+        names = read_json(file, self.name)
+        if not isinstance(names, list):
+            raise DatasetFormatError(
+                file, f"top level is {type(names).__name__}", expected="a JSON list of ASINs"
+            )
+        seen: set[str] = set()
+        for i, asin in enumerate(names):
+            if not isinstance(asin, str) or not asin:
+                raise DatasetFormatError(
+                    file, f"value {asin!r}", where=f"entry {i}", expected="an ASIN string"
+                )
+            if asin in seen:
+                raise DatasetFormatError(file, f"duplicate ASIN {asin!r}", where=f"entry {i}")
+            seen.add(asin)
+        return names
+
+    def annotation(self, rel: str) -> Path:
+        path = self.base / rel
+        if not path.is_file():
+            raise not_found(self.name, path, self.layout)
+        return path
+
+    def check_images(self, split: str, asins: Sequence[str]) -> set[str]:
+        """Apply the missing-file rule to the images of `asins`; return the missing ASINs."""
+        paths = [self.image_path(a) for a in dict.fromkeys(asins)]
+        missing = find_missing(paths)
+        handle_missing(self.name, split, missing, len(paths), self.skip_missing, self.missing_hint(missing))
+        return {p.stem for p in missing}
+
+    def missing_hint(self, missing: Sequence[Path]) -> str:
+        """Say which extension was tried, and whether the images exist as .png instead."""
+        if not missing:
+            return ""
+        hint = f"Tried <ASIN>{IMAGE_EXT} in {self.base / 'images'} (FashionIQ images are {IMAGE_EXT})."
+        png = [p for p in missing if p.with_suffix(".png").is_file()]
+        if png:
+            hint += (
+                f" {len(png)} of them exist as .png (e.g. {png[0].with_suffix('.png').name}): convert or "
+                f"rename them to {IMAGE_EXT} (PIL reads the content, not the extension)."
+            )
+        return hint
+
+    # -- datasets -------------------------------------------------------------------------------------
+    def texts(self, c1: str, c2: str) -> list[str]:
+        """Query texts of one triplet under the protocol: fiq_a one, fiq_b two."""
+        if self.protocol == "fiq_a":
+            return [join_a(c1, c2)]
+        return [join_b(c1, c2), join_b(c2, c1)]
+
+    def train_text_of(self, c1: str, c2: str) -> str | RandomText:
+        join, single = (
+            (join_a, lambda c: strip(c).capitalize()) if self.protocol == "fiq_a" else (join_b, strip)
+        )
+        if self.train_text == "concat":
+            return join(c1, c2)
+        return RandomText((join(c1, c2), join(c2, c1), single(c1), single(c2)))
+
+    def build_train(self, parts: list[CategorySplit], out: LoadedData) -> None:
+        """Training triplets of all loaded categories over the images they reference."""
+        triplets = [t for p in parts for t in p.triplets]
+        asins = [a for t in triplets for a in (t.candidate, str(t.target))]
+        absent = self.check_images("train", asins)
+        kept = [t for t in triplets if not ({t.candidate, str(t.target)} & absent)]
+        images = list(dict.fromkeys(a for t in kept for a in (t.candidate, str(t.target))))
+        index = {a: i for i, a in enumerate(images)}
+        out.train = TripletDataset(
+            ImageFiles([self.image_path(a) for a in images]),
+            [index[t.candidate] for t in kept],
+            [self.train_text_of(*t.captions) for t in kept],
+            [index[str(t.target)] for t in kept],
+        )
+        out.num_classes = len(images)
+        out.train_vocab_texts = [text for t in kept for text in self.texts(*t.captions)]
+        out.missing["train"] = [str(self.image_path(a)) for a in sorted(absent)]
+        out.stats["train"] = {
+            "images": sum(len(p.gallery) for p in parts),
+            "captions": 2 * len(triplets),
+            "labels": len({t.target for t in kept}),
+            "queries": len(kept),
+            "gallery": 0,
+            "missing": len(absent),
+        }
+
+    def build_eval(self, split: str, parts: list[CategorySplit], out: LoadedData) -> None:
+        """Concatenated category galleries; each category's queries are scored against its own block."""
+        absent = self.check_images(split, [a for p in parts for a in p.gallery])
+        labelled = all(t.target is not None for p in parts for t in p.triplets)
+        gallery: list[str] = []
+        ref_ids: list[int] = []
+        texts: list[str] = []
+        labels: list[int] = []
+        exclude: list[int] = []
+        groups: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        for part in parts:
+            offset, q0 = len(gallery), len(texts)
+            block = [a for a in part.gallery if a not in absent]
+            gidx = {a: offset + j for j, a in enumerate(block)}
+            gallery += block
+            for t in part.triplets:
+                if t.candidate in absent or t.target in absent:
+                    continue
+                for text in self.texts(*t.captions):
+                    ref_ids.append(gidx[t.candidate])
+                    texts.append(text)
+                    labels.append(gidx[t.target] if t.target is not None else -1)
+                    exclude.append(gidx[t.candidate] if self.protocol == "fiq_b" else -1)
+            groups[part.category] = (torch.arange(q0, len(texts)), torch.arange(offset, len(gallery)))
+        store = ImageFiles([self.image_path(a) for a in gallery])
+        spec = EvalSpec(
+            protocol=self.protocol,
+            query_labels=torch.tensor(labels, dtype=torch.long) if labelled else None,
+            gallery_labels=torch.arange(len(gallery)),
+            exclude=torch.tensor(exclude, dtype=torch.long),
+            groups=groups,
+            info={
+                "dataset": self.name,
+                "split": split,
+                "categories": list(self.categories),
+                "n_missing": len(absent),
+            },
+        )
+        out.eval_sets[split] = EvalSet(
+            ComposedQueryDataset(store, ref_ids, texts), VisualDataset(store), spec, query_kind="composed"
+        )
+        out.missing[split] = [str(self.image_path(a)) for a in sorted(absent)]
+        out.stats[split] = {
+            "images": sum(len(p.gallery) for p in parts),
+            "captions": 2 * sum(len(p.triplets) for p in parts),
+            "labels": len({lb for lb in labels if lb >= 0}),
+            "queries": len(texts),
+            "gallery": len(gallery),
+            "missing": len(absent),
+        }
+
+
+def parse_entry(entry: Any, file: Path, where: str, labelled: bool) -> Triplet:
+    """Read and check one caption entry: candidate, target (absent in test), exactly two captions."""
+    candidate = require(entry, "candidate", str, file=file, where=where, nonempty=True)
+    target = require(entry, "target", str, file=file, where=where, nonempty=True) if labelled else None
+    captions = require(entry, "captions", list, file=file, where=where)
+    if len(captions) != 2 or not all(isinstance(c, str) and strip(c) for c in captions):
+        raise DatasetFormatError(
+            file, f"{captions!r}", where=where, field="captions", expected="two non-empty captions"
+        )
+    if candidate == target:
+        raise DatasetFormatError(file, f"candidate equals target {target!r}", where=where)
+    return Triplet(candidate, target, (captions[0], captions[1]))

@@ -1,0 +1,240 @@
+"""Parsers of the official Flickr30K / COCO annotation files (DATASETS.md §3); errors name file, entry, field.
+
+- Karpathy's `dataset_{flickr30k,coco}.json` (`caption_datasets.zip`).
+- SCAN's precomp `{split}_caps.txt` / `{split}_ids.txt` (kuanghueilee/SCAN).
+- COCO's `captions_{train,val}2014.json` and TERAN's `coco_{split}_ids.npy` (mesnico/TERAN).
+- Flickr30K image sizes: read from the image headers and cached as `sizes.json`; TERAN's `sizes.pkl` is a
+  pickle and is only converted when the user opts in.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from fgbench.data.validation import DatasetError, DatasetFormatError, read_json, require
+
+from .common import load_npy
+
+log = logging.getLogger("fgbench.data")
+
+KARPATHY_SPLITS = ("train", "val", "test", "restval")
+SIZES_JSON = "sizes.json"
+SIZES_PKL = "sizes.pkl"
+
+
+@dataclass
+class KarpathyImage:
+    """One entry of Karpathy's `images[]`."""
+
+    index: int  # position in images[] (the Flickr30K bottom-up feature id)
+    filename: str
+    split: str
+    captions: list[str]  # `raw`, stripped, every sentence
+    filepath: str = ""  # COCO: train2014 | val2014
+    cocoid: int = -1  # COCO image id (the COCO bottom-up feature id)
+
+
+def read_karpathy(file: Path, dataset: str, coco: bool) -> list[KarpathyImage]:
+    """Parse a Karpathy split JSON; COCO entries must also have `filepath` and `cocoid`."""
+    data = read_json(file, dataset)
+    images = require(data, "images", list, file=file, where="top level")
+    return [parse_karpathy_image(e, file, i, coco) for i, e in enumerate(images)]
+
+
+def parse_karpathy_image(entry: Any, file: Path, i: int, coco: bool) -> KarpathyImage:
+    where = f"images[{i}]"
+    filename = require(entry, "filename", str, file=file, where=where, nonempty=True)
+    split = require(entry, "split", str, file=file, where=where)
+    if split not in KARPATHY_SPLITS:
+        raise DatasetFormatError(
+            file, f"unknown split {split!r}", where=where, field="split", expected=" | ".join(KARPATHY_SPLITS)
+        )
+    sentences = require(entry, "sentences", list, file=file, where=where, nonempty=True)
+    captions = [
+        require(s, "raw", str, file=file, where=f"{where}.sentences[{j}]", nonempty=True).strip()
+        for j, s in enumerate(sentences)
+    ]
+    img = KarpathyImage(index=i, filename=filename, split=split, captions=captions)
+    if coco:
+        img.filepath = require(entry, "filepath", str, file=file, where=where, nonempty=True)
+        img.cocoid = require(entry, "cocoid", int, file=file, where=where)
+    return img
+
+
+def select_captions(captions: Sequence[str], policy: str) -> list[str]:
+    """Caption policy: `first5` (the first five, as SCAN/TERAN) or `all` (COCO test: 25,010)."""
+    return list(captions[:5]) if policy == "first5" else list(captions)
+
+
+# -- SCAN precomp -------------------------------------------------------------------------------------
+
+
+def read_lines(path: Path) -> list[str]:
+    """One entry per line (split on '\\n' only: no Unicode separator splits a caption); no empty lines."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise DatasetFormatError(path, f"not UTF-8 text ({err})") from None
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    out = [line.rstrip("\r").strip() for line in lines]
+    for n, line in enumerate(out, 1):
+        if not line:
+            raise DatasetFormatError(path, "empty line", where=f"line {n}", expected="one entry per line")
+    return out
+
+
+def read_ids(path: Path) -> list[int]:
+    """SCAN `{split}_ids.txt`: one integer image id per line."""
+    ids = []
+    for n, line in enumerate(read_lines(path), 1):
+        try:
+            ids.append(int(line))
+        except ValueError:
+            raise DatasetFormatError(
+                path, f"{line!r}", where=f"line {n}", expected="an integer image id"
+            ) from None
+    return ids
+
+
+def caption_mapping(caps_file: Path, n_captions: int, ims_file: Path, n_images: int) -> list[int]:
+    """SCAN's rule: 5N lines -> caption j is image j // 5; N lines -> image j; anything else is an error."""
+    if n_captions == 5 * n_images:
+        return [j // 5 for j in range(n_captions)]
+    if n_captions == n_images:
+        return list(range(n_captions))
+    raise DatasetFormatError(
+        caps_file,
+        f"{n_captions} lines for {n_images} images in {ims_file}",
+        expected=f"{5 * n_images} (5 per image) or {n_images} (1 per image) lines",
+    )
+
+
+# -- COCO captions + TERAN ids ------------------------------------------------------------------------
+
+
+@dataclass
+class CocoAnnotations:
+    """COCO captions JSONs merged: caption-annotation id -> (image id, caption); image id -> (w, h)."""
+
+    captions: dict[int, tuple[int, str]]
+    sizes: dict[int, tuple[int, int]]
+
+
+def read_coco_captions(files: Sequence[Path], dataset: str) -> CocoAnnotations:
+    out = CocoAnnotations({}, {})
+    for file in files:
+        data = read_json(file, dataset)
+        for k, a in enumerate(require(data, "annotations", list, file=file, where="top level")):
+            where = f"annotations[{k}]"
+            ann_id = require(a, "id", int, file=file, where=where)
+            image_id = require(a, "image_id", int, file=file, where=where)
+            caption = require(a, "caption", str, file=file, where=where, nonempty=True)
+            out.captions[ann_id] = (image_id, caption.strip())
+        for k, im in enumerate(require(data, "images", list, file=file, where="top level")):
+            where = f"images[{k}]"
+            image_id = require(im, "id", int, file=file, where=where)
+            size = tuple(require(im, key, int, file=file, where=where) for key in ("width", "height"))
+            out.sizes[image_id] = size  # type: ignore[assignment]
+    return out
+
+
+def read_annotation_ids(path: Path) -> list[int]:
+    """TERAN `coco_{split}_ids.npy`: a 1-D integer array of COCO caption-annotation ids."""
+    ids = load_npy(path, "a 1-D integer array of caption-annotation ids")
+    if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
+        raise DatasetFormatError(path, f"{ids.dtype} array of shape {ids.shape}", expected="1-D integers")
+    return [int(x) for x in ids]
+
+
+# -- Flickr30K image sizes ----------------------------------------------------------------------------
+
+
+def header_size(path: Path) -> tuple[int, int]:
+    """(width, height) from the image header (PIL does not decode the pixels)."""
+    with Image.open(path) as img:
+        return img.size
+
+
+def flickr_sizes(
+    images_dir: Path, filenames: Sequence[str], trust_pkl: bool, dataset: str
+) -> dict[str, tuple[int, int]]:
+    """Image sizes by file name, cached once as `images/sizes.json` (read from the headers of present images).
+
+    `filenames` = every `images[]` entry of the Karpathy JSON, in order. TERAN ships `sizes.pkl` instead; a
+    pickle can run code when loaded, so it is converted to the JSON cache only with `trust_pkl=True`.
+    Files still without a size are the caller's missing images.
+    """
+    cache, pkl = images_dir / SIZES_JSON, images_dir / SIZES_PKL
+    if not cache.is_file() and not any((images_dir / f).is_file() for f in filenames):
+        if not pkl.is_file():
+            raise DatasetError(
+                f"{dataset}: {images_dir} holds neither the raw images nor a sizes file ({SIZES_JSON}, or "
+                f"TERAN's {SIZES_PKL}); put the Flickr30K images there, their sizes normalise the boxes."
+            )
+        if not trust_pkl:
+            raise DatasetError(
+                f"{dataset}: found {pkl} but no images and no {SIZES_JSON}. A pickle can run code when "
+                f"loaded, so it is not read by default. Put the raw images in {images_dir} (sizes are read "
+                f"from their headers), or, if you trust the file, pass trust_sizes_pkl=True to convert it "
+                f"once to {cache}."
+            )
+        write_sizes(cache, sizes_from_pickle(pkl, filenames))
+        log.info("%s: converted trusted %s to %s", dataset, pkl, cache)
+    sizes = read_sizes_json(cache, dataset) if cache.is_file() else {}
+    new = {f: header_size(images_dir / f) for f in filenames if f not in sizes and (images_dir / f).is_file()}
+    if new:
+        sizes.update(new)
+        write_sizes(cache, sizes)
+    return sizes
+
+
+def read_sizes_json(path: Path, dataset: str) -> dict[str, tuple[int, int]]:
+    table = read_json(path, dataset)
+    if not isinstance(table, dict):
+        raise DatasetFormatError(path, f"top level is {type(table).__name__}", expected="{filename: [w, h]}")
+    return {name: check_size(v, path, f"entry {name!r}") for name, v in table.items()}
+
+
+def check_size(value: Any, file: Path, where: str) -> tuple[int, int]:
+    ok = isinstance(value, (list, tuple)) and len(value) == 2
+    if not ok or not all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in value):
+        raise DatasetFormatError(
+            file, f"{value!r}", where=where, expected="[width, height] positive integers"
+        )
+    return int(value[0]), int(value[1])
+
+
+def sizes_from_pickle(path: Path, filenames: Sequence[str]) -> dict[str, tuple[int, int]]:
+    """TERAN's `sizes.pkl`: a list of (w, h) aligned with the Karpathy `images[]` (only behind the opt-in)."""
+    table = pickle.loads(path.read_bytes())  # the caller checked the user's explicit trust_sizes_pkl=True
+    if not isinstance(table, (list, tuple)) or len(table) != len(filenames):
+        raise DatasetFormatError(
+            path,
+            f"{type(table).__name__} of length {len(table) if hasattr(table, '__len__') else '?'}",
+            expected=f"a list of {len(filenames)} (width, height) pairs aligned with images[]",
+        )
+    return {
+        f: check_size(v, path, f"entry {i}") for i, (f, v) in enumerate(zip(filenames, table, strict=True))
+    }
+
+
+def write_sizes(path: Path, sizes: dict[str, tuple[int, int]]) -> None:
+    """Write the sizes cache atomically; a read-only dataset folder only costs a warning."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps({k: list(v) for k, v in sorted(sizes.items())}), encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as err:
+        log.warning("could not write the image-size cache %s (%s); sizes are re-read next time", path, err)

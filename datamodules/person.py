@@ -1,0 +1,373 @@
+"""Text-to-person retrieval: CUHK-PEDES, ICFG-PEDES and RSTPReid (DATASETS.md §1, PROTOCOLS.md §1).
+
+Sources: CUHK-PEDES (Li et al., CVPR'17) and ICFG-PEDES (Ding et al., 2021) by e-mail to their authors;
+RSTPReid (Zhu et al., ACM MM'21) from the authors' release. All three are one JSON array with one object
+per image: `id`, `split`, `captions` and the image path under `imgs/` (`file_path`, RSTPReid `img_path`).
+
+Conventions follow anosorae/IRRA: `split` "train" -> train, "test" -> test, anything else -> val; the
+training label is the rank of the id among the sorted training ids (val/test keep the raw id); one
+training sample per (image, caption) with the running index of the training image as instance label;
+evaluation queries are all captions of the split, the gallery is every image, positives share the id.
+
+Every path is built from `self.root / self.folder`, so a dataset in RSTPReid's exact format under another
+folder (synth-person) subclasses `RSTPReidDataModule` overriding only class attributes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from fgbench.data.datasets import ImageFiles, PairDataset, TextDataset, VisualDataset
+from fgbench.data.module import EvalSet, LoadedData, RetrievalDataModule
+from fgbench.data.samplers import PKSampler
+from fgbench.data.validation import (
+    DatasetFormatError,
+    find_missing,
+    handle_missing,
+    not_found,
+    read_json,
+    require,
+    warn_counts,
+)
+from fgbench.evaluation.spec import EvalSpec
+from fgbench.registry import register_datamodule
+
+log = logging.getLogger("fgbench.data")
+
+SAMPLERS = ("random", "pk")
+CUHK_LAYOUT = """\
+<root>/{folder}/reid_raw.json
+<root>/{folder}/imgs/{{cam_a,cam_b,CUHK01,CUHK03,Market,train_query,test_query}}/...
+"""
+ICFG_LAYOUT = """\
+<root>/{folder}/ICFG-PEDES.json
+<root>/{folder}/imgs/{{train,test}}/...
+"""
+RSTP_LAYOUT = """\
+<root>/{folder}/data_captions.json
+<root>/{folder}/imgs/*.jpg
+"""
+
+
+@dataclass
+class Record:
+    """One annotation entry: a person image with its captions."""
+
+    pid: int
+    split: str  # "train" | "val" | "test": any value other than train/test is read as val
+    captions: list[str]
+    path: Path
+    entry: int  # index in the annotation file
+
+
+@dataclass
+class Split:
+    """The records of one split, with the image files found missing."""
+
+    records: list[Record]
+    missing: list[Path]
+
+    def kept(self) -> list[Record]:
+        absent = set(self.missing)
+        return [r for r in self.records if r.path not in absent]
+
+    def counts(self) -> dict[str, int]:
+        """Annotation counts (before any skip_missing drop)."""
+        return {
+            "images": len(self.records),
+            "captions": sum(len(r.captions) for r in self.records),
+            "labels": len({r.pid for r in self.records}),
+            "missing": len(self.missing),
+        }
+
+
+class PersonDataModule(RetrievalDataModule):
+    """Shared loader of the three person datasets; subclasses name the file, path field and pitfalls.
+
+    Args beyond the base class: `sampler` "random" (shuffled pairs) or "pk" (P identities x `pk_k` pairs per
+    batch, `batch_size` a multiple of `pk_k`; seeded by Lightning's PL_GLOBAL_SEED when set).
+    """
+
+    tasks: ClassVar[frozenset[str]] = frozenset({"text-image"})
+    annotation_file: ClassVar[str] = ""
+    path_field: ClassVar[str] = "file_path"
+    layout_template: ClassVar[str] = ""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """A subclass that overrides `folder` shows the layout of its own folder in error messages."""
+        super().__init_subclass__(**kwargs)
+        if "layout" not in cls.__dict__ and cls.layout_template:
+            cls.layout = cls.layout_template.format(folder=cls.folder)
+
+    def __init__(self, root: str = "data", sampler: str = "random", pk_k: int = 4, **kwargs: Any) -> None:
+        super().__init__(root=root, **kwargs)
+        if sampler not in SAMPLERS:
+            raise ValueError(f"{self.name}: sampler must be one of {SAMPLERS}, got {sampler!r}")
+        self.sampler, self.pk_k = sampler, pk_k
+
+    @property
+    def base(self) -> Path:
+        return self.root / self.folder
+
+    # -- reading -------------------------------------------------------------------------------------
+    def annotation_path(self) -> Path:
+        """The annotation file; subclasses recognise known wrong names."""
+        path = self.base / self.annotation_file
+        if not path.is_file():
+            raise not_found(self.name, path, self.layout)
+        return path
+
+    def read_records(self, file: Path) -> list[Record]:
+        """Parse and check every entry of the annotation array."""
+        entries = read_json(file, self.name)
+        if not isinstance(entries, list):
+            raise DatasetFormatError(file, f"top level is {type(entries).__name__}", expected="a JSON list")
+        records = [self.parse_entry(e, file, i) for i, e in enumerate(entries)]
+        odd = Counter(e["split"] for e in entries if e["split"] not in ("train", "val", "test"))
+        for value, n in odd.items():
+            log.info("%s: %d records with split %r are read as val", self.name, n, value)
+        return records
+
+    def parse_entry(self, entry: Any, file: Path, i: int) -> Record:
+        where = f"entry {i}"
+        pid = require(entry, "id", int, file=file, where=where)
+        split = require(entry, "split", str, file=file, where=where, nonempty=True)
+        rel = require(entry, self.path_field, str, file=file, where=where, nonempty=True)
+        captions = require(entry, "captions", list, file=file, where=where, nonempty=True)
+        for j, cap in enumerate(captions):
+            if not isinstance(cap, str) or not cap.strip():
+                raise DatasetFormatError(
+                    file, f"caption is {cap!r}", where=where, field=f"captions[{j}]", expected="non-empty str"
+                )
+        mapped = split if split in ("train", "test") else "val"
+        return Record(pid, mapped, list(captions), self.base / "imgs" / rel, i)
+
+    def check_splits(self, file: Path, splits: dict[str, list[Record]]) -> None:
+        """Known-bad signatures of a dataset (none by default)."""
+
+    def caption_stats(self, split: str, records: Sequence[Record]) -> dict[str, int]:
+        """Extra per-split caption counts for `check()` (none by default)."""
+        return {}
+
+    # -- load ----------------------------------------------------------------------------------------
+    def load(self) -> LoadedData:
+        if not self.base.is_dir():
+            raise not_found(self.name, self.base, self.layout)
+        file = self.annotation_path()
+        by_split: dict[str, list[Record]] = {"train": [], "val": [], "test": []}
+        for r in self.read_records(file):
+            by_split[r.split].append(r)
+        by_split = {s: rs for s, rs in by_split.items() if rs}
+        if "train" not in by_split or "test" not in by_split:
+            raise DatasetFormatError(
+                file, f"splits found: {sorted(by_split)}", field="split", expected="train and test records"
+            )
+        self.check_splits(file, by_split)
+        splits = {s: self.stat_images(s, rs) for s, rs in by_split.items()}
+        out = LoadedData(train=None, eval_sets={}, stats={})
+        out.train, out.stats["train"], out.num_classes = self.train_set(splits["train"], out.warnings)
+        out.train_vocab_texts = [c for r in splits["train"].kept() for c in r.captions]
+        for split in ("val", "test"):
+            if split in splits:
+                out.eval_sets[split], out.stats[split] = self.eval_set(split, splits[split])
+        for split, sp in splits.items():
+            out.stats[split].update(self.caption_stats(split, sp.records))
+            out.missing[split] = [str(p) for p in sp.missing]
+            out.warnings += warn_counts(self.name, split, out.stats[split], self.expected.get(split, {}))
+        return out
+
+    def stat_images(self, split: str, records: list[Record]) -> Split:
+        """Apply the missing-image rule to one split."""
+        missing = find_missing(r.path for r in records)
+        hint = f"Image paths are relative to {self.base / 'imgs'}/ (field {self.path_field!r})."
+        handle_missing(self.name, split, missing, len(records), self.skip_missing, hint)
+        return Split(records, missing)
+
+    def train_set(self, sp: Split, warnings: list[str]) -> tuple[PairDataset, dict[str, int], int]:
+        """One sample per (image, caption); label = rank of the id among the sorted training ids."""
+        ids = sorted({r.pid for r in sp.records})
+        if ids[-1] - ids[0] + 1 != len(ids):
+            msg = (
+                f"{self.name} [train]: the {len(ids)} training ids are not contiguous "
+                f"(range {ids[0]}..{ids[-1]}); labels are their ranks 0..{len(ids) - 1}"
+            )
+            log.warning(msg)
+            warnings.append(msg)
+        rank = {pid: i for i, pid in enumerate(ids)}
+        kept = sp.kept()
+        pairs = [(n, r, c) for n, r in enumerate(kept) for c in r.captions]
+        ds = PairDataset(
+            ImageFiles([r.path for r in kept]),
+            image_ids=[n for n, _, _ in pairs],
+            captions=[c for _, _, c in pairs],
+            labels=[rank[r.pid] for _, r, _ in pairs],
+            image_index=[n for n, _, _ in pairs],
+        )
+        return ds, {**sp.counts(), "queries": len(pairs), "gallery": 0}, len(ids)
+
+    def eval_set(self, split: str, sp: Split) -> tuple[EvalSet, dict[str, int]]:
+        """Gallery = the split's images, queries = all their captions, relevance = same raw id."""
+        kept = sp.kept()
+        caps = [(c, r.pid) for r in kept for c in r.captions]
+        store = ImageFiles([r.path for r in kept])
+        spec = EvalSpec(
+            protocol="person_t2i",
+            query_labels=torch.tensor([pid for _, pid in caps], dtype=torch.long),
+            gallery_labels=torch.tensor([r.pid for r in kept], dtype=torch.long),
+            info={**self.spec_info(split), "n_missing": len(sp.missing)},
+        )
+        es = EvalSet(queries=TextDataset([c for c, _ in caps]), gallery=VisualDataset(store), spec=spec)
+        return es, {**sp.counts(), "queries": len(caps), "gallery": len(kept)}
+
+    def spec_info(self, split: str) -> dict[str, Any]:
+        return {"dataset": self.name, "split": split, "labels": "raw person id"}
+
+    def train_sampler(self, ds: Dataset) -> Sampler | None:
+        if self.sampler != "pk":
+            return None
+        seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
+        return PKSampler(ds.labels, self.batch_size, self.pk_k, seed=seed)  # type: ignore[attr-defined]
+
+
+@register_datamodule("cuhk-pedes")
+class CUHKPedesDataModule(PersonDataModule):
+    """CUHK-PEDES from `reid_raw.json` (or the same file renamed `CUHK-PEDES.json`)."""
+
+    name: ClassVar[str] = "cuhk-pedes"
+    folder: ClassVar[str] = "CUHK-PEDES"
+    annotation_file: ClassVar[str] = "reid_raw.json"
+    layout_template: ClassVar[str] = CUHK_LAYOUT
+    renamed_file: ClassVar[str] = "CUHK-PEDES.json"
+    wrong_file: ClassVar[str] = "caption_all.json"
+    expected: ClassVar[dict[str, dict[str, int | None]]] = {
+        "train": {"labels": 11003, "images": 34054, "captions": 68100},
+        "val": {"labels": 1000, "images": 3078, "captions": 6158, "queries": 6158, "gallery": 3078},
+        "test": {"labels": 1000, "images": 3074, "captions": 6156, "queries": 6156, "gallery": 3074},
+    }
+
+    def annotation_path(self) -> Path:
+        path = self.base / self.annotation_file
+        if path.is_file():
+            return path
+        renamed = self.base / self.renamed_file
+        if renamed.is_file():
+            log.info("%s: reading %s as %s", self.name, renamed, self.annotation_file)
+            return renamed
+        hint = None
+        if (self.base / self.wrong_file).is_file():
+            hint = (
+                f"Found {self.base / self.wrong_file} instead: that file has no 'split' field and there is "
+                "no standard way to rebuild the train/val/test split from it. Ask the CUHK-PEDES authors "
+                f"for {self.annotation_file} (the file with 'split', read by anosorae/IRRA) and put it "
+                f"at {path}."
+            )
+        raise not_found(self.name, path, self.layout, hint)
+
+    def parse_entry(self, entry: Any, file: Path, i: int) -> Record:
+        if file.name == self.renamed_file and isinstance(entry, dict) and "split" not in entry:
+            raise DatasetFormatError(
+                file,
+                f"missing field: {self.renamed_file} is accepted only as {self.annotation_file} renamed "
+                f"(records with 'split'); this looks like {self.wrong_file}, which cannot be used",
+                where=f"entry {i}",
+                field="split",
+            )
+        return super().parse_entry(entry, file, i)
+
+
+@register_datamodule("icfg-pedes")
+class ICFGPedesDataModule(PersonDataModule):
+    """ICFG-PEDES from `ICFG-PEDES.json`; it has no val split.
+
+    The suite reports the last epoch. `select_on_test=True` makes the val loaders serve the test split (as
+    anosorae/IRRA does), recorded as `selected_on: test` in the EvalSpec info.
+    """
+
+    name: ClassVar[str] = "icfg-pedes"
+    folder: ClassVar[str] = "ICFG-PEDES"
+    annotation_file: ClassVar[str] = "ICFG-PEDES.json"
+    layout_template: ClassVar[str] = ICFG_LAYOUT
+    readme_file: ClassVar[str] = "ICFG_PEDES.json"  # the name in anosorae/IRRA's README
+    expected: ClassVar[dict[str, dict[str, int | None]]] = {
+        "train": {"labels": 3102, "images": 34674, "captions": 34674},
+        "test": {"labels": 1000, "images": 19848, "captions": 19848, "queries": 19848, "gallery": 19848},
+    }
+
+    def __init__(
+        self, root: str = "data", select_on_test: bool = False, val_split: str | None = None, **kwargs: Any
+    ) -> None:
+        if val_split == "test" and not select_on_test:
+            raise ValueError(f"{self.name}: validating on test needs select_on_test=True")
+        val = val_split or ("test" if select_on_test else "val")
+        super().__init__(root=root, val_split=val, **kwargs)
+        self.select_on_test = select_on_test
+
+    def annotation_path(self) -> Path:
+        path = self.base / self.annotation_file
+        readme = self.base / self.readme_file
+        if not path.is_file() and readme.is_file():
+            log.warning("%s: reading %s (the code and data name it %s)", self.name, readme, path.name)
+            return readme
+        return super().annotation_path()
+
+    def spec_info(self, split: str) -> dict[str, Any]:
+        return {**super().spec_info(split), "selected_on": "test" if self.select_on_test else "last_epoch"}
+
+    def val_dataloader(self) -> list[DataLoader]:
+        if self.val_split not in self.loaded.eval_sets:
+            raise RuntimeError(
+                f"{self.name} has no val split: the suite reports the last epoch (run with "
+                "trainer.limit_val_batches=0), or pass select_on_test=True to select checkpoints on test "
+                "as the papers do (recorded as selected_on: test)"
+            )
+        return super().val_dataloader()
+
+
+@register_datamodule("rstpreid")
+class RSTPReidDataModule(PersonDataModule):
+    """RSTPReid from `data_captions.json` (3,701/200/200 ids); rejects the older 3,901/100/100 release."""
+
+    name: ClassVar[str] = "rstpreid"
+    folder: ClassVar[str] = "RSTPReid"
+    annotation_file: ClassVar[str] = "data_captions.json"
+    path_field: ClassVar[str] = "img_path"
+    layout_template: ClassVar[str] = RSTP_LAYOUT
+    detect_old_split: ClassVar[bool] = True
+    old_test_ids: ClassVar[int] = 100
+    expected: ClassVar[dict[str, dict[str, int | None]]] = {
+        "train": {"labels": 3701, "images": 18505, "captions": 37010},
+        "val": {"labels": 200, "images": 1000, "captions": 2000, "queries": 2000, "gallery": 1000},
+        "test": {"labels": 200, "images": 1000, "captions": 2000, "queries": 2000, "gallery": 1000},
+    }
+
+    def check_splits(self, file: Path, splits: dict[str, list[Record]]) -> None:
+        n_test = len({r.pid for r in splits["test"]})
+        if self.detect_old_split and n_test == self.old_test_ids:
+            raise DatasetFormatError(
+                file,
+                f"old RSTPReid split: re-download (test has {n_test} ids, the release with the 3,901/100/100 "
+                "split; published numbers use 3,701/200/200)",
+                field="split",
+            )
+
+    def caption_stats(self, split: str, records: Sequence[Record]) -> dict[str, int]:
+        """Count the noisy captions (kept, as in the published numbers)."""
+        non_ascii = sum(not c.isascii() for r in records for c in r.captions)
+        repeats = sum(len(r.captions) - len({c.strip().lower() for c in r.captions}) for r in records)
+        log.info(
+            "%s [%s]: %d captions contain non-ASCII text, %d repeat another caption of the same image (kept)",
+            self.name,
+            split,
+            non_ascii,
+            repeats,
+        )
+        return {"non_ascii_captions": non_ascii, "repeated_captions": repeats}

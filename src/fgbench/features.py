@@ -1,0 +1,74 @@
+"""Features: what `encode_queries`/`encode_gallery` return (METHODS.md §0, "Common interface").
+
+Every tensor has the leading dimension n. `tok` is padded to a method-fixed length so that all ranks gather
+equal shapes; `index` holds the dataset index, used to de-duplicate and re-order after all_gather.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class Features:
+    """A set of encoded items: global vectors and/or token (region, word, grid) sets."""
+
+    index: Tensor  # Long[n] dataset index
+    glob: Tensor | None = None  # [n, d] L2-normalised global vector
+    tok: Tensor | None = None  # [n, T, e] token / region / grid set
+    mask: Tensor | None = None  # Bool[n, T] True = valid
+    aux: dict[str, Tensor] = field(default_factory=dict)  # extra per-item tensors, leading dim n
+
+    def __len__(self) -> int:
+        return int(self.index.numel())
+
+    def tensors(self) -> dict[str, Tensor]:
+        """Flat name -> tensor view of every field (aux entries prefixed `aux.`)."""
+        out = {"index": self.index}
+        for name in ("glob", "tok", "mask"):
+            t = getattr(self, name)
+            if t is not None:
+                out[name] = t
+        out.update({f"aux.{k}": v for k, v in self.aux.items()})
+        return out
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, Tensor]) -> Features:
+        aux = {k[4:]: v for k, v in tensors.items() if k.startswith("aux.")}
+        return cls(
+            index=tensors["index"],
+            glob=tensors.get("glob"),
+            tok=tensors.get("tok"),
+            mask=tensors.get("mask"),
+            aux=aux,
+        )
+
+    def map(self, fn) -> Features:  # noqa: ANN001 - a tensor -> tensor function
+        return Features.from_tensors({k: fn(v) for k, v in self.tensors().items()})
+
+    @staticmethod
+    def cat(parts: Sequence[Features]) -> Features:
+        if not parts:
+            raise ValueError("Features.cat of an empty list")
+        keys = parts[0].tensors().keys()
+        return Features.from_tensors({k: torch.cat([p.tensors()[k] for p in parts]) for k in keys})
+
+    def slice(self, start: int, stop: int) -> Features:
+        return self.map(lambda t: t[start:stop])
+
+    def take(self, idx: Tensor) -> Features:
+        return self.map(lambda t: t[idx.to(t.device)])
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Features:
+        """Move every tensor; `dtype` applies to floating-point tensors only (index and mask stay)."""
+
+        def mv(t: Tensor) -> Tensor:
+            if dtype is not None and t.is_floating_point():
+                return t.to(device=device, dtype=dtype)
+            return t.to(device=device)
+
+        return self.map(mv)

@@ -1,0 +1,217 @@
+"""RetrievalMethod: the LightningModule every method extends (METHODS.md §0, ARCHITECTURE.md step 3-4).
+
+A method implements `losses(batch)` (named loss terms), `encode_queries`, `encode_gallery` and, when its
+scorer is not the dot product of global vectors, `score` / `score_pairs`. The base class owns everything
+shared: loss weighting and logging, optimiser and schedule from config, and the evaluation loop (encode
+both loaders, gather and de-duplicate across devices, pool class queries, score in blocks through the one
+evaluator, log `val/<metric>` and `test/<metric>`, write result.json). No method computes its own metrics.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from fgbench.data.module import RetrievalDataModule
+from fgbench.data.processor import BasicProcessor, Processor
+from fgbench.evaluation import EvalResult, EvalSpec, FunctionSource, evaluate
+from fgbench.evaluation.distributed import gather_by_index
+from fgbench.features import Features
+from fgbench.optim import OptimConfig, build_optimizer, build_scheduler, param_groups
+
+# protocols whose score rows are images (the method scores captions x images: transpose)
+ROWS_ARE_IMAGES = frozenset({"f30k_1k", "coco_5k", "coco_1k_5fold"})
+# protocols whose queries are class-mean caption embeddings
+POOLED_QUERIES = frozenset({"class_reed"})
+
+
+class RetrievalMethod(L.LightningModule):
+    """Base LightningModule of every retrieval method."""
+
+    name: ClassVar[str] = ""  # registry name
+    provenance: ClassVar[str] = ""  # "port of <repo>", "re-implementation from the paper's description", ...
+    tasks: ClassVar[frozenset[str]] = frozenset()  # subset of {"text-image", "image-text", "composed"}
+    trains: ClassVar[bool] = True  # False for evaluation-only methods (zero-shot)
+
+    def __init__(
+        self,
+        profile: str = "tiny",
+        optim: OptimConfig | None = None,
+        loss_weights: dict[str, float] | None = None,
+        rerank_k: int | None = None,
+        eval_block_rows: int = 256,
+        eval_col_block: int = 4096,
+    ) -> None:
+        super().__init__()
+        self.profile = profile
+        self.optim_cfg = optim or OptimConfig()
+        self.loss_weights = dict(loss_weights or {})
+        self.rerank_k = rerank_k
+        self.eval_block_rows = eval_block_rows
+        self.eval_col_block = eval_col_block
+        self.processor: Processor = BasicProcessor()
+        self.last_result: dict[str, EvalResult] = {}
+        self._eval_buf: dict[int, list[Features]] = {}
+        self._fit_start = 0.0
+
+    # -- to implement ----------------------------------------------------------------------------------
+    def losses(self, batch: Any) -> dict[str, Tensor]:
+        """Named loss terms of one training batch (weighted by `loss_weights`, default 1)."""
+        raise NotImplementedError
+
+    def encode_queries(self, batch: Any) -> Features:
+        raise NotImplementedError
+
+    def encode_gallery(self, batch: Any) -> Features:
+        raise NotImplementedError
+
+    def build(self, datamodule: RetrievalDataModule) -> None:
+        """Build what depends on the data (vocabulary, number of classes) and set `self.processor`."""
+
+    # -- scoring (defaults: dot product of normalised global vectors) ------------------------------
+    def score(self, q: Features, g: Features) -> Tensor:
+        """[n_q, n_g] scores; must not depend on how queries and gallery are split into blocks."""
+        assert q.glob is not None and g.glob is not None
+        return q.glob.float() @ g.glob.float().T
+
+    def score_pairs(self, q: Features, g: Features) -> Tensor:
+        """[n] scores of the aligned pairs (q[i], g[i]); the same function as `score`."""
+        assert q.glob is not None and g.glob is not None
+        return (q.glob.float() * g.glob.float()).sum(-1)
+
+    def rescore_pairs(self, q: Features, g: Features) -> Tensor:
+        """[n] re-rank scores of aligned pairs (used when `rerank_k` is set); default `score_pairs`."""
+        return self.score_pairs(q, g)
+
+    def rerank(self, q: Features, g: Features, cand: Tensor) -> Tensor:
+        """Re-scores [n_q, k] of each query's candidates `cand` (gallery indices)."""
+        n, k = cand.shape
+        rows = torch.arange(n, device=cand.device).repeat_interleave(k)
+        return self.rescore_pairs(q.take(rows), g.take(cand.flatten())).view(n, k)
+
+    def pool_queries(self, q: Features, groups: Tensor) -> tuple[Features, Tensor]:
+        """Class-mean queries (class_reed): mean of each group's glob, renormalised; rows sorted by label."""
+        assert q.glob is not None
+        labels, inv = torch.unique(groups.to(q.glob.device), sorted=True, return_inverse=True)
+        summed = torch.zeros(labels.numel(), q.glob.shape[1], device=q.glob.device).index_add_(
+            0, inv, q.glob.float()
+        )
+        return Features(index=torch.arange(labels.numel()), glob=F.normalize(summed, dim=-1)), labels
+
+    def prepare_eval(self, datamodule: RetrievalDataModule) -> None:
+        """Optional test-time state (e.g. statistics over the gallery)."""
+
+    # -- training ----------------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        dm = self._datamodule()
+        if dm is not None:
+            dm.setup(stage)
+            self.build(dm)
+            dm.set_processor(self.processor)
+
+    def _datamodule(self) -> RetrievalDataModule | None:
+        trainer = self._trainer
+        dm = getattr(trainer, "datamodule", None) if trainer is not None else None
+        return dm if isinstance(dm, RetrievalDataModule) else None
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        terms = self.losses(batch)
+        total = sum(self.loss_weights.get(k, 1.0) * v for k, v in terms.items())
+        bs = _batch_size(batch)
+        self.log("train/loss", total, prog_bar=True, batch_size=bs)
+        for k, v in terms.items():
+            self.log(f"train/{k}", v.detach(), batch_size=bs)
+        return total  # type: ignore[return-value]
+
+    def configure_optimizers(self) -> Any:
+        opt = build_optimizer(param_groups(self, self.optim_cfg), self.optim_cfg)
+        total = int(self.trainer.estimated_stepping_batches)
+        per_epoch = max(1, total // max(1, self.trainer.max_epochs or 1))
+        sched = build_scheduler(opt, self.optim_cfg, total, per_epoch)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def on_fit_start(self) -> None:
+        self._fit_start = time.perf_counter()
+
+    # -- evaluation loop -----------------------------------------------------------------------------
+    def _eval_step(self, batch: Any, dataloader_idx: int) -> None:
+        enc: Callable[[Any], Features] = self.encode_queries if dataloader_idx == 0 else self.encode_gallery
+        self._eval_buf.setdefault(dataloader_idx, []).append(enc(batch))
+
+    def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_step(batch, dataloader_idx)
+
+    def test_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_step(batch, dataloader_idx)
+
+    def on_validation_epoch_start(self) -> None:
+        self._start_eval()
+
+    def on_test_epoch_start(self) -> None:
+        self._start_eval()
+
+    def _start_eval(self) -> None:
+        self._eval_buf = {}
+        dm = self._datamodule()
+        if dm is not None:
+            self.prepare_eval(dm)
+
+    def on_validation_epoch_end(self) -> None:
+        if not self.trainer.sanity_checking:
+            self._finish_eval("val")
+        self._eval_buf = {}
+
+    def on_test_epoch_end(self) -> None:
+        self._finish_eval("test")
+        self._eval_buf = {}
+
+    def _finish_eval(self, stage: str) -> None:
+        dm = self._datamodule()
+        if dm is None:
+            raise RuntimeError("evaluation needs a RetrievalDataModule attached to the trainer")
+        split = dm.val_split if stage == "val" else dm.test_split
+        es = dm.evaluation_set(split)
+        q = self._gather(0, len(es.queries), "queries")
+        g = self._gather(1, len(es.gallery), "gallery")
+        result = self.evaluate_features(q, g, es.spec)
+        self.last_result[stage] = result
+        for k, v in result.metrics.items():
+            self.log(f"{stage}/{k}", v, sync_dist=False, rank_zero_only=False)
+
+    def _gather(self, idx: int, n: int, what: str) -> Features:
+        parts = self._eval_buf.get(idx, [])
+        if not parts:
+            raise RuntimeError(f"no {what} were encoded: evaluation needs both the query and gallery loaders")
+        local = Features.cat(parts)
+        tensors = {k: v for k, v in local.tensors().items() if k != "index"}
+        return Features.from_tensors({"index": torch.arange(n), **gather_by_index(local.index, tensors, n)})
+
+    @torch.no_grad()
+    def evaluate_features(self, q: Features, g: Features, spec: EvalSpec) -> EvalResult:
+        """Score gathered features with the evaluator under the spec's protocol."""
+        if spec.protocol in POOLED_QUERIES:
+            assert spec.query_labels is not None
+            q, labels = self.pool_queries(q, spec.query_labels)
+            spec = EvalSpec(spec.protocol, labels.cpu(), spec.gallery_labels, info=dict(spec.info))
+        source = FunctionSource(
+            lambda r, c: self.score(q.take(r), g.take(c)),
+            len(q),
+            len(g),
+            col_block=self.eval_col_block,
+            pair_fn=lambda r, c: self.rescore_pairs(q.take(r.flatten()), g.take(c.flatten())).view(r.shape),
+            device=q.index.device,
+        )
+        if spec.protocol in ROWS_ARE_IMAGES:
+            source = source.T
+        return evaluate(source, spec, rerank_k=self.rerank_k, block_rows=self.eval_block_rows)
+
+
+def _batch_size(batch: Any) -> int:
+    idx = getattr(batch, "index", None)
+    return int(idx.numel()) if isinstance(idx, Tensor) else 1

@@ -1,0 +1,188 @@
+"""`python -m fgbench fit|validate|test` through LightningCLI (ARCHITECTURE.md, "Data flow of one run").
+
+Config files merge left to right (`--config data/... --config method/... --config profile/tiny.yaml`);
+`--print_config` shows the result. The run directory `runs/<dataset>/<method>/<profile>/seed<k>-<hash>/`
+is named by the resolved config's hash, never by time, and holds config.yaml, the CSV log, checkpoints and
+result.json. `fit` also tests the last-epoch weights and writes result.json (the suite's default;
+PROTOCOLS.md §1 "Checkpoint: last epoch").
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, RichProgressBar
+from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.loggers import CSVLogger, Logger
+from rich.console import Console
+from rich.table import Table
+
+from fgbench.data.module import RetrievalDataModule
+from fgbench.method import RetrievalMethod
+from fgbench.registry import load_plugins
+from fgbench.results import RESULT_FILE, config_hash, device_name, provenance, run_dir, write_result
+
+# config keys that name where or how a run is logged, not what it computes: excluded from the hash
+_UNHASHED = (
+    "trainer.logger",
+    "trainer.callbacks",
+    "trainer.default_root_dir",
+    "trainer.enable_progress_bar",
+    "run",
+    "ckpt_path",
+    "config",
+    "trainer.devices",
+    "trainer.num_nodes",
+    "trainer.strategy",
+)
+
+
+def _drop(cfg: dict[str, Any], dotted: str) -> None:
+    *path, last = dotted.split(".")
+    node: Any = cfg
+    for p in path:
+        node = node.get(p) if isinstance(node, dict) else None
+        if node is None:
+            return
+    if isinstance(node, dict):
+        node.pop(last, None)
+
+
+class ResultWriter(Callback):
+    """Writes result.json after a test run and prints the metrics table."""
+
+    def __init__(self, directory: Path, record: dict[str, Any]) -> None:
+        self.directory, self.record = directory, record
+        self.start = time.perf_counter()
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        assert isinstance(pl_module, RetrievalMethod)
+        result = pl_module.last_result.get("test")
+        if result is None or not trainer.is_global_zero:
+            return
+        dm = trainer.datamodule
+        record = {
+            **self.record,
+            "split": getattr(dm, "test_split", "test"),
+            "metrics": result.metrics,
+            "details": result.details,
+            "provenance_note": pl_module.provenance,
+            "device": device_name(),
+            "precision": str(trainer.precision),
+            "world_size": trainer.world_size,
+            "epochs": trainer.current_epoch,
+            "global_step": trainer.global_step,
+            "wall_time_s": time.perf_counter() - self.start,
+            **provenance(),
+        }
+        path = write_result(self.directory / RESULT_FILE, record)
+        table = Table(
+            title=f"{record['method']} on {record['dataset']} ({record['profile']}, seed {record['seed']})",
+            caption=str(path),
+        )
+        table.add_column("metric")
+        table.add_column("value", justify="right")
+        for k, v in result.metrics.items():
+            table.add_row(k, f"{v:.2f}")
+        Console().print(table)
+
+
+class FgbenchCLI(LightningCLI):
+    """LightningCLI with hash-named run directories, CSV logging, optional wandb and result.json."""
+
+    def add_arguments_to_parser(self, parser: Any) -> None:
+        parser.add_argument("--run.root", default="runs", help="root of the run directories")
+        parser.add_argument(
+            "--run.wandb",
+            default="off",
+            choices=["off", "offline", "online"],
+            help="also log to Weights & Biases (offline unless asked)",
+        )
+
+    def _run_identity(self) -> tuple[Path, dict[str, Any]]:
+        cfg = self.config[self.subcommand] if self.subcommand else self.config
+        plain = cfg.as_dict()
+        for key in _UNHASHED:
+            _drop(plain, key)
+        chash = config_hash(plain)
+        data_cls = _resolve(plain["data"]["class_path"])
+        model_cls = _resolve(plain["model"]["class_path"])
+        profile = plain["model"].get("init_args", {}).get("profile", "tiny")
+        seed = cfg.get("seed_everything")
+        seed = 0 if seed in (None, True, False) else int(seed)
+        method = getattr(model_cls, "name", "") or model_cls.__name__
+        dataset = getattr(data_cls, "name", "") or data_cls.__name__
+        directory = run_dir(cfg["run"]["root"], dataset, method, profile, seed, chash)
+        record = {
+            "method": method,
+            "dataset": dataset,
+            "profile": profile,
+            "seed": seed,
+            "config_hash": chash,
+            "run_dir": str(directory),
+        }
+        return directory, record
+
+    def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
+        directory, record = self._run_identity()
+        directory.mkdir(parents=True, exist_ok=True)
+        loggers: list[Logger] = [CSVLogger(save_dir=str(directory), name="", version="")]
+        mode = self.config[self.subcommand]["run"]["wandb"]
+        if mode != "off":
+            from lightning.pytorch.loggers import WandbLogger
+
+            loggers.append(
+                WandbLogger(
+                    save_dir=str(directory),
+                    offline=mode == "offline",
+                    name=f"{record['dataset']}/{record['method']}/{record['config_hash']}",
+                )
+            )
+        callbacks: list[Callback] = [
+            ModelCheckpoint(dirpath=str(directory / "checkpoints"), save_last=True, save_top_k=0),
+            ResultWriter(directory, record),
+        ]
+        trainer_cfg = {
+            **self._get(self.config_init, "trainer", default={}),
+            **kwargs,
+            "default_root_dir": str(directory),
+            "logger": loggers,
+        }
+        if trainer_cfg.get("enable_progress_bar", True) is not False:
+            callbacks.append(RichProgressBar())
+        extra = [self._get(self.config_init, c) for c in self._parser(self.subcommand).callback_keys]
+        return self._instantiate_trainer(trainer_cfg, extra + callbacks)
+
+    def after_fit(self) -> None:
+        """Test the last-epoch weights (no model selection on test)."""
+        if self.trainer.interrupted:
+            return
+        self.trainer.test(self.model, datamodule=self.datamodule, verbose=False)
+
+
+def _resolve(class_path: str) -> type:
+    import importlib
+
+    mod, _, name = class_path.rpartition(".")
+    return getattr(importlib.import_module(mod), name)
+
+
+def run(args: Sequence[str]) -> int:
+    """Entry point used by `python -m fgbench fit|validate|test ...`."""
+    load_plugins()
+    torch.set_float32_matmul_precision("high")
+    FgbenchCLI(
+        RetrievalMethod,
+        RetrievalDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        save_config_kwargs={"overwrite": True},
+        args=list(args),
+        parser_kwargs={"default_env": False},
+    )
+    return 0

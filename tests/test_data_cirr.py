@@ -1,0 +1,183 @@
+"""CIRR DataModule on a fixture in the official format: batches, EvalSpec definitions, stats, bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from datamodules.cirr import CIRRDataModule
+from fgbench.data.batches import ComposedQueryBatch, TripletBatch, VisualBatch
+from fgbench.data.validation import DatasetFormatError, DatasetNotFoundError, MissingFilesError
+from tests.fixtures.composed import cirr_name, write_cirr
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    write_cirr(tmp_path)
+    return tmp_path
+
+
+def dev(*numbers: int) -> list[str]:
+    return [cirr_name("val", i) for i in numbers]
+
+
+def edit_captions(root: Path, split: str, edit) -> None:
+    file = root / "cirr_dataset" / "cirr" / "captions" / f"cap.rc2.{split}.json"
+    entries = json.loads(file.read_text())
+    edit(entries)
+    file.write_text(json.dumps(entries))
+
+
+def test_train_batches(root: Path) -> None:
+    dm = CIRRDataModule(root=str(root), batch_size=2)
+    ds = dm.loaded.train
+    assert (ds.ref_ids, ds.tgt_ids) == ([0, 2, 5], [1, 5, 2])  # train split order is image 0..5
+    batch = next(iter(dm.train_dataloader()))
+    assert isinstance(batch, TripletBatch)
+    assert batch.reference.pixels.shape == batch.target.pixels.shape == (2, 3, 64, 64)
+    assert len(batch.text.raw) == 2 and batch.index.shape == batch.target_label.shape == (2,)
+    captions = {"add a second dog": 1, "make it night": 5, "same scene in daylight": 2}
+    assert [captions[t] for t in batch.text.raw] == batch.target_label.tolist()
+    assert dm.num_classes == 6
+
+
+def test_val_spec_follows_the_split_order(root: Path) -> None:
+    spec = CIRRDataModule(root=str(root)).eval_spec("val")
+    # split file order: images 3, 0, 7, 1, 2, 6, 4, 5
+    assert spec.protocol == "cirr"
+    assert spec.gallery_names == dev(3, 0, 7, 1, 2, 6, 4, 5)
+    assert spec.query_ids == ["10", "11", "12"]
+    assert spec.query_labels.tolist() == [3, 2, 0]  # targets 1, 7, 3
+    assert spec.exclude.tolist() == [1, 4, 7]  # references 0, 2, 5
+    assert spec.subsets.tolist() == [[1, 3, 4, 0, 6, 7], [4, 0, 6, 7, 5, 2], [4, 0, 6, 7, 5, 2]]
+    assert spec.gallery_labels.tolist() == list(range(8))
+
+
+def test_val_loaders(root: Path) -> None:
+    dm = CIRRDataModule(root=str(root), eval_batch_size=2)
+    queries, gallery = dm.val_dataloader()
+    q = next(iter(queries))
+    assert isinstance(q, ComposedQueryBatch) and q.text.raw == ["has two dogs", "zoom in on the cup"]
+    assert q.reference.pixels.shape == (2, 3, 64, 64)
+    assert dm.loaded.eval_sets["val"].queries.ref_ids == dm.eval_spec("val").exclude.tolist()
+    assert sum(len(b.visual) for b in gallery) == 8 and isinstance(next(iter(gallery)), VisualBatch)
+
+
+def test_test1_has_no_labels(root: Path) -> None:
+    dm = CIRRDataModule(root=str(root))
+    assert dm.test_split == "test1"
+    spec = dm.eval_spec("test1")
+    assert spec.query_labels is None and spec.n_query == 2
+    assert spec.query_ids == ["20", "21"]
+    assert spec.gallery_names == [cirr_name("test1", i) for i in [6, 5, 4, 3, 2, 1, 0]]
+    assert spec.exclude.tolist() == [6, 0]  # references 0 and 6
+    assert spec.subsets.tolist() == [[6, 5, 4, 3, 2, 1], [5, 4, 3, 2, 1, 0]]
+
+
+def test_check_stats_and_count_warnings(root: Path) -> None:
+    dm = CIRRDataModule(root=str(root))
+    assert dm.check() == {
+        "train": {"images": 6, "captions": 3, "labels": 3, "queries": 3, "gallery": 0, "missing": 0},
+        "val": {"images": 8, "captions": 3, "labels": 3, "queries": 3, "gallery": 8, "missing": 0}
+        | {"image_sets": 2, "references": 3},
+        "test1": {"images": 7, "captions": 2, "labels": 0, "queries": 2, "gallery": 7, "missing": 0}
+        | {"image_sets": 2, "references": 2},
+    }
+    assert "cirr [val]: expected 4181 queries, found 3" in dm.loaded.warnings
+
+
+def test_subclass_reads_its_own_folder(tmp_path: Path) -> None:
+    class OtherCIR(CIRRDataModule):
+        name = "other-cir"
+        folder = "other_cir"
+        expected = {"val": {"queries": 3}}
+
+    write_cirr(tmp_path, folder="other_cir")
+    dm = OtherCIR(root=str(tmp_path))
+    assert dm.check()["val"]["queries"] == 3 and dm.loaded.warnings == []
+    assert "<root>/other_cir/dev/dev-*.png" in OtherCIR.layout and "cirr_dataset" not in OtherCIR.layout
+    with pytest.raises(DatasetNotFoundError, match="other_cir/cirr/captions"):
+        OtherCIR(root=str(tmp_path / "nowhere")).setup()
+
+
+def test_missing_root_shows_layout(tmp_path: Path) -> None:
+    with pytest.raises(DatasetNotFoundError) as err:
+        CIRRDataModule(root=str(tmp_path)).setup()
+    assert "Expected layout" in str(err.value) and "<root>/cirr_dataset/dev/dev-*.png" in str(err.value)
+
+
+def test_missing_image_fails_then_skip_missing_drops(root: Path) -> None:
+    lost = root / "cirr_dataset" / "dev" / f"{cirr_name('val', 7)}.png"
+    lost.unlink()
+    with pytest.raises(MissingFilesError, match=r"cirr \[val\]: 1 of 8 referenced files are missing") as err:
+        CIRRDataModule(root=str(root)).setup()
+    assert str(lost) in str(err.value)
+    dm = CIRRDataModule(root=str(root), skip_missing=True)
+    spec = dm.eval_spec("val")
+    # queries 11 (target 7) and 12 (image set holds 7) are dropped; the gallery loses image 7
+    assert spec.gallery_names == dev(3, 0, 1, 2, 6, 4, 5)
+    assert spec.query_ids == ["10"] and spec.query_labels.tolist() == [2] and spec.exclude.tolist() == [1]
+    assert spec.info["n_missing"] == 1 and dm.check()["val"]["missing"] == 1
+    assert dm.loaded.missing["val"] == [str(lost)]
+
+
+def test_val_images_outside_dev_get_a_hint(root: Path) -> None:
+    base = root / "cirr_dataset"
+    (base / "dev").rename(base / "val")
+    with pytest.raises(MissingFilesError, match=r"No folder .*/dev/: the images of split 'val' belong there"):
+        CIRRDataModule(root=str(root)).setup()
+
+
+def test_resolve_by_name_finds_flattened_train_images(root: Path) -> None:
+    train = root / "cirr_dataset" / "train"
+    for f in (train / "1").iterdir():
+        shutil.move(str(f), str(train / f.name))
+    with pytest.raises(MissingFilesError, match="resolve_by_name=True"):
+        CIRRDataModule(root=str(root)).setup()
+    dm = CIRRDataModule(root=str(root), resolve_by_name=True)
+    paths = dm.loaded.train.store.paths
+    assert paths[1] == train / f"{cirr_name('train', 1)}.png" and all(p.is_file() for p in paths)
+    assert dm.check()["train"]["missing"] == 0
+
+
+def test_invalid_json_names_the_position(root: Path) -> None:
+    file = root / "cirr_dataset" / "cirr" / "captions" / "cap.rc2.val.json"
+    file.write_text('[\n {"pairid": 1,,}\n]')
+    with pytest.raises(DatasetFormatError, match=r"cap\.rc2\.val\.json, line 2, column 15: invalid JSON"):
+        CIRRDataModule(root=str(root)).setup()
+
+
+def test_missing_field_names_the_entry(root: Path) -> None:
+    edit_captions(root, "val", lambda e: e[1].pop("caption"))
+    with pytest.raises(DatasetFormatError, match=r"entry 1 \(pairid 11\), field 'caption': missing field"):
+        CIRRDataModule(root=str(root)).setup()
+
+
+def test_only_test1_may_lack_targets(root: Path) -> None:
+    edit_captions(root, "val", lambda e: e[2].pop("target_hard"))
+    with pytest.raises(
+        DatasetFormatError, match=r"entry 2 \(pairid 12\), field 'target_hard': missing field"
+    ):
+        CIRRDataModule(root=str(root)).setup()
+
+
+def test_reference_not_among_members(root: Path) -> None:
+    def edit(entries: list[dict]) -> None:
+        entries[0]["img_set"]["members"] = dev(1, 2, 3, 4, 5, 6)
+
+    edit_captions(root, "val", edit)
+    with pytest.raises(
+        DatasetFormatError, match=r"entry 0 .*reference 'dev-0-0-img0' is not among the img_set"
+    ):
+        CIRRDataModule(root=str(root)).setup()
+
+
+def test_name_outside_the_split_file(root: Path) -> None:
+    edit_captions(root, "test1", lambda e: e[0]["img_set"]["members"].__setitem__(5, "test1-99-0-img1"))
+    with pytest.raises(
+        DatasetFormatError, match=r"entry 0 .*image 'test1-99-0-img1' is not in the split file"
+    ):
+        CIRRDataModule(root=str(root)).setup()

@@ -1,0 +1,189 @@
+"""FashionIQ DataModule on a fixture in the official format: fiq_a/fiq_b queries, groups, stats, bad input."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from datamodules.fashioniq import FashionIQDataModule
+from fgbench.data.batches import ComposedQueryBatch, TripletBatch
+from fgbench.data.validation import DatasetFormatError, DatasetNotFoundError, MissingFilesError
+from tests.fixtures.composed import write_fashioniq
+
+TEXTS_A = ["Is red and has short sleeves", "Darker navy and more casual"]
+TEXTS_B = [
+    "is red and has short sleeves",
+    "has short sleeves and is red",
+    "Darker NAVY and more casual",
+    "more casual and Darker NAVY",
+]
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    write_fashioniq(tmp_path)
+    return tmp_path
+
+
+def edit_json(root: Path, rel: str, edit) -> None:
+    file = root / "fashionIQ_dataset" / rel
+    entries = json.loads(file.read_text())
+    edit(entries)
+    file.write_text(json.dumps(entries))
+
+
+def test_train_batches_and_random_texts(root: Path) -> None:
+    dm = FashionIQDataModule(root=str(root), batch_size=4)
+    batch = next(iter(dm.train_dataloader()))
+    assert isinstance(batch, TripletBatch)
+    assert batch.reference.pixels.shape == batch.target.pixels.shape == (4, 3, 64, 64)
+    assert len(batch.text.raw) == 4 and batch.target_label.shape == (4,)
+    ds = dm.loaded.train
+    assert len(ds) == 6 and dm.num_classes == 12  # 2 triplets x 3 categories over 12 distinct images
+    random.seed(0)
+    drawn = {ds[0]["text"] for _ in range(60)}
+    assert drawn == {
+        "Is red and has short sleeves",
+        "Has short sleeves and is red",
+        "Is red",
+        "Has short sleeves",
+    }
+
+
+def test_concat_train_text(root: Path) -> None:
+    ds = FashionIQDataModule(root=str(root), train_text="concat").loaded.train
+    assert ds.texts == TEXTS_A * 3
+
+
+def test_fiq_a_spec(root: Path) -> None:
+    dm = FashionIQDataModule(root=str(root))
+    spec = dm.eval_spec("val")
+    queries = dm.loaded.eval_sets["val"].queries
+    # galleries: dress 0-3, shirt 4-7, toptee 8-12 (toptee also holds shirt_val_0)
+    assert spec.protocol == "fiq_a" and spec.gallery_labels.tolist() == list(range(13))
+    assert queries.texts == TEXTS_A * 3
+    assert queries.ref_ids == [0, 2, 4, 6, 8, 10]
+    assert spec.query_labels.tolist() == [1, 3, 5, 7, 9, 11]
+    assert spec.exclude.tolist() == [-1] * 6  # the candidate stays a candidate
+    groups = {k: (q.tolist(), g.tolist()) for k, (q, g) in spec.groups.items()}
+    assert groups == {
+        "dress": ([0, 1], [0, 1, 2, 3]),
+        "shirt": ([2, 3], [4, 5, 6, 7]),
+        "toptee": ([4, 5], [8, 9, 10, 11, 12]),
+    }
+    q = next(iter(dm.val_dataloader()[0]))
+    assert isinstance(q, ComposedQueryBatch) and q.text.raw == TEXTS_A * 3
+
+
+def test_fiq_b_spec(root: Path) -> None:
+    dm = FashionIQDataModule(root=str(root), protocol="fiq_b")
+    spec = dm.eval_spec("val")
+    assert spec.protocol == "fiq_b"
+    assert dm.loaded.eval_sets["val"].queries.texts == TEXTS_B * 3
+    assert spec.query_labels.tolist() == [1, 1, 3, 3, 5, 5, 7, 7, 9, 9, 11, 11]
+    assert spec.exclude.tolist() == [0, 0, 2, 2, 4, 4, 6, 6, 8, 8, 10, 10]
+    assert spec.groups["toptee"][0].tolist() == [8, 9, 10, 11]
+
+
+def test_one_category(root: Path) -> None:
+    dm = FashionIQDataModule(root=str(root), categories="shirt")
+    spec = dm.eval_spec("val")
+    assert spec.query_labels.tolist() == [1, 3] and spec.n_gallery == 4
+    assert list(spec.groups) == ["shirt"] and spec.info["categories"] == ["shirt"]
+    assert len(dm.loaded.train) == 2
+
+
+def test_test_split_has_no_labels(root: Path) -> None:
+    spec = FashionIQDataModule(root=str(root)).eval_spec("test")
+    assert spec.query_labels is None and spec.n_query == 3 and spec.n_gallery == 9
+
+
+def test_check_stats_and_count_warnings(root: Path) -> None:
+    dm = FashionIQDataModule(root=str(root), categories=["dress", "toptee"])
+    stats = dm.check()
+    assert stats["val"] == {"images": 9, "captions": 8, "labels": 4, "queries": 4, "gallery": 9, "missing": 0}
+    assert stats["train"] == {
+        "images": 8,
+        "captions": 8,
+        "labels": 4,
+        "queries": 4,
+        "gallery": 0,
+        "missing": 0,
+    }
+    assert stats["test"] == {
+        "images": 6,
+        "captions": 4,
+        "labels": 0,
+        "queries": 2,
+        "gallery": 6,
+        "missing": 0,
+    }
+    assert stats["val/toptee"] == {"triplets": 2, "images": 5}
+    assert "fashioniq [val/dress]: expected 2017 triplets, found 2" in dm.loaded.warnings
+
+
+def test_bad_parameters() -> None:
+    with pytest.raises(ValueError, match="unknown categories \\['dresses'\\]"):
+        FashionIQDataModule(categories=["dresses"])
+    with pytest.raises(ValueError, match="unknown protocol 'fiq_c'"):
+        FashionIQDataModule(protocol="fiq_c")
+
+
+def test_missing_root_shows_layout(tmp_path: Path) -> None:
+    with pytest.raises(DatasetNotFoundError, match="fashionIQ_dataset/images/<ASIN>.jpg"):
+        FashionIQDataModule(root=str(tmp_path)).setup()
+
+
+def test_missing_image_fails_then_skip_missing_drops(root: Path) -> None:
+    lost = root / "fashionIQ_dataset" / "images" / "shirt_val_1.jpg"  # target of shirt's first val triplet
+    lost.unlink()
+    with pytest.raises(MissingFilesError, match=r"\[val\]: 1 of 12 referenced files") as err:
+        FashionIQDataModule(root=str(root)).setup()
+    assert str(lost) in str(err.value) and "Tried <ASIN>.jpg" in str(err.value)
+    dm = FashionIQDataModule(root=str(root), skip_missing=True)
+    spec = dm.eval_spec("val")
+    assert spec.n_gallery == 12 and spec.info["n_missing"] == 1
+    assert spec.query_labels.tolist() == [1, 3, 6, 8, 10]  # shirt block is now 4, 5, 6
+    assert spec.groups["shirt"][1].tolist() == [4, 5, 6]
+    assert dm.check()["val"]["missing"] == 1 and dm.loaded.missing["val"] == [str(lost)]
+
+
+def test_png_images_get_a_hint(tmp_path: Path) -> None:
+    write_fashioniq(tmp_path, ext=".png")
+    with pytest.raises(MissingFilesError, match=r"exist as \.png .*convert or rename them to \.jpg"):
+        FashionIQDataModule(root=str(tmp_path)).setup()
+
+
+def test_invalid_json_names_the_position(root: Path) -> None:
+    (root / "fashionIQ_dataset" / "captions" / "cap.shirt.val.json").write_text('[{"candidate": "a"')
+    with pytest.raises(DatasetFormatError, match=r"cap\.shirt\.val\.json, line 1, column 19: invalid JSON"):
+        FashionIQDataModule(root=str(root)).setup()
+
+
+def test_missing_field_names_the_entry(root: Path) -> None:
+    edit_json(root, "captions/cap.dress.val.json", lambda e: e[1].pop("captions"))
+    with pytest.raises(
+        DatasetFormatError, match=r"cap\.dress\.val\.json, entry 1, field 'captions': missing"
+    ):
+        FashionIQDataModule(root=str(root)).setup()
+
+
+def test_val_target_outside_the_split(root: Path) -> None:
+    edit_json(root, "captions/cap.toptee.val.json", lambda e: e[0].update(target="dress_val_1"))
+    with pytest.raises(DatasetFormatError, match=r"entry 0, field 'target': 'dress_val_1' is not in split"):
+        FashionIQDataModule(root=str(root)).setup()
+
+
+def test_candidate_equal_to_target(root: Path) -> None:
+    edit_json(root, "captions/cap.dress.train.json", lambda e: e[1].update(target=e[1]["candidate"]))
+    with pytest.raises(DatasetFormatError, match=r"entry 1: candidate equals target"):
+        FashionIQDataModule(root=str(root)).setup()
+
+
+def test_duplicate_in_split_file(root: Path) -> None:
+    edit_json(root, "image_splits/split.dress.val.json", lambda e: e.append(e[0]))
+    with pytest.raises(DatasetFormatError, match=r"entry 4: duplicate ASIN 'dress_val_0'"):
+        FashionIQDataModule(root=str(root)).setup()

@@ -1,0 +1,149 @@
+"""CUB and Flowers DataModules on tiny datasets in Reed et al.'s layout."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from datamodules.reed import CUBDataModule, FlowersDataModule
+from fgbench.data.batches import PairBatch
+from fgbench.data.validation import DatasetFormatError, DatasetNotFoundError, MissingFilesError
+from fgbench.registry import DATAMODULES
+from tests.fixtures.reed import captions_of, write_cub, write_flowers
+
+# default fixture: classes 1-3 train, 4 val, 5-6 test; 2 images per class, 10 captions per image
+
+
+def stats(n_classes: int, images_per_class: int = 2, train: bool = False) -> dict[str, int]:
+    n = n_classes * images_per_class
+    return {
+        "images": n,
+        "captions": 10 * n,
+        "labels": n_classes,
+        "queries": 10 * n,
+        "gallery": 0 if train else n,
+        "missing": 0,
+    }
+
+
+def test_registered_by_name() -> None:
+    assert DATAMODULES.get("cub") is CUBDataModule and DATAMODULES.get("flowers") is FlowersDataModule
+
+
+def test_cub_default_trains_on_trainval_tests_on_test(tmp_path: Path) -> None:
+    fx = write_cub(tmp_path)
+    dm = CUBDataModule(root=str(tmp_path), batch_size=8)
+    assert dm.check() == {"train": stats(4, train=True), "test": stats(2)}  # *.t7, manifest.txt ignored
+    assert dm.num_classes == 4
+    ds = dm.loaded.train
+    assert ds is not None
+    assert ds.labels == [i // 20 for i in range(80)]  # rank among sorted trainval classes
+    assert ds.image_index == [i // 10 for i in range(80)]
+    assert ds.captions[0] == captions_of(fx.classes["train"][0], fx.images[fx.classes["train"][0]][0].stem)[0]
+    batch = next(iter(dm.train_dataloader()))
+    assert isinstance(batch, PairBatch) and batch.visual.pixels is not None
+    assert batch.visual.pixels.shape == (8, 3, 64, 64) and len(batch.text) == 8
+    spec = dm.eval_spec("test")
+    assert spec.protocol == "class_reed"
+    assert spec.gallery_labels.tolist() == [5, 5, 6, 6]  # class number of the folder name
+    assert spec.query_labels is not None and spec.query_labels.tolist() == [5] * 20 + [6] * 20
+    assert spec.info["classes"] == ["005.Bird_5", "006.Bird_6"] and spec.info["class_labels"] == [5, 6]
+    with pytest.raises(RuntimeError, match="tuning=True"):
+        dm.val_dataloader()
+
+
+def test_tuning_trains_on_train_validates_on_val(tmp_path: Path) -> None:
+    write_flowers(tmp_path)
+    dm = FlowersDataModule(root=str(tmp_path), tuning=True)
+    assert dm.check() == {"train": stats(3, train=True), "val": stats(1), "test": stats(2)}
+    assert dm.eval_spec("val").gallery_labels.tolist() == [4, 4]
+    assert len(dm.val_dataloader()) == 2
+    assert any("flowers [train]: expected 62 labels, found 3" == w for w in dm.loaded.warnings)
+
+
+def test_missing_root_shows_layout(tmp_path: Path) -> None:
+    with pytest.raises(DatasetNotFoundError, match=r"<root>/Flowers/102flowers/jpg/image_XXXXX\.jpg"):
+        FlowersDataModule(root=str(tmp_path)).setup()
+
+
+def test_class_lists_must_be_disjoint(tmp_path: Path) -> None:
+    fx = write_cub(tmp_path)
+    fx.list_file("testclasses").write_text("004.Bird_4\n005.Bird_5\n006.Bird_6\n", encoding="utf-8")
+    with pytest.raises(DatasetFormatError, match=r"testclasses\.txt: classes also in valclasses\.txt"):
+        CUBDataModule(root=str(tmp_path)).setup()
+
+
+def test_class_lists_must_cover_allclasses(tmp_path: Path) -> None:
+    fx = write_cub(tmp_path)
+    fx.list_file("testclasses").write_text("005.Bird_5\n", encoding="utf-8")
+    with pytest.raises(DatasetFormatError, match=r"allclasses\.txt: differs from train ∪ val ∪ test"):
+        CUBDataModule(root=str(tmp_path)).setup()
+
+
+def test_class_list_line_must_parse(tmp_path: Path) -> None:
+    fx = write_flowers(tmp_path)
+    fx.list_file("valclasses").write_text("class_00004\n\nflower 4\n", encoding="utf-8")
+    with pytest.raises(DatasetFormatError, match=r"valclasses\.txt, line 3: unparsable class name"):
+        FlowersDataModule(root=str(tmp_path)).setup()
+
+
+def test_listed_class_needs_a_folder(tmp_path: Path) -> None:
+    fx = write_cub(tmp_path)
+    for f in (fx.text_dir / "text_c10" / "006.Bird_6").iterdir():
+        f.unlink()
+    (fx.text_dir / "text_c10" / "006.Bird_6").rmdir()
+    with pytest.raises(DatasetNotFoundError, match="1 listed classes have no folder.*006.Bird_6"):
+        CUBDataModule(root=str(tmp_path)).setup()
+
+
+def test_caption_count_other_than_10_warns(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    fx = write_cub(tmp_path)
+    f = fx.captions["005.Bird_5"][0]
+    f.write_text("one\n\ntwo\nthree\n", encoding="utf-8")
+    with caplog.at_level(logging.WARNING, logger="fgbench.data"):
+        st = CUBDataModule(root=str(tmp_path)).check()
+    assert f"{f} has 3 captions (expected 10)" in caplog.text
+    assert st["test"]["captions"] == 33
+
+
+def test_empty_caption_file_is_an_error(tmp_path: Path) -> None:
+    fx = write_flowers(tmp_path)
+    fx.captions["class_00001"][1].write_text("\n \n", encoding="utf-8")
+    with pytest.raises(DatasetFormatError, match=r"image_00101\.txt, line 1: no captions"):
+        FlowersDataModule(root=str(tmp_path)).setup()
+
+
+def test_caption_without_image_and_image_without_caption(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    fx = write_cub(tmp_path)
+    lost_image = fx.images["005.Bird_5"][0]
+    lost_image.unlink()
+    lost_text = fx.captions["006.Bird_6"][1]
+    lost_text.unlink()
+    with pytest.raises(MissingFilesError) as err:
+        CUBDataModule(root=str(tmp_path)).setup()
+    assert "test]: 2 of 4" in str(err.value)
+    assert str(lost_image) in str(err.value) and str(lost_text) in str(err.value)
+    dm = CUBDataModule(root=str(tmp_path), skip_missing=True)
+    with caplog.at_level(logging.WARNING, logger="fgbench.data"):
+        st = dm.check()["test"]
+    assert "skip_missing=True drops 2 of 4" in caplog.text
+    assert st == {"images": 4, "captions": 30, "labels": 2, "queries": 20, "gallery": 2, "missing": 2}
+    spec = dm.eval_spec("test")
+    assert spec.info["n_missing"] == 2 and spec.gallery_labels.tolist() == [5, 6]
+
+
+def test_flowers_image_without_any_caption_file(tmp_path: Path) -> None:
+    fx = write_flowers(tmp_path)
+    stray = fx.images["class_00001"][0].with_name("image_09999.jpg")
+    stray.write_bytes(fx.images["class_00001"][0].read_bytes())
+    with pytest.raises(
+        MissingFilesError, match=r"(?s)flowers \[all\]: 1 of 13.*text_c10/\*/image_09999\.txt"
+    ):
+        FlowersDataModule(root=str(tmp_path)).setup()
+    dm = FlowersDataModule(root=str(tmp_path), skip_missing=True)
+    assert dm.check()["test"]["gallery"] == 4
+    assert dm.loaded.missing["all"] == [str(fx.text_dir / "text_c10" / "*" / "image_09999.txt")]
