@@ -67,3 +67,10 @@ def test_data_check_counts_missing_images_and_exits_1(tmp_path: Path) -> None:
 def test_data_check_missing_root_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["data", "check", "rstpreid", "--root", str(tmp_path / "nope")]) == 2
     assert "data_captions.json" in capsys.readouterr().out
+
+
+def test_unknown_evaluation_split_names_the_available_ones(tmp_path: Path) -> None:
+    write_rstpreid(tmp_path)
+    dm = DATAMODULES.get("rstpreid")(root=str(tmp_path), test_split="tset")
+    with pytest.raises(KeyError, match=r"no evaluation split 'tset'; available: \['test', 'val'\]"):
+        dm.test_dataloader()

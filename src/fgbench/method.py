@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, ClassVar
 
 import lightning as L
@@ -22,6 +23,7 @@ from fgbench.data.module import RetrievalDataModule
 from fgbench.data.processor import BasicProcessor, Processor
 from fgbench.evaluation import EvalResult, EvalSpec, FunctionSource, evaluate
 from fgbench.evaluation.distributed import gather_by_index
+from fgbench.evaluation.submission import write_cirr_submission
 from fgbench.features import Features
 from fgbench.optim import OptimConfig, build_optimizer, build_scheduler, param_groups
 
@@ -183,6 +185,21 @@ class RetrievalMethod(L.LightningModule):
         self.last_result[stage] = result
         for k, v in result.metrics.items():
             self.log(f"{stage}/{k}", v, sync_dist=False, rank_zero_only=False)
+        if (
+            "topk" in result.arrays
+            and es.spec.query_ids
+            and es.spec.gallery_names
+            and self.trainer.is_global_zero
+        ):
+            out = Path(self.trainer.default_root_dir) / f"submission_{split}"
+            paths = write_cirr_submission(
+                result.arrays["topk"],
+                result.arrays["sub_order"],
+                es.spec.query_ids,
+                es.spec.gallery_names,
+                out,
+            )
+            result.details["submission"] = [str(p) for p in paths]
 
     def _gather(self, idx: int, n: int, what: str) -> Features:
         parts = self._eval_buf.get(idx, [])
