@@ -15,8 +15,9 @@ T = TypeVar("T")
 class Registry(Generic[T]):
     """A mapping from a registry name to a class, filled by the `register` decorator."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, plugins: bool = True) -> None:
         self.kind = kind
+        self.plugins = plugins  # import the method/datamodule packages before a lookup
         self._entries: dict[str, T] = {}
 
     def register(self, name: str) -> Callable[[T], T]:
@@ -31,7 +32,7 @@ class Registry(Generic[T]):
         return deco
 
     def get(self, name: str) -> T:
-        load_plugins()
+        self._load()
         try:
             return self._entries[name]
         except KeyError:
@@ -39,12 +40,16 @@ class Registry(Generic[T]):
             raise KeyError(f"unknown {self.kind} {name!r}; registered: {known}") from None
 
     def list(self) -> list[str]:
-        load_plugins()
+        self._load()
         return sorted(self._entries)
 
     def __contains__(self, name: object) -> bool:
-        load_plugins()
+        self._load()
         return name in self._entries
+
+    def _load(self) -> None:
+        if self.plugins:
+            load_plugins()
 
 
 METHODS: Registry[type] = Registry("method")

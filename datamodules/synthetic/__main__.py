@@ -1,0 +1,60 @@
+"""Command line: `python -m datamodules.synthetic generate|preview NAME ...`.
+
+generate: render a dataset (unless a complete copy exists) and print its folder and per-split counts.
+preview: write a PNG grid of samples with their captions. `--size KEY=N` overrides a size option.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from datamodules.synthetic import GENERATORS, generate
+from datamodules.synthetic.common import RECORD_FILE
+from datamodules.synthetic.preview import preview
+
+DEFAULT_ROOT = Path("data/synthetic")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m datamodules.synthetic", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    gen = commands.add_parser("generate", help="render a dataset and print its folder and counts")
+    show = commands.add_parser("preview", help="write a PNG grid of samples with their captions")
+    show.add_argument("--out", type=Path, required=True, help="PNG file to write")
+    for sub in (gen, show):
+        sub.add_argument("name", choices=sorted(GENERATORS))
+        sub.add_argument(
+            "--root", type=Path, default=DEFAULT_ROOT, help=f"cache folder (default {DEFAULT_ROOT})"
+        )
+        sub.add_argument("--seed", type=int, default=0)
+        sub.add_argument(
+            "--size", action="append", default=[], type=_size, metavar="KEY=N", help="override a size option"
+        )
+    return parser
+
+
+def _size(text: str) -> tuple[str, int]:
+    """'train_ids=40' -> ('train_ids', 40)."""
+    key, sep, value = text.partition("=")
+    if not sep or not value.isdigit():
+        raise argparse.ArgumentTypeError(f"expected KEY=N (e.g. train_ids=40), got {text!r}")
+    return key, int(value)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    sizes = dict(args.size)
+    if args.command == "preview":
+        print(preview(args.name, args.out, args.root, args.seed, **sizes))
+        return
+    folder = generate(args.name, args.root, args.seed, **sizes)
+    print(folder)
+    counts = json.loads((folder / RECORD_FILE).read_text())["counts"]
+    for split, numbers in counts.items():
+        print(f"  {split}: " + ", ".join(f"{v} {k}" for k, v in numbers.items()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""Precomputed region features (bottom-up attention, or the tiny grid cells) with box positional encoding, as
+TERAN's `PositionalEncodingImageBoxes` (mesnico/TERAN; METHODS.md §2), followed by a Linear projection to d.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from fgbench.data.batches import Visual
+from fgbench.encoders.layers import masked_mean, zero_padding
+from fgbench.encoders.outputs import ImageOutput
+from fgbench.encoders.registry import register_image_encoder
+
+PosEncoding = Literal["concat-and-process", "project-and-sum", "none"]
+
+
+def box_infos(boxes: Tensor) -> Tensor:
+    """[x1, y1, x2, y2, area] of normalised boxes [B,R,4] -> [B,R,5]."""
+    area = (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
+    return torch.cat([boxes, area.unsqueeze(-1)], dim=-1)
+
+
+class ConcatAndProcess(nn.Module):
+    """TERAN `concat-and-process`: Linear(D+5 -> D), ReLU, Linear(D -> D) on [features; box infos]."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.map = nn.Sequential(nn.Linear(dim + 5, dim), nn.ReLU(inplace=True), nn.Linear(dim, dim))
+
+    def forward(self, x: Tensor, boxes: Tensor) -> Tensor:
+        return self.map(torch.cat([x, box_infos(boxes)], dim=-1))
+
+
+class ProjectAndSum(nn.Module):
+    """TERAN `project-and-sum`: features + Linear(5 -> D)(box infos)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.map = nn.Linear(5, dim)
+
+    def forward(self, x: Tensor, boxes: Tensor) -> Tensor:
+        return x + self.map(box_infos(boxes))
+
+
+_POS_ENCODINGS: dict[str, Callable[[int], nn.Module | None]] = {
+    "concat-and-process": ConcatAndProcess,
+    "project-and-sum": ProjectAndSum,
+    "none": lambda dim: None,
+}
+
+
+@register_image_encoder("regions")
+class RegionEncoder(nn.Module):
+    """Region features [B,R,in_dim] + boxes -> positional encoding -> Linear to `dim` (identity if None).
+
+    tokens = the encoded regions (zero at padded slots), glob = their masked mean, boxes passed through.
+
+    Example:
+        >>> enc = RegionEncoder(in_dim=2048, dim=1024, pos_encoding="concat-and-process")
+        >>> enc(Visual(regions=r, boxes=b, region_mask=m)).tokens.shape  # [B, 36, 1024]
+    """
+
+    def __init__(
+        self, *, in_dim: int = 2048, dim: int | None = None, pos_encoding: PosEncoding = "none"
+    ) -> None:
+        super().__init__()
+        if pos_encoding not in _POS_ENCODINGS:
+            raise ValueError(f"pos_encoding {pos_encoding!r}: expected one of {', '.join(_POS_ENCODINGS)}")
+        self.pos = _POS_ENCODINGS[pos_encoding](in_dim)
+        self.proj = nn.Linear(in_dim, dim) if dim is not None else nn.Identity()
+        self.out_dim = in_dim if dim is None else dim
+
+    def forward(self, visual: Visual) -> ImageOutput:
+        if visual.regions is None:
+            raise ValueError("Visual.regions is None: the regions encoder needs precomputed region features")
+        x = visual.regions
+        mask = visual.region_mask
+        if mask is None:
+            mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
+        if self.pos is not None:
+            if visual.boxes is None:
+                raise ValueError("Visual.boxes is None: pos_encoding needs the region boxes (or use 'none')")
+            x = self.pos(x, visual.boxes.to(x.dtype))
+        tokens = zero_padding(self.proj(x), mask)
+        return ImageOutput(glob=masked_mean(tokens, mask), tokens=tokens, mask=mask, boxes=visual.boxes)
