@@ -98,6 +98,7 @@ class PersonDataModule(RetrievalDataModule):
     """
 
     tasks: ClassVar[frozenset[str]] = frozenset({"text-image"})
+    tiny_image_size: ClassVar[tuple[int, int]] = (64, 32)  # person crops are tall
     annotation_file: ClassVar[str] = ""
     path_field: ClassVar[str] = "file_path"
     layout_template: ClassVar[str] = ""

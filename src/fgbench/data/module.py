@@ -68,6 +68,8 @@ class RetrievalDataModule(L.LightningDataModule):
     # DATASETS.md counts per split: {"images", "captions", "labels", "queries", "gallery"} -> int, or None
     # where unknown. A mismatch is a warning (plain and ≈ counts alike); found counts go into result.json.
     expected: ClassVar[dict[str, dict[str, int | None]]] = {}
+    # (height, width) the tiny profile resizes images to (METHODS.md, "Tiny profile")
+    tiny_image_size: ClassVar[tuple[int, int]] = (32, 32)
 
     def __init__(
         self,
@@ -118,6 +120,10 @@ class RetrievalDataModule(L.LightningDataModule):
     @property
     def num_classes(self) -> int:
         return self.loaded.num_classes
+
+    def train_texts(self) -> list[str]:
+        """The training captions (builds the tiny profile's word vocabulary)."""
+        return self.loaded.train_vocab_texts
 
     def check(self) -> dict[str, dict[str, int]]:
         """Per-split counts for `fgbench data check`."""
