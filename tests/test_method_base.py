@@ -146,3 +146,34 @@ def test_run_command_writes_a_hash_named_run(data_root: Path, tmp_path: Path) ->
     assert list((tmp_path / "runs" / "rstpreid" / "tiny_dual" / "tiny").glob("seed3-*")) == runs
     assert main([*args[:-2], "--model.dim", "4", *args[-2:]]) == 0
     assert len(list((tmp_path / "runs" / "rstpreid" / "tiny_dual" / "tiny").glob("seed3-*"))) == 2
+
+
+class FrozenDual(TinyDual):
+    """An evaluation-only method (like zero-shot CLIP): no training step."""
+
+    name = "frozen_dual"
+    trains = False
+
+
+def test_fit_of_an_evaluation_only_method_trains_nothing_and_tests(data_root: Path, tmp_path: Path) -> None:
+    args = [
+        "fit",
+        "--data",
+        "datamodules.person.RSTPReidDataModule",
+        "--data.root",
+        str(data_root),
+        "--model",
+        "test_method_base.FrozenDual",
+        "--trainer.max_epochs",
+        "3",
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--run.root",
+        str(tmp_path / "runs"),
+    ]
+    assert main(args) == 0
+    (result,) = (tmp_path / "runs" / "rstpreid" / "frozen_dual" / "tiny").glob("seed0-*/result.json")
+    rec = json.loads(result.read_text())
+    assert rec["global_step"] == 0 and set(rec["metrics"]) >= {"R1", "mAP"}

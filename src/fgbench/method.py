@@ -132,6 +132,8 @@ class RetrievalMethod(L.LightningModule):
         return total  # type: ignore[return-value]
 
     def configure_optimizers(self) -> Any:
+        if not self.trains:  # evaluation-only (zero-shot): `fit` runs no training batch, then tests
+            return None
         opt = build_optimizer(param_groups(self, self.optim_cfg), self.optim_cfg)
         total = int(self.trainer.estimated_stepping_batches)
         per_epoch = max(1, total // max(1, self.trainer.max_epochs or 1))

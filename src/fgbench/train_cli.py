@@ -153,6 +153,9 @@ class FgbenchCLI(LightningCLI):
             "default_root_dir": str(directory),
             "logger": loggers,
         }
+        if not getattr(_resolve(self.config[self.subcommand]["model"]["class_path"]), "trains", True):
+            # an evaluation-only method: `fit` trains nothing and goes straight to the test run
+            trainer_cfg.update(limit_train_batches=0, limit_val_batches=0, max_epochs=1)
         if trainer_cfg.get("enable_progress_bar", True) is not False:
             callbacks.append(RichProgressBar())
         extra = [self._get(self.config_init, c) for c in self._parser(self.subcommand).callback_keys]
