@@ -56,3 +56,22 @@ def load_array(path: str | Path, what: str) -> torch.Tensor:
             raise ValueError(f"{what}: {path} holds a {type(obj).__name__}, expected a single tensor")
         return obj
     raise ValueError(f"{what}: {path} has extension {path.suffix!r}; expected .npy or .pt")
+
+
+def check_checkpoint(path: str | Path) -> None:
+    """Refuse a checkpoint that cannot be loaded with torch.load(weights_only=True).
+
+    Lightning checkpoints of fgbench methods hold tensors, primitives and allow-listed config dataclasses
+    only; anything else would need arbitrary unpickling, which can run code.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} not found")
+    try:
+        torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - UnpicklingError and friends
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(
+            f"checkpoint {path} cannot be loaded safely (torch.load weights_only=True refused it: {first}). "
+            "fgbench never unpickles arbitrary objects; re-save the checkpoint from a trusted copy."
+        ) from None

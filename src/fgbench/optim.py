@@ -42,6 +42,10 @@ class OptimConfig:
     gamma: float = 0.1  # "step": decay factor
 
 
+# checkpoints keep OptimConfig in their hyper-parameters: allow it under torch.load(weights_only=True)
+torch.serialization.add_safe_globals([OptimConfig])
+
+
 def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
     """Group trainable parameters by (lr multiplier, decay or not)."""
     groups: dict[tuple[float, bool], list[nn.Parameter]] = {}

@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 from fgbench.data.module import RetrievalDataModule
+from fgbench.io import check_checkpoint
 from fgbench.method import RetrievalMethod
 from fgbench.registry import load_plugins
 from fgbench.results import RESULT_FILE, config_hash, device_name, provenance, run_dir, write_result
@@ -175,8 +176,20 @@ def _resolve(class_path: str) -> type:
     return getattr(importlib.import_module(mod), name)
 
 
+def _ckpt_arg(args: Sequence[str]) -> str | None:
+    for i, a in enumerate(args):
+        if a == "--ckpt_path" and i + 1 < len(args):
+            return args[i + 1]
+        if a.startswith("--ckpt_path="):
+            return a.split("=", 1)[1]
+    return None
+
+
 def run(args: Sequence[str]) -> int:
     """Entry point used by `python -m fgbench fit|validate|test ...`."""
+    ckpt = _ckpt_arg(args)
+    if ckpt and ckpt not in ("last", "best", "hpc", "registry"):
+        check_checkpoint(ckpt)  # before LightningCLI reads its hyper-parameters
     load_plugins()
     torch.set_float32_matmul_precision("high")
     FgbenchCLI(

@@ -1,0 +1,51 @@
+"""Checkpoints load without unpickling arbitrary objects; a malicious one is refused with a clear message."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import pytest
+
+from fgbench.cli import main
+from fgbench.io import check_checkpoint
+from fixtures.person import write_rstpreid
+
+
+def _args(data: Path, runs: Path, *extra: str) -> list[str]:
+    return [
+        "--data",
+        "datamodules.person.RSTPReidDataModule",
+        "--data.root",
+        str(data),
+        "--model",
+        "test_method_base.TinyDual",
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--run.root",
+        str(runs),
+        *extra,
+    ]
+
+
+def test_own_checkpoint_reloads_and_malicious_one_is_refused(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    write_rstpreid(data, n_train=6)
+    assert main(["fit", *_args(data, tmp_path / "runs")]) == 0
+    (ckpt,) = (tmp_path / "runs").rglob("last.ckpt")
+    check_checkpoint(ckpt)  # our own checkpoints pass weights_only loading (OptimConfig is allow-listed)
+    assert main(["test", *_args(data, tmp_path / "runs2", "--ckpt_path", str(ckpt))]) == 0
+
+    class Evil:
+        def __reduce__(self):  # would run code when unpickled
+            return (Path(tmp_path / "pwned").touch, ())
+
+    evil = tmp_path / "evil.ckpt"
+    evil.write_bytes(pickle.dumps({"state_dict": {}, "payload": Evil()}))
+    with pytest.raises(ValueError, match="cannot be loaded safely.*weights_only=True"):
+        main(["test", *_args(data, tmp_path / "runs3", "--ckpt_path", str(evil))])
+    assert not (tmp_path / "pwned").exists()
