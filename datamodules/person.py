@@ -16,7 +16,6 @@ folder (synth-person) subclasses `RSTPReidDataModule` overriding only class attr
 from __future__ import annotations
 
 import logging
-import os
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -232,11 +231,10 @@ class PersonDataModule(RetrievalDataModule):
     def spec_info(self, split: str) -> dict[str, Any]:
         return {"dataset": self.name, "split": split, "labels": "raw person id"}
 
-    def train_sampler(self, ds: Dataset) -> Sampler | None:
+    def train_sampler(self, ds: Dataset, num_replicas: int, rank: int, seed: int) -> Sampler | None:
         if self.sampler != "pk":
             return None
-        seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
-        return PKSampler(ds.labels, self.batch_size, self.pk_k, seed=seed)  # type: ignore[attr-defined]
+        return PKSampler(ds.labels, self.batch_size, self.pk_k, num_replicas, rank, seed)  # type: ignore[attr-defined]
 
 
 @register_datamodule("cuhk-pedes")

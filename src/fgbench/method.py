@@ -9,12 +9,14 @@ evaluator, log `val/<metric>` and `test/<metric>`, write result.json). No method
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
 import lightning as L
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -135,13 +137,41 @@ class RetrievalMethod(L.LightningModule):
         if not self.trains:  # evaluation-only (zero-shot): `fit` runs no training batch, then tests
             return None
         opt = build_optimizer(param_groups(self, self.optim_cfg), self.optim_cfg)
-        total = int(self.trainer.estimated_stepping_batches)
-        per_epoch = max(1, total // max(1, self.trainer.max_epochs or 1))
+        total, per_epoch = self._schedule_steps()
         sched = build_scheduler(opt, self.optim_cfg, total, per_epoch)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
+    def _schedule_steps(self) -> tuple[int, int]:
+        """(total optimiser steps, steps per epoch) from the training loader's length.
+
+        Not `trainer.estimated_stepping_batches`: that makes Lightning build and prefetch the training loader
+        before a checkpoint is restored, so a mid-epoch resume would lose the loader's position.
+        """
+        trainer, dm = self.trainer, self._datamodule()
+        if dm is None:
+            total = int(trainer.estimated_stepping_batches)
+            return total, max(1, total // max(1, trainer.max_epochs or 1))
+        batches = len(dm.train_dataloader())
+        limit = trainer.limit_train_batches
+        batches = min(batches, int(limit)) if isinstance(limit, int) else int(batches * float(limit))
+        per_epoch = max(1, batches // max(1, trainer.accumulate_grad_batches))
+        total = (
+            trainer.max_steps
+            if trainer.max_steps and trainer.max_steps > 0
+            else per_epoch * (trainer.max_epochs or 1)
+        )
+        return int(total), per_epoch
+
     def on_fit_start(self) -> None:
         self._fit_start = time.perf_counter()
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep the RNG states, so a run resumed mid-epoch draws the same dropout masks as an unbroken one."""
+        checkpoint["fgbench_rng"] = rng_state()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "fgbench_rng" in checkpoint:
+            set_rng_state(checkpoint["fgbench_rng"])
 
     # -- evaluation loop -----------------------------------------------------------------------------
     def _eval_step(self, batch: Any, dataloader_idx: int) -> None:
@@ -229,6 +259,28 @@ class RetrievalMethod(L.LightningModule):
         if spec.protocol in ROWS_ARE_IMAGES:
             source = source.T
         return evaluate(source, spec, rerank_k=self.rerank_k, block_rows=self.eval_block_rows)
+
+
+def rng_state() -> dict[str, Any]:
+    """Python, NumPy and torch (CPU and CUDA) RNG states, as tensors and primitives (weights_only-safe)."""
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(tuple(state["python"]) if not isinstance(state["python"], tuple) else state["python"])
+    kind, keys, *rest = state["numpy"]
+    np.random.set_state((kind, keys.numpy(), *rest))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def _batch_size(batch: Any) -> int:

@@ -104,6 +104,12 @@ class FgbenchCLI(LightningCLI):
             choices=["off", "offline", "online"],
             help="also log to Weights & Biases (offline unless asked)",
         )
+        parser.add_argument(
+            "--run.ckpt_every_n_steps",
+            type=int,
+            default=0,
+            help="also save last.ckpt every N training steps (mid-epoch resume)",
+        )
 
     def _run_identity(self) -> tuple[Path, dict[str, Any]]:
         cfg = self.config[self.subcommand] if self.subcommand else self.config
@@ -114,8 +120,7 @@ class FgbenchCLI(LightningCLI):
         data_cls = _resolve(plain["data"]["class_path"])
         model_cls = _resolve(plain["model"]["class_path"])
         profile = plain["model"].get("init_args", {}).get("profile", "tiny")
-        seed = cfg.get("seed_everything")
-        seed = 0 if seed in (None, True, False) else int(seed)
+        seed = int(cfg.get("seed_everything"))
         method = getattr(model_cls, "name", "") or model_cls.__name__
         dataset = getattr(data_cls, "name", "") or data_cls.__name__
         directory = run_dir(cfg["run"]["root"], dataset, method, profile, seed, chash)
@@ -145,7 +150,12 @@ class FgbenchCLI(LightningCLI):
                 )
             )
         callbacks: list[Callback] = [
-            ModelCheckpoint(dirpath=str(directory / "checkpoints"), save_last=True, save_top_k=0),
+            ModelCheckpoint(
+                dirpath=str(directory / "checkpoints"),
+                save_last=True,
+                save_top_k=0,
+                every_n_train_steps=self.config[self.subcommand]["run"]["ckpt_every_n_steps"] or None,
+            ),
             ResultWriter(directory, record),
         ]
         trainer_cfg = {
@@ -198,6 +208,7 @@ def run(args: Sequence[str]) -> int:
         subclass_mode_model=True,
         subclass_mode_data=True,
         save_config_kwargs={"overwrite": True},
+        seed_everything_default=0,  # deterministic by default; the run directory names the seed
         args=list(args),
         parser_kwargs={"default_env": False},
     )

@@ -11,16 +11,19 @@ DistributedSamplers under DDP; the evaluator de-duplicates the padded items by i
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 import lightning as L
+import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from fgbench.data import batches as B
 from fgbench.data.processor import BasicProcessor, Processor
+from fgbench.data.samplers import Resumable, ShuffleSampler
 from fgbench.evaluation.spec import EvalSpec
 
 TRAIN_COLLATE: dict[str, Callable[..., Any]] = {
@@ -56,6 +59,23 @@ class LoadedData:
     train_vocab_texts: list[str] = field(default_factory=list)  # training captions (tiny tokenizers)
     warnings: list[str] = field(default_factory=list)
     missing: dict[str, list[str]] = field(default_factory=dict)  # split -> every missing path
+
+
+class StatefulLoader(DataLoader):
+    """A training loader whose position Lightning keeps in checkpoints, so a run killed mid-epoch resumes
+    exactly where it stopped: the sampler's order depends only on (seed, epoch) and skips what was done."""
+
+    def __init__(self, *args: Any, progress: Callable[[], int] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._progress = progress
+
+    def state_dict(self) -> dict[str, int]:
+        return {"batches": int(self._progress()) if self._progress is not None else 0}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        done = int(state.get("batches", 0))
+        if 0 < done < len(self) and isinstance(self.sampler, Resumable):
+            self.sampler.start = done * int(self.batch_size or 1)
 
 
 class RetrievalDataModule(L.LightningDataModule):
@@ -161,11 +181,16 @@ class RetrievalDataModule(L.LightningDataModule):
             pin_memory=self.pin_memory,
             persistent_workers=self.persistent_workers,
             drop_last=drop_last,
+            generator=torch.Generator().manual_seed(0),  # evaluation never draws from the training RNG
         )
 
-    def train_sampler(self, ds: Dataset) -> Sampler | None:
-        """Override to use an identity-aware sampler; None = random shuffling."""
+    def train_sampler(self, ds: Dataset, num_replicas: int, rank: int, seed: int) -> Sampler | None:
+        """Override to use an identity-aware sampler (a `Resumable` DistributedSampler); None = shuffle."""
         return None
+
+    def _world(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
 
     def train_dataloader(self) -> DataLoader:
         ds = self.loaded.train
@@ -173,9 +198,35 @@ class RetrievalDataModule(L.LightningDataModule):
             raise RuntimeError(f"{self.name}: this configuration has no training split")
         ds.transform = self.processor.image_transform(True)  # type: ignore[attr-defined]
         task = "composed" if "composed" in self.tasks else "text-image"
-        return self._loader(
-            ds, TRAIN_COLLATE[task], self.batch_size, True, self.train_sampler(ds), drop_last=True
+        n_rep, rank = self._world()
+        seed = int(os.environ.get("PL_GLOBAL_SEED", 0))  # set by seed_everything
+        sampler = self.train_sampler(ds, n_rep, rank, seed) or ShuffleSampler(
+            ds,
+            num_replicas=n_rep,
+            rank=rank,
+            shuffle=True,
+            seed=seed,
+            drop_last=True,  # type: ignore[arg-type]
         )
+        return StatefulLoader(
+            ds,
+            batch_size=self.batch_size,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            collate_fn=functools.partial(TRAIN_COLLATE[task], processor=self.processor),
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers,
+            drop_last=True,
+            generator=torch.Generator().manual_seed(seed),  # loader seeds draw from it, not the global RNG
+            progress=self._batches_done,
+        )
+
+    def _batches_done(self) -> int:
+        """Training batches the fit loop has processed in the current epoch (not merely prefetched)."""
+        trainer = self.trainer
+        if trainer is None:
+            return 0
+        return int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)
 
     def eval_dataloaders(self, split: str) -> list[DataLoader]:
         """[queries, gallery] loaders of an evaluation split."""

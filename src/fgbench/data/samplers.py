@@ -17,6 +17,7 @@ forgets `set_epoch`.
 from __future__ import annotations
 
 import heapq
+import itertools
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 
@@ -25,7 +26,31 @@ import torch.distributed as dist
 from torch.utils.data import DistributedSampler
 
 
-class PKSampler(DistributedSampler):
+class Resumable:
+    """Skips the first `start` indices of the next epoch's order once (mid-epoch resume).
+
+    The training loader sets `start` from a checkpoint; the order itself depends only on (seed, epoch), so
+    the resumed epoch continues exactly where the interrupted one stopped.
+    """
+
+    start: int = 0
+
+    def _resume(self, indices: Iterator[int]) -> Iterator[int]:
+        skip, self.start = self.start, 0
+        return itertools.islice(indices, skip, None)
+
+
+class ShuffleSampler(Resumable, DistributedSampler):
+    """The default training sampler: a seeded per-epoch shuffle, split across ranks, resumable mid-epoch.
+
+    Used on one device too, so the order depends on (seed, epoch) only and Lightning never replaces it.
+    """
+
+    def __iter__(self) -> Iterator[int]:
+        return self._resume(super().__iter__())
+
+
+class PKSampler(Resumable, DistributedSampler):
     """Yields dataset indices in batches of `batch_size // k` identities x `k` samples.
 
     Args:
@@ -72,6 +97,9 @@ class PKSampler(DistributedSampler):
         return self.batches_per_rank * self.p * self.k
 
     def __iter__(self) -> Iterator[int]:
+        return self._resume(self._epoch_indices())
+
+    def _epoch_indices(self) -> Iterator[int]:
         rng = np.random.default_rng([self.seed, self.epoch])
         chunks = [self.identity_chunks(g, rng) for g in self.groups]
         batches = [
