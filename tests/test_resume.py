@@ -12,11 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from test_method_base import TinyDual
 from torch import Tensor
 
 from fgbench.data.samplers import ShuffleSampler
+
 from fixtures.person import write_rstpreid
-from test_method_base import TinyDual
 
 ROOT = Path(__file__).resolve().parents[1]
 
