@@ -24,14 +24,14 @@ def _count_before(
     """
     s = scores[:, None, :]
     v = item_scores[:, :, None]
-    ahead = (s > v).sum(-1)
+    ahead = (s > v).sum(-1, dtype=torch.int32)  # int32: no int64 copy of the comparison
     eq = s == v
-    n_eq = eq.sum(-1)
+    n_eq = eq.sum(-1, dtype=torch.int32)
     if bool((n_eq > 1).any()):  # some item ties with another one: add equal scores at lower indices
         idx = (
             torch.arange(scores.shape[1], device=scores.device) if cand_idx is None else cand_idx[:, None, :]
         )
-        ahead = ahead + (eq & (idx < items[:, :, None])).sum(-1)
+        ahead = ahead + (eq & (idx < items[:, :, None])).sum(-1, dtype=torch.int32)
     return ahead, n_eq
 
 
@@ -57,8 +57,8 @@ def block_ranks(
     for i in range(0, p, step):
         sl = slice(i, i + step)
         ahead, n_eq = _count_before(scores, item_scores[:, sl], safe[:, sl], None)
-        ranks[:, sl] = ahead
-        ties[:, sl] = n_eq - 1
+        ranks[:, sl] = ahead.long()
+        ties[:, sl] = n_eq.long() - 1
     if exclude is not None:
         has_ex = exclude >= 0
         ex = exclude.clamp(min=0)
@@ -111,5 +111,6 @@ def rerank_ranks(
     item_re = rescores.gather(1, pos)
     inner, n_eq = _count_before(rescores, item_re, items.clamp(min=0), cand)
     ties = n_eq - 1
+    inner, ties = inner.long(), ties.long()
     final = torch.where(in_short, inner, coarse_ranks)
     return final, torch.where(in_short, ties, torch.zeros_like(ties))
