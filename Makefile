@@ -35,3 +35,40 @@ bench: install
 
 clean:
 	rm -rf $(VENV) .pytest_cache
+
+# -- experiments (docs/experiments.md): sweeps, leaderboards, reproduce targets, the demo ---------------
+DATA_ROOT ?= ./data
+SEEDS ?= 0,1,2
+JOBS ?=
+DEVICES ?=
+RUNS ?= runs
+RESULTS ?= results
+REAL_DATASETS := rstpreid cuhk-pedes icfg-pedes cub flowers f30k coco fashioniq cirr fashion200k
+SYNTH_DATASETS := synth-person synth-scenes synth-cir
+SWEEP_OPTS = --runs-root $(RUNS) --out $(RESULTS) $(if $(JOBS),--jobs $(JOBS)) $(if $(DEVICES),--devices $(DEVICES))
+# the demo: its own runs root (4-epoch overlay of the tiny profile, see profile/demo.yaml), one seed unless SEEDS=
+DEMO_RUNS ?= runs/demo
+DEMO_OUT ?= results/demo
+DEMO_SEEDS = $(if $(filter command line environment,$(origin SEEDS)),$(SEEDS),0)
+
+.PHONY: leaderboard demo synth-data reproduce-synth $(addprefix reproduce-,$(REAL_DATASETS))
+
+leaderboard: install
+	$(PY) -m experiments.leaderboard --runs-root $(RUNS) --out $(RESULTS)
+
+# paper profile, every registered method whose task fits; stops in seconds when DATA_ROOT lacks the dataset
+$(addprefix reproduce-,$(REAL_DATASETS)): reproduce-%: install
+	$(PY) -m experiments.reproduce $* --data-root $(DATA_ROOT) --seeds $(SEEDS) \
+		--runs-root $(RUNS) --out $(RESULTS) $(if $(JOBS),--jobs $(JOBS)) $(if $(DEVICES),--devices $(DEVICES))
+
+synth-data: install
+	for d in $(SYNTH_DATASETS); do $(PY) -m datamodules.synthetic generate $$d || exit 1; done
+
+reproduce-synth: synth-data
+	$(PY) -m experiments.sweep --methods all --datasets 'synth-*' --profile tiny --seeds $(SEEDS) $(SWEEP_OPTS)
+
+demo: synth-data
+	$(PY) -m experiments.sweep --methods all --datasets 'synth-*' --profile tiny --seeds $(DEMO_SEEDS) \
+		--runs-root $(DEMO_RUNS) --out $(DEMO_OUT) $(if $(JOBS),--jobs $(JOBS)) \
+		--extra "--config experiments/configs/profile/demo.yaml"
+	@echo "demo leaderboards (tables and PNGs): $(DEMO_OUT)/leaderboards/"

@@ -61,9 +61,8 @@ def resolve_run(args: Sequence[str]) -> ResolvedRun:
     The CLI is built with the same options as `train_cli.run`. Invalid arguments raise ValueError with the
     parser's message (LightningCLI would print it and exit).
     """
-    from fgbench.data.module import RetrievalDataModule
-    from fgbench.method import RetrievalMethod
     from fgbench.registry import load_plugins
+    from fgbench.train_cli import cli_kwargs
 
     load_plugins()
     cli = _resolving_cli()
@@ -73,16 +72,9 @@ def resolve_run(args: Sequence[str]) -> ResolvedRun:
     try:
         with warnings.catch_warnings():  # args are always given here, whatever sys.argv holds
             warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
-            cli(
-                RetrievalMethod,
-                RetrievalDataModule,
-                subclass_mode_model=True,
-                subclass_mode_data=True,
-                save_config_kwargs={"overwrite": True},
-                seed_everything_default=0,
-                args=list(args),
-                parser_kwargs={"default_env": False, "exit_on_error": False},
-            )
+            kwargs = cli_kwargs(args)
+            kwargs["parser_kwargs"] = {**kwargs["parser_kwargs"], "exit_on_error": False}
+            cli(**kwargs)
     except _Resolved as done:
         return done.run
     except argparse.ArgumentError as err:

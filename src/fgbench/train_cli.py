@@ -30,6 +30,11 @@ from fgbench.results import RESULT_FILE, config_hash, device_name, provenance, r
 
 # config keys that name where or how a run is logged, not what it computes: excluded from the hash
 _UNHASHED = (
+    "data.init_args.root",
+    "data.init_args.num_workers",
+    "data.init_args.pin_memory",
+    "data.init_args.persistent_workers",
+    "data.init_args.eval_batch_size",
     "trainer.logger",
     "trainer.callbacks",
     "trainer.default_root_dir",
@@ -105,6 +110,11 @@ class FgbenchCLI(LightningCLI):
             help="also log to Weights & Biases (offline unless asked)",
         )
         parser.add_argument(
+            "--run.variant",
+            default="",
+            help="a label for an ablation or variant config (leaderboards show it as method[variant])",
+        )
+        parser.add_argument(
             "--run.ckpt_every_n_steps",
             type=int,
             default=0,
@@ -117,6 +127,7 @@ class FgbenchCLI(LightningCLI):
         for key in _UNHASHED:
             _drop(plain, key)
         chash = config_hash(plain)
+        group = config_hash({k: v for k, v in plain.items() if k != "seed_everything"})
         data_cls = _resolve(plain["data"]["class_path"])
         model_cls = _resolve(plain["model"]["class_path"])
         profile = plain["model"].get("init_args", {}).get("profile", "tiny")
@@ -130,6 +141,8 @@ class FgbenchCLI(LightningCLI):
             "profile": profile,
             "seed": seed,
             "config_hash": chash,
+            "group_hash": group,  # the same config over seeds (leaderboards aggregate by it)
+            "variant": cfg["run"]["variant"],
             "run_dir": str(directory),
         }
         return directory, record
@@ -195,6 +208,20 @@ def _ckpt_arg(args: Sequence[str]) -> str | None:
     return None
 
 
+def cli_kwargs(args: Sequence[str]) -> dict[str, Any]:
+    """The options every fgbench LightningCLI is built with (`run`, and `fgbench.cells` to resolve runs)."""
+    return {
+        "model_class": RetrievalMethod,
+        "datamodule_class": RetrievalDataModule,
+        "subclass_mode_model": True,
+        "subclass_mode_data": True,
+        "save_config_kwargs": {"overwrite": True},
+        "seed_everything_default": 0,  # deterministic by default; the run directory names the seed
+        "args": list(args),
+        "parser_kwargs": {"default_env": False},
+    }
+
+
 def run(args: Sequence[str]) -> int:
     """Entry point used by `python -m fgbench fit|validate|test ...`."""
     ckpt = _ckpt_arg(args)
@@ -202,14 +229,5 @@ def run(args: Sequence[str]) -> int:
         check_checkpoint(ckpt)  # before LightningCLI reads its hyper-parameters
     load_plugins()
     torch.set_float32_matmul_precision("high")
-    FgbenchCLI(
-        RetrievalMethod,
-        RetrievalDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        save_config_kwargs={"overwrite": True},
-        seed_everything_default=0,  # deterministic by default; the run directory names the seed
-        args=list(args),
-        parser_kwargs={"default_env": False},
-    )
+    FgbenchCLI(**cli_kwargs(args))
     return 0

@@ -1,0 +1,274 @@
+"""TIRG (Vo et al., CVPR 2019): a port of google/tirg (METHODS.md §9).
+
+[code] (checked against google/tirg `img_text_composition_models.py`, `text_model.py`, `torch_functions.py`):
+φ_img = CNN average pool -> Linear; φ_txt = embedding -> LSTM -> output at the last valid step -> Dropout 0.1
+-> Linear; the composition f = a0·σ(gate)⊙φ_img + a1·res, with gate and res each behind their own BatchNorm
+over [φ_img; φ_txt] and (a0, a1) learnable from (1, 10); the normalisation y -> s·y/‖y‖ with s learnable from
+4.0, applied to f and to the target's φ_img; the batch-based classification loss CE(f̂ ĝᵀ, diagonal), or
+`soft_triplet` (log(1 + e^{d_ij − d_ik}) on squared distances, ≤ 3 random triplets per anchor, averaged);
+SGD with momentum 0.9, lr 1e-2 (0.1× for the CNN), wd 1e-6, ×0.1 steps.
+
+Our reading: the tiny profile (TinyCNN + LSTM 64, AdamW 1e-3); autograd's gradient of the soft triplet loss
+(the code's hand-written backward is half of it); `mask_same_target` (on) drops other items
+with the same target from a query's softmax, and in `soft_triplet` makes them positives (the code labels
+items by batch position only); the lr step every 10 epochs stands for the code's 50k iterations; evaluation
+features are unit vectors, so scores are cosines, which rank exactly as the training logits s²·cos.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.transforms import v2
+
+from fgbench.data.batches import ComposedQueryBatch, Text, TripletBatch, Visual, VisualBatch
+from fgbench.data.module import RetrievalDataModule
+from fgbench.encoders import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    MethodProcessor,
+    WordTokenizer,
+    build_image_encoder,
+    build_text_encoder,
+    register_preset,
+)
+from fgbench.features import Features
+from fgbench.method import RetrievalMethod
+from fgbench.optim import OptimConfig
+from fgbench.registry import register_method
+
+
+@register_preset("center_crop")
+def _center_crop(p: MethodProcessor) -> tuple[list, list]:
+    """Resize the short side to the crop size, then centre-crop (TIRG: Resize(224), CenterCrop(224))."""
+    return [v2.Resize(min(p.image_size)), v2.CenterCrop(p.image_size)], []
+
+
+@dataclass
+class TIRGConfig:
+    """Hyper-parameters of one TIRG profile."""
+
+    image_encoder: str = "tiny_cnn"  # fgbench image encoder
+    image_kwargs: dict[str, Any] = field(default_factory=dict)  # its arguments (timm: model_name)
+    image_size: tuple[int, int] | None = None  # processor (H, W); None: the DataModule's tiny size
+    imagenet_norm: bool = False  # ImageNet mean/std (pretrained CNN) instead of 0.5/0.5
+    transform: str = "none"  # processor preset, training and test (TIRG does not augment)
+    embed_dim: int = 64  # d of φ_img, φ_txt and the composition
+    word_dim: int = 64  # word embedding size
+    text_hidden: int = 64  # LSTM hidden size
+    text_dropout: float = 0.1  # dropout before the text fc
+    max_words: int = 1000  # vocabulary cap (most frequent training words)
+    max_len: int = 16  # words per text after truncation
+    init_scale: float = 4.0  # initial s of the normalisation
+    init_a: tuple[float, float] = (1.0, 10.0)  # initial (a0, a1) of the composition
+    optimizer: str = "adamw"  # fgbench.optim OPTIMIZERS key
+    lr: float = 1e-3  # learning rate of the new layers and the fc
+    cnn_lr_mult: float = 1.0  # learning-rate multiplier of the CNN
+    weight_decay: float = 0.01  # weight decay
+    schedule: str = "cosine"  # fgbench.optim SCHEDULES key
+    step_epochs: int = 10  # "step" schedule: epochs between ×0.1 decays
+
+
+PROFILES: dict[str, TIRGConfig] = {
+    "tiny": TIRGConfig(),
+    "paper": TIRGConfig(
+        image_encoder="timm",
+        image_kwargs={"model_name": "resnet18"},
+        image_size=(224, 224),
+        imagenet_norm=True,
+        transform="center_crop",
+        embed_dim=512,
+        word_dim=512,
+        text_hidden=512,
+        max_words=100_000,
+        max_len=64,
+        optimizer="sgd",
+        lr=1e-2,
+        cnn_lr_mult=0.1,
+        weight_decay=1e-6,
+        schedule="step",
+    ),
+}
+
+
+def resolve_profile(profile: str, overrides: dict[str, Any]) -> TIRGConfig:
+    """The preset of `profile` with `overrides` (field name -> value) applied."""
+    if profile not in PROFILES:
+        raise ValueError(f"tirg: profile {profile!r} is not one of {', '.join(PROFILES)}")
+    return replace(PROFILES[profile], **overrides)
+
+
+class ScaledNorm(nn.Module):
+    """TIRG's `NormalizationLayer`: y -> s·y/‖y‖ with a learnable scale s."""
+
+    def __init__(self, init_scale: float) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor(float(init_scale)))
+
+    def forward(self, y: Tensor) -> Tensor:
+        return self.scale * F.normalize(y, dim=-1)
+
+
+class Composer(nn.Module):
+    """f = a0·σ(gate(x))⊙φ_img + a1·res(x), x = [φ_img; φ_txt] (METHODS.md §9; google/tirg `TIRG`)."""
+
+    def __init__(self, dim: int, init_a: tuple[float, float]) -> None:
+        super().__init__()
+        self.gate = nn.Sequential(nn.BatchNorm1d(2 * dim), nn.ReLU(), nn.Linear(2 * dim, dim))
+        self.res = nn.Sequential(
+            nn.BatchNorm1d(2 * dim),
+            nn.ReLU(),
+            nn.Linear(2 * dim, 2 * dim),
+            nn.ReLU(),
+            nn.Linear(2 * dim, dim),
+        )
+        self.a = nn.Parameter(torch.tensor(init_a, dtype=torch.float32))
+
+    def forward(self, img: Tensor, txt: Tensor) -> Tensor:
+        x = torch.cat([img, txt], dim=-1)
+        return self.a[0] * torch.sigmoid(self.gate(x)) * img + self.a[1] * self.res(x)
+
+
+def same_target_mask(labels: Tensor) -> Tensor:
+    """Bool[B, B]: other items of the batch with the same target (the diagonal excluded)."""
+    same = labels[:, None] == labels[None, :]
+    return same & ~torch.eye(len(labels), dtype=torch.bool, device=labels.device)
+
+
+def classification_loss(q: Tensor, g: Tensor, scale: float = 1.0, exclude: Tensor | None = None) -> Tensor:
+    """CE(scale·q gᵀ, diagonal) with the `exclude`d columns (Bool[B, B]) left out of each row's softmax."""
+    logits = scale * q @ g.T
+    if exclude is not None:
+        logits = logits.masked_fill(exclude, float("-inf"))
+    return F.cross_entropy(logits, torch.arange(len(q), device=q.device))
+
+
+def soft_triplet_loss(q: Tensor, g: Tensor, labels: Tensor, per_anchor: int = 3) -> Tensor:
+    """google/tirg `compute_soft_triplet_loss_`: over X = [q; g] with labels [labels; labels], up to
+    `per_anchor` random triplets (i, j, k) per anchor, L_j = L_i (j ≠ i), L_k ≠ L_i; the mean of
+    log(1 + exp(d_ij − d_ik)) on squared Euclidean distances."""
+    x = torch.cat([q, g])
+    lab = torch.cat([labels, labels])
+    n = len(x)
+    same = lab[:, None] == lab[None, :]
+    pos = same & ~torch.eye(n, dtype=torch.bool, device=x.device)
+    valid = pos[:, :, None] & ~same[:, None, :]  # [i, j, k]
+    draw = torch.rand(valid.shape, device=x.device).masked_fill(~valid, -1.0).view(n, -1)
+    picked, flat = draw.topk(min(per_anchor, draw.shape[1]), dim=1)
+    keep = picked >= 0
+    anchor = torch.arange(n, device=x.device)[:, None].expand_as(flat)[keep]
+    j, k = flat[keep] // n, flat[keep] % n
+    d = torch.cdist(x, x).pow(2)
+    return F.softplus(d[anchor, j] - d[anchor, k]).mean()
+
+
+@register_method("tirg")
+class TIRG(RetrievalMethod):
+    """TIRG: a gated residual composition of image and text features, trained against the batch's targets.
+
+    Args:
+        profile: "tiny" or "paper" (PROFILES).
+        soft_triplet: the soft triplet loss instead of the batch-based classification loss.
+        mask_same_target: items with the same target are not negatives of each other.
+        weights_path: local file or folder of the timm CNN's ImageNet weights (required by the paper profile).
+        optim: optimiser and schedule; default from the profile.
+        **overrides: any `TIRGConfig` field, overriding the profile's preset.
+    """
+
+    name: ClassVar[str] = "tirg"
+    provenance: ClassVar[str] = "port of google/tirg"
+    tasks: ClassVar[frozenset[str]] = frozenset({"composed"})
+
+    def __init__(
+        self,
+        profile: str = "tiny",
+        soft_triplet: bool = False,
+        mask_same_target: bool = True,
+        weights_path: str | None = None,
+        optim: OptimConfig | None = None,
+        **overrides: Any,
+    ) -> None:
+        hp = resolve_profile(profile, overrides)
+        super().__init__(profile=profile, optim=optim or self._optim(hp))
+        self.save_hyperparameters()
+        self.hp = hp
+        self.soft_triplet, self.mask_same_target = soft_triplet, mask_same_target
+        if profile == "paper" and weights_path is None:
+            raise ValueError("tirg: the paper profile needs weights_path (local ImageNet weights of the CNN)")
+        kwargs = dict(hp.image_kwargs)
+        if weights_path is not None:
+            kwargs["pretrained_path"] = weights_path
+        self.image_encoder = build_image_encoder(hp.image_encoder, **kwargs)
+        self.image_fc = nn.Linear(self.image_encoder.out_dim, hp.embed_dim)
+        self.text_encoder: nn.Module | None = None
+        self.text_fc = nn.Sequential(nn.Dropout(hp.text_dropout), nn.Linear(hp.text_hidden, hp.embed_dim))
+        self.composer = Composer(hp.embed_dim, hp.init_a)
+        self.norm = ScaledNorm(hp.init_scale)
+
+    @staticmethod
+    def _optim(hp: TIRGConfig) -> OptimConfig:
+        return OptimConfig(
+            name=hp.optimizer,
+            lr=hp.lr,
+            weight_decay=hp.weight_decay,
+            lr_mult={"image_encoder.": hp.cnn_lr_mult},
+            schedule=hp.schedule,
+            step_epochs=hp.step_epochs,
+        )
+
+    def build(self, dm: RetrievalDataModule) -> None:
+        """The vocabulary of the training texts and the LSTM over it."""
+        if self.text_encoder is not None:
+            return
+        hp = self.hp
+        tokenizer = WordTokenizer.build(dm.train_texts(), hp.max_words, hp.max_len)
+        self.text_encoder = build_text_encoder(
+            "lstm", vocab_size=tokenizer.vocab_size, word_dim=hp.word_dim, hidden=hp.text_hidden
+        )
+        mean, std = (IMAGENET_MEAN, IMAGENET_STD) if hp.imagenet_norm else ((0.5,) * 3, (0.5,) * 3)
+        self.processor = MethodProcessor(
+            image_size=hp.image_size or dm.tiny_image_size,
+            mean=mean,
+            std=std,
+            train_transform=hp.transform,
+            test_transform=hp.transform,
+            tokenizer=tokenizer,
+        )
+
+    # -- features ----------------------------------------------------------------------------------------
+    def image_features(self, visual: Visual) -> Tensor:
+        """φ_img [B, d]."""
+        return self.image_fc(self.image_encoder(visual).glob)
+
+    def text_features(self, text: Text) -> Tensor:
+        """φ_txt [B, d]."""
+        assert self.text_encoder is not None, "call build(datamodule) first"
+        return self.text_fc(self.text_encoder(text).glob)
+
+    def query_vectors(self, reference: Visual, text: Text) -> Tensor:
+        """s·f̂ [B, d]: the normalised composition of the reference image and the text."""
+        return self.norm(self.composer(self.image_features(reference), self.text_features(text)))
+
+    def target_vectors(self, visual: Visual) -> Tensor:
+        """s·φ̂_img [B, d] of the target images."""
+        return self.norm(self.image_features(visual))
+
+    # -- training ----------------------------------------------------------------------------------------
+    def losses(self, batch: TripletBatch) -> dict[str, Tensor]:
+        q = self.query_vectors(batch.reference, batch.text)
+        g = self.target_vectors(batch.target)
+        labels = batch.target_label if self.mask_same_target else torch.arange(len(q), device=q.device)
+        if self.soft_triplet:
+            return {"soft_triplet": soft_triplet_loss(q, g, labels)}
+        return {"classification": classification_loss(q, g, exclude=same_target_mask(labels))}
+
+    # -- evaluation --------------------------------------------------------------------------------------
+    def encode_queries(self, batch: ComposedQueryBatch) -> Features:
+        return Features(index=batch.index, glob=F.normalize(self.query_vectors(batch.reference, batch.text)))
+
+    def encode_gallery(self, batch: VisualBatch) -> Features:
+        return Features(index=batch.index, glob=F.normalize(self.target_vectors(batch.visual)))

@@ -1,0 +1,266 @@
+"""VSE++ (Faghri et al., BMVC 2018): a port of fartashf/vsepp (METHODS.md §8).
+
+[code] (checked against fartashf/vsepp `model.py`, `vocab.py`): image = CNN pooled feature -> L2 -> Linear
+(Xavier-uniform, zero bias) -> L2 (`EncoderImageFull`); text = word embeddings (uniform ±0.1) -> 1-layer
+GRU -> output at the last valid step -> L2 (`EncoderText`); loss = hinge with the hardest negative in both
+directions (`ContrastiveLoss`, `max_violation`), summed over the batch; Adam 2e-4, ×0.1 after 15 epochs,
+gradient clipping 2.0; the vocabulary keeps training words seen at least 4 times, with start/end tokens.
+
+Our reading: the `precomp` variant (mean of the regions -> Linear -> L2, METHODS.md §8) replaces the CNN when
+the data serves region features, and is labelled `variant: precomp` in result.json; the tiny profile (TinyCNN
++ GRU 64, AdamW); words split by `split_words` and counted over the training captions only (vsepp: nltk
+tokens of train + dev); captions truncated to `max_len` words (vsepp does not truncate);
+`mask_same_label` (off, as in vsepp) removes same-label pairs from the negatives; with `finetune=False` the
+CNN is frozen but, as in vsepp, its BatchNorm layers still follow the module's train/eval mode.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.transforms import v2
+
+from fgbench.data.batches import PairBatch, TextBatch, Visual, VisualBatch
+from fgbench.data.module import RetrievalDataModule
+from fgbench.encoders import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    MethodProcessor,
+    WordTokenizer,
+    build_image_encoder,
+    build_text_encoder,
+    register_preset,
+)
+from fgbench.encoders.layers import masked_mean
+from fgbench.encoders.tokenizers import split_words
+from fgbench.evaluation import EvalResult, EvalSpec
+from fgbench.features import Features
+from fgbench.losses import hardest_negative_triplet
+from fgbench.method import RetrievalMethod
+from fgbench.optim import OptimConfig
+from fgbench.registry import register_method
+
+
+@register_preset("resize_center_crop")
+def _resize_center_crop(p: MethodProcessor) -> tuple[list, list]:
+    """Resize the short side to 8/7 of the crop, then centre-crop (vsepp's test transform: 256 -> 224)."""
+    return [v2.Resize(round(min(p.image_size) * 256 / 224)), v2.CenterCrop(p.image_size)], []
+
+
+@dataclass
+class VSEPPConfig:
+    """Hyper-parameters of one VSE++ profile."""
+
+    image_encoder: str = "tiny_cnn"  # fgbench image encoder (pixels path)
+    image_kwargs: dict[str, Any] = field(default_factory=dict)  # its arguments (timm: model_name)
+    image_size: tuple[int, int] | None = None  # processor (H, W); None: the DataModule's tiny size
+    imagenet_norm: bool = False  # ImageNet mean/std (pretrained CNN) instead of 0.5/0.5
+    train_transform: str = "none"  # processor preset at training time
+    test_transform: str = "none"  # processor preset at test time
+    embed_dim: int = 64  # d: joint space = GRU hidden size
+    word_dim: int = 64  # word embedding size
+    max_words: int = 1000  # vocabulary cap (most frequent training words)
+    min_count: int = 1  # keep words seen at least this often in the training captions
+    max_len: int = 16  # words per caption after truncation
+    margin: float = 0.2  # α of the hinge
+    optimizer: str = "adamw"  # fgbench.optim OPTIMIZERS key
+    lr: float = 1e-3  # learning rate
+    weight_decay: float = 0.01  # weight decay
+    schedule: str = "cosine"  # fgbench.optim SCHEDULES key
+    step_epochs: int = 15  # "step" schedule: epochs between ×0.1 decays
+    grad_clip: float = 2.0  # gradient-norm clipping (0: off)
+
+
+PROFILES: dict[str, VSEPPConfig] = {
+    "tiny": VSEPPConfig(),
+    "paper": VSEPPConfig(
+        image_encoder="timm",
+        image_kwargs={"model_name": "resnet152"},
+        image_size=(224, 224),
+        imagenet_norm=True,
+        train_transform="randcrop_flip",
+        test_transform="resize_center_crop",
+        embed_dim=1024,
+        word_dim=300,
+        max_words=100_000,
+        min_count=4,
+        max_len=64,
+        optimizer="adam",
+        lr=2e-4,
+        weight_decay=0.0,
+        schedule="step",
+    ),
+}
+
+
+def resolve_profile(profile: str, overrides: dict[str, Any]) -> VSEPPConfig:
+    """The preset of `profile` with `overrides` (field name -> value) applied."""
+    if profile not in PROFILES:
+        raise ValueError(f"vsepp: profile {profile!r} is not one of {', '.join(PROFILES)}")
+    return replace(PROFILES[profile], **overrides)
+
+
+def build_vocabulary(texts: list[str], max_words: int, min_count: int, max_len: int) -> WordTokenizer:
+    """vsepp's vocabulary: training words seen at least `min_count` times (at most `max_words` of them)."""
+    counts = Counter(w for text in texts for w in split_words(text))
+    ranked = sorted((wc for wc in counts.items() if wc[1] >= min_count), key=lambda wc: (-wc[1], wc[0]))
+    return WordTokenizer([w for w, _ in ranked[:max_words]], max_len)
+
+
+def region_dim(dm: RetrievalDataModule) -> int | None:
+    """Feature size of the data's precomputed regions; None when it serves images."""
+    if getattr(dm, "feature_source", "images") == "images":
+        return None
+    ds = dm.loaded.train if dm.loaded.train is not None else dm.evaluation_set(dm.test_split).gallery
+    return int(ds[0]["regions"].shape[-1])
+
+
+def xavier_linear(d_in: int, d_out: int) -> nn.Linear:
+    """vsepp's `fc`: Xavier-uniform weight, zero bias."""
+    fc = nn.Linear(d_in, d_out)
+    nn.init.xavier_uniform_(fc.weight)
+    nn.init.zeros_(fc.bias)
+    return fc
+
+
+@register_method("vsepp")
+class VSEPP(RetrievalMethod):
+    """VSE++: GRU captions and CNN (or mean-region) images in one space, hardest-negative hinge loss.
+
+    Args:
+        profile: "tiny" or "paper" (PROFILES).
+        max_violation: hardest negative (VSE++); False sums the hinge over all negatives (VSE0).
+        finetune: train the CNN (the published rows); False freezes it.
+        mask_same_label: pairs sharing a label (same image or person) are not negatives (off in vsepp).
+        weights_path: local file or folder of the timm CNN's ImageNet weights (required by the paper profile).
+        optim: optimiser and schedule; default from the profile.
+        **overrides: any `VSEPPConfig` field, overriding the profile's preset.
+    """
+
+    name: ClassVar[str] = "vsepp"
+    provenance: ClassVar[str] = "port of fartashf/vsepp"
+    tasks: ClassVar[frozenset[str]] = frozenset({"text-image", "image-text"})
+
+    def __init__(
+        self,
+        profile: str = "tiny",
+        max_violation: bool = True,
+        finetune: bool = True,
+        mask_same_label: bool = False,
+        weights_path: str | None = None,
+        optim: OptimConfig | None = None,
+        **overrides: Any,
+    ) -> None:
+        hp = resolve_profile(profile, overrides)
+        super().__init__(profile=profile, optim=optim or self._optim(hp))
+        self.save_hyperparameters()
+        self.hp = hp
+        self.max_violation, self.finetune, self.mask_same_label = max_violation, finetune, mask_same_label
+        self.weights_path = weights_path
+        self.text_encoder: nn.Module | None = None
+        self.image_encoder: nn.Module | None = None  # the CNN; None on region features
+        self.image_fc: nn.Linear | None = None
+        self.variant = "images"
+
+    @staticmethod
+    def _optim(hp: VSEPPConfig) -> OptimConfig:
+        return OptimConfig(
+            name=hp.optimizer,
+            lr=hp.lr,
+            weight_decay=hp.weight_decay,
+            schedule=hp.schedule,
+            step_epochs=hp.step_epochs,
+        )
+
+    # -- building ----------------------------------------------------------------------------------------
+    def build(self, dm: RetrievalDataModule) -> None:
+        """Vocabulary, text GRU and image branch (CNN for pixels, Linear over mean regions for precomp)."""
+        if self.text_encoder is not None:
+            return
+        hp = self.hp
+        tokenizer = build_vocabulary(dm.train_texts(), hp.max_words, hp.min_count, hp.max_len)
+        self.text_encoder = build_text_encoder(
+            "gru", vocab_size=tokenizer.vocab_size, word_dim=hp.word_dim, hidden=hp.embed_dim
+        )
+        regions = region_dim(dm)
+        if regions is None:
+            self.image_encoder = self._cnn()
+            self.image_fc = xavier_linear(self.image_encoder.out_dim, hp.embed_dim)
+        else:
+            self.variant = "precomp"
+            self.image_fc = xavier_linear(regions, hp.embed_dim)
+        mean_std = (IMAGENET_MEAN, IMAGENET_STD) if hp.imagenet_norm else ((0.5,) * 3, (0.5,) * 3)
+        self.processor = MethodProcessor(
+            image_size=hp.image_size or dm.tiny_image_size,
+            mean=mean_std[0],
+            std=mean_std[1],
+            train_transform=hp.train_transform,
+            test_transform=hp.test_transform,
+            tokenizer=tokenizer,
+        )
+
+    def _cnn(self) -> nn.Module:
+        kwargs = dict(self.hp.image_kwargs)
+        if self.profile == "paper" and self.weights_path is None:
+            raise ValueError("vsepp: the paper profile needs weights_path (local ImageNet CNN weights)")
+        if self.weights_path is not None:
+            kwargs["pretrained_path"] = self.weights_path
+        cnn = build_image_encoder(self.hp.image_encoder, **kwargs)
+        cnn.requires_grad_(self.finetune)
+        return cnn
+
+    # -- encoders ----------------------------------------------------------------------------------------
+    def encode_text(self, text: Any) -> Tensor:
+        """[B, d] unit caption vectors: the GRU output at the last valid step."""
+        assert self.text_encoder is not None, "call build(datamodule) first"
+        return F.normalize(self.text_encoder(text).glob, dim=-1)
+
+    def encode_image(self, visual: Visual) -> Tensor:
+        """[B, d] unit image vectors: CNN -> L2 -> fc -> L2, or mean of the regions -> fc -> L2 (precomp)."""
+        assert self.image_fc is not None, "call build(datamodule) first"
+        if self.image_encoder is None:
+            if visual.regions is None:
+                raise ValueError("vsepp was built on region features (precomp) but the batch has none")
+            mask = visual.region_mask
+            if mask is None:
+                mask = torch.ones(visual.regions.shape[:2], dtype=torch.bool, device=visual.regions.device)
+            pooled = masked_mean(visual.regions, mask)
+        else:
+            pooled = F.normalize(self.image_encoder(visual).glob, dim=-1)
+        return F.normalize(self.image_fc(pooled), dim=-1)
+
+    # -- training ----------------------------------------------------------------------------------------
+    def losses(self, batch: PairBatch) -> dict[str, Tensor]:
+        S = self.encode_image(batch.visual) @ self.encode_text(batch.text).T  # rows images, columns captions
+        same = batch.label[:, None] == batch.label[None, :] if self.mask_same_label else None
+        hinge = hardest_negative_triplet(S, self.hp.margin, self.max_violation, positive_mask=same)
+        return {"hinge": hinge}
+
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        """vsepp clips the gradient norm at `grad_clip` (2.0); the trainer's setting wins when given."""
+        clip = gradient_clip_val or self.hp.grad_clip
+        if clip:
+            self.clip_gradients(optimizer, clip, gradient_clip_algorithm or "norm")
+
+    # -- evaluation --------------------------------------------------------------------------------------
+    def encode_queries(self, batch: TextBatch) -> Features:
+        return Features(index=batch.index, glob=self.encode_text(batch.text))
+
+    def encode_gallery(self, batch: VisualBatch) -> Features:
+        return Features(index=batch.index, glob=self.encode_image(batch.visual))
+
+    def evaluate_features(self, q: Features, g: Features, spec: EvalSpec) -> EvalResult:
+        """The evaluator's result, labelled with the image branch used (`images` or the `precomp` variant)."""
+        result = super().evaluate_features(q, g, spec)
+        result.details["variant"] = self.variant
+        return result

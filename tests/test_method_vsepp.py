@@ -1,0 +1,280 @@
+"""VSE++ (methods/vsepp.py; METHODS.md §8): method-level properties, the shared checks of METHODS.md §0 on
+real encoded features, runs through the CLI on images, region features and person data, and the paper profile
+built offline with random local CNN weights. The loss's own properties live in tests/test_losses.py.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import pytest
+import torch
+from method_checks import assert_block_invariant, assert_encoding_batch_independent
+
+from datamodules.itm import Flickr30KDataModule
+from fgbench.cli import main
+from fgbench.data.batches import VisualBatch
+from fgbench.data.module import RetrievalDataModule
+from fgbench.features import Features
+from fgbench.losses import hardest_negative_triplet
+from fgbench.registry import DATAMODULES, METHODS
+from methods.vsepp import VSEPP, build_vocabulary
+
+from fixtures.itm import write_precomp
+
+SCENES = {"train_images": 6, "val_images": 3, "test_images": 3}
+PERSON = {"train_ids": 4, "val_ids": 2, "test_ids": 2, "images_per_id": 2}
+PRECOMP = {"train": 6, "dev": 3, "test": 3}
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("data")
+
+
+def scenes_dm(root: Path, **kw: Any) -> RetrievalDataModule:
+    return DATAMODULES.get("synth-scenes")(root=str(root), sizes=SCENES, **kw)
+
+
+def precomp_dm(root: Path, **kw: Any) -> RetrievalDataModule:
+    write_precomp(root, "f30k", PRECOMP)
+    return Flickr30KDataModule(root=str(root), feature_source="precomp", **kw)
+
+
+def built(dm: RetrievalDataModule, **kw: Any) -> VSEPP:
+    L.seed_everything(0)
+    model = VSEPP(**kw)
+    model.build(dm)
+    dm.set_processor(model.processor)
+    return model
+
+
+def first_batch(dm: RetrievalDataModule) -> Any:
+    return next(iter(dm.train_dataloader()))
+
+
+# -- method-level properties -----------------------------------------------------------------------------
+
+
+def test_registered_with_its_tasks() -> None:
+    assert METHODS.get("vsepp") is VSEPP
+    assert VSEPP.tasks == {"text-image", "image-text"} and "fartashf/vsepp" in VSEPP.provenance
+
+
+def test_loss_is_the_hinge_on_image_caption_scores(root: Path) -> None:
+    dm = scenes_dm(root, batch_size=8)
+    model = built(dm).eval()  # eval: dropout-free and BatchNorm fixed, so two passes agree
+    batch = first_batch(dm)
+    S = model.encode_image(batch.visual) @ model.encode_text(batch.text).T
+    # brute force: each image against every other caption, each caption against every other image
+    n, a = len(S), model.hp.margin
+    cap = sum(max(max(a + S[i, j] - S[i, i], 0) for j in range(n) if j != i) for i in range(n))
+    img = sum(max(max(a + S[i, j] - S[j, j], 0) for i in range(n) if i != j) for j in range(n))
+    torch.testing.assert_close(model.losses(batch)["hinge"], cap + img)
+    vse0 = built(dm, max_violation=False).eval()
+    assert vse0.losses(batch)["hinge"] >= model.losses(batch)["hinge"]
+
+
+def test_mask_same_label_removes_same_label_negatives(root: Path) -> None:
+    dm = scenes_dm(root, batch_size=8)
+    model = built(dm, mask_same_label=True).eval()
+    batch = first_batch(dm)
+    assert batch.label.unique().numel() < len(batch.label)  # five captions per image: duplicates occur
+    S = model.encode_image(batch.visual) @ model.encode_text(batch.text).T
+    same = batch.label[:, None] == batch.label[None, :]
+    torch.testing.assert_close(model.losses(batch)["hinge"], hardest_negative_triplet(S, positive_mask=same))
+    model.mask_same_label = False
+    torch.testing.assert_close(model.losses(batch)["hinge"], hardest_negative_triplet(S))
+
+
+def test_vocabulary_keeps_words_seen_min_count_times() -> None:
+    tok = build_vocabulary(["a red a", "a blue red", "green"], max_words=10, min_count=2, max_len=16)
+    assert tok.words == ["a", "red"]
+    assert build_vocabulary(["a red a"], max_words=1, min_count=1, max_len=16).words == ["a"]
+
+
+def test_features_are_unit_vectors_and_build_is_idempotent(root: Path) -> None:
+    dm = scenes_dm(root, batch_size=8)
+    model = built(dm)
+    modules = (model.text_encoder, model.image_encoder, model.image_fc)
+    model.build(dm)
+    assert (model.text_encoder, model.image_encoder, model.image_fc) == modules
+    again = built(dm)  # a fresh model on the same data has the same shapes: checkpoints load
+    again.load_state_dict(model.state_dict())
+    batch = first_batch(dm)
+    for f in (model.encode_text(batch.text), model.encode_image(batch.visual)):
+        torch.testing.assert_close(f.norm(dim=-1), torch.ones(len(f)))
+
+
+def encode_all(model: VSEPP, dm: RetrievalDataModule, split_size: int) -> None:
+    """Shared checks on the test split: block invariance, and encoding independent of the batch size."""
+    dm.eval_batch_size = 64
+    queries, gallery = (list(loader) for loader in dm.test_dataloader())
+    dm.eval_batch_size = split_size
+    q_split, g_split = (list(loader) for loader in dm.test_dataloader())
+    model.eval()
+    assert_encoding_batch_independent(model.encode_queries, queries, q_split)
+    assert_encoding_batch_independent(model.encode_gallery, gallery, g_split)
+    with torch.no_grad():
+        q = Features.cat([model.encode_queries(b) for b in queries])
+        g = Features.cat([model.encode_gallery(b) for b in gallery])
+    assert_block_invariant(model, q, g)
+
+
+def test_shared_checks_on_images(root: Path) -> None:
+    dm = scenes_dm(root)
+    encode_all(built(dm), dm, split_size=4)
+
+
+def test_shared_checks_on_region_features(root: Path) -> None:
+    dm = precomp_dm(root)
+    model = built(dm)
+    assert model.image_encoder is None and model.image_fc.in_features == 8  # the fixture's region size
+    encode_all(model, dm, split_size=4)
+
+
+def test_precomp_image_is_the_projected_mean_region(root: Path) -> None:
+    dm = precomp_dm(root, batch_size=4)
+    model = built(dm)
+    batch: VisualBatch = next(iter(dm.test_dataloader()[1]))
+    regions = batch.visual.regions
+    expected = torch.nn.functional.normalize(model.image_fc(regions.mean(1)), dim=-1)
+    torch.testing.assert_close(model.encode_image(batch.visual), expected)
+    with pytest.raises(ValueError, match="region features"):
+        model.encode_image(type(batch.visual)(pixels=torch.zeros(1, 3, 32, 32)))
+
+
+# -- runs through the CLI --------------------------------------------------------------------------------
+
+
+def cli_run(tmp_path: Path, data: list[str], steps: int = 3) -> dict[str, Any]:
+    args = [
+        "fit",
+        *data,
+        "--data.batch_size",
+        "8",
+        "--model",
+        "methods.vsepp.VSEPP",
+        "--trainer.max_steps",
+        str(steps),
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--run.root",
+        str(tmp_path / "runs"),
+    ]
+    assert main(args) == 0
+    (result,) = (tmp_path / "runs").glob("*/vsepp/tiny/seed0-*/result.json")
+    return json.loads(result.read_text())
+
+
+def test_cli_fit_and_test_on_synth_scenes(root: Path, tmp_path: Path) -> None:
+    scenes = "datamodules.synthetic.datamodules.SynthScenesDataModule"
+    rec = cli_run(tmp_path, ["--data", scenes, "--data.root", str(root), "--data.sizes", json.dumps(SCENES)])
+    assert rec["dataset"] == "synth-scenes" and rec["global_step"] == 3
+    assert rec["details"]["protocol"] == "f30k_1k" and rec["details"]["variant"] == "images"
+    assert {"t2i_R1", "i2t_R1", "rsum"} <= set(rec["metrics"])
+
+
+def test_cli_fit_and_test_on_precomp_regions(root: Path, tmp_path: Path) -> None:
+    write_precomp(root, "f30k", PRECOMP)
+    data = ["--data", "datamodules.itm.Flickr30KDataModule", "--data.root", str(root)]
+    rec = cli_run(tmp_path, [*data, "--data.feature_source", "precomp"])
+    assert rec["dataset"] == "f30k" and rec["details"]["variant"] == "precomp"
+    assert rec["details"]["protocol"] == "f30k_1k" and "rsum" in rec["metrics"]
+
+
+def test_cli_fit_and_test_on_synth_person(root: Path, tmp_path: Path) -> None:
+    person = "datamodules.synthetic.datamodules.SynthPersonDataModule"
+    rec = cli_run(
+        tmp_path, ["--data", person, "--data.root", str(root), "--data.sizes", json.dumps(PERSON)], steps=2
+    )
+    assert rec["dataset"] == "synth-person" and rec["details"]["protocol"] == "person_t2i"
+    assert {"R1", "mAP", "mINP"} <= set(rec["metrics"])
+
+
+# -- paper profile, offline ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def resnet18_weights(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, torch.nn.Module]:
+    import timm
+
+    src = timm.create_model("resnet18", pretrained=False)
+    path = tmp_path_factory.mktemp("weights") / "resnet18.pth"
+    torch.save(src.state_dict(), path)
+    return path, src
+
+
+def paper(dm: RetrievalDataModule, weights: Path, **kw: Any) -> VSEPP:
+    kw = {"image_kwargs": {"model_name": "resnet18"}, "image_size": (64, 64), **kw}
+    return built(dm, profile="paper", weights_path=str(weights), **kw)
+
+
+def test_paper_profile_loads_local_cnn_weights_and_trains(
+    root: Path, resnet18_weights: tuple[Path, torch.nn.Module]
+) -> None:
+    path, src = resnet18_weights
+    dm = scenes_dm(root, batch_size=4)
+    model = paper(dm, path)
+    assert torch.equal(model.image_encoder.model.conv1.weight, src.conv1.weight)
+    assert model.text_encoder.rnn.hidden_size == 1024 and model.image_fc.out_features == 1024
+    cfg = model.optim_cfg
+    assert (cfg.name, cfg.lr, cfg.schedule, cfg.step_epochs) == ("adam", 2e-4, "step", 15)
+    assert model.processor.test_transform == "resize_center_crop"
+    batch = first_batch(dm)
+    assert batch.visual.pixels.shape[-2:] == (64, 64)
+    model.losses(batch)["hinge"].backward()
+    assert model.image_encoder.model.conv1.weight.grad is not None
+
+
+def test_paper_profile_frozen_cnn_and_missing_weights(
+    root: Path, resnet18_weights: tuple[Path, torch.nn.Module]
+) -> None:
+    dm = scenes_dm(root, batch_size=4)
+    model = paper(dm, resnet18_weights[0], finetune=False)
+    model.losses(first_batch(dm))["hinge"].backward()
+    assert all(p.grad is None for p in model.image_encoder.parameters())
+    assert model.image_fc.weight.grad is not None
+    with pytest.raises(ValueError, match="weights_path"):
+        VSEPP(profile="paper").build(dm)
+
+
+# -- slow: tiny profile learns ---------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_tiny_profile_learns_synth_scenes(tmp_path: Path) -> None:
+    sizes = {"train_images": 400, "val_images": 20, "test_images": 50}
+    dm = DATAMODULES.get("synth-scenes")(root=str(tmp_path), sizes=sizes, batch_size=32)
+    L.seed_everything(0)
+    model = VSEPP()
+    losses: list[float] = []
+
+    class Record(L.Callback):
+        def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+            losses.append(float(trainer.callback_metrics["train/loss"]))
+
+    trainer = L.Trainer(
+        max_epochs=8,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        callbacks=[Record()],
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(model, datamodule=dm)
+    trainer.test(model, datamodule=dm, verbose=False)
+    n = len(losses) // 8
+    assert sum(losses[-n:]) < 0.7 * sum(losses[:n])
+    chance = 100.0 / sizes["test_images"]
+    assert model.last_result["test"].metrics["t2i_R1"] >= 3 * chance
