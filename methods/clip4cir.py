@@ -16,7 +16,7 @@ same target from a query's softmax (the code does not).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -39,6 +39,7 @@ from fgbench.encoders import (
 from fgbench.features import Features
 from fgbench.method import RetrievalMethod
 from fgbench.optim import OptimConfig
+from fgbench.profiles import resolve_profile
 from fgbench.registry import register_method
 from methods.tirg import classification_loss, same_target_mask
 
@@ -80,13 +81,6 @@ PROFILES: dict[str, CLIP4CirConfig] = {
         schedule="constant",
     ),
 }
-
-
-def resolve_profile(profile: str, overrides: dict[str, Any]) -> CLIP4CirConfig:
-    """The preset of `profile` with `overrides` (field name -> value) applied."""
-    if profile not in PROFILES:
-        raise ValueError(f"clip4cir: profile {profile!r} is not one of {', '.join(PROFILES)}")
-    return replace(PROFILES[profile], **overrides)
 
 
 class Combiner(nn.Module):
@@ -156,7 +150,7 @@ class CLIP4Cir(RetrievalMethod):
         optim: OptimConfig | None = None,
         **overrides: Any,
     ) -> None:
-        hp = resolve_profile(profile, overrides)
+        hp = resolve_profile(PROFILES, profile, overrides, "clip4cir")
         super().__init__(profile=profile, optim=optim or self._optim(hp))
         self.save_hyperparameters()
         self.hp = hp

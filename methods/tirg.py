@@ -17,7 +17,7 @@ features are unit vectors, so scores are cosines, which rank exactly as the trai
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
@@ -39,6 +39,7 @@ from fgbench.encoders import (
 from fgbench.features import Features
 from fgbench.method import RetrievalMethod
 from fgbench.optim import OptimConfig
+from fgbench.profiles import resolve_profile
 from fgbench.registry import register_method
 
 
@@ -93,13 +94,6 @@ PROFILES: dict[str, TIRGConfig] = {
         schedule="step",
     ),
 }
-
-
-def resolve_profile(profile: str, overrides: dict[str, Any]) -> TIRGConfig:
-    """The preset of `profile` with `overrides` (field name -> value) applied."""
-    if profile not in PROFILES:
-        raise ValueError(f"tirg: profile {profile!r} is not one of {', '.join(PROFILES)}")
-    return replace(PROFILES[profile], **overrides)
 
 
 class ScaledNorm(nn.Module):
@@ -192,7 +186,7 @@ class TIRG(RetrievalMethod):
         optim: OptimConfig | None = None,
         **overrides: Any,
     ) -> None:
-        hp = resolve_profile(profile, overrides)
+        hp = resolve_profile(PROFILES, profile, overrides, "tirg")
         super().__init__(profile=profile, optim=optim or self._optim(hp))
         self.save_hyperparameters()
         self.hp = hp

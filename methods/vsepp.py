@@ -17,7 +17,7 @@ CNN is frozen but, as in vsepp, its BatchNorm layers still follow the module's t
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
@@ -43,6 +43,7 @@ from fgbench.features import Features
 from fgbench.losses import hardest_negative_triplet
 from fgbench.method import RetrievalMethod
 from fgbench.optim import OptimConfig
+from fgbench.profiles import resolve_profile
 from fgbench.registry import register_method
 
 
@@ -98,13 +99,6 @@ PROFILES: dict[str, VSEPPConfig] = {
 }
 
 
-def resolve_profile(profile: str, overrides: dict[str, Any]) -> VSEPPConfig:
-    """The preset of `profile` with `overrides` (field name -> value) applied."""
-    if profile not in PROFILES:
-        raise ValueError(f"vsepp: profile {profile!r} is not one of {', '.join(PROFILES)}")
-    return replace(PROFILES[profile], **overrides)
-
-
 def build_vocabulary(texts: list[str], max_words: int, min_count: int, max_len: int) -> WordTokenizer:
     """vsepp's vocabulary: training words seen at least `min_count` times (at most `max_words` of them)."""
     counts = Counter(w for text in texts for w in split_words(text))
@@ -156,7 +150,7 @@ class VSEPP(RetrievalMethod):
         optim: OptimConfig | None = None,
         **overrides: Any,
     ) -> None:
-        hp = resolve_profile(profile, overrides)
+        hp = resolve_profile(PROFILES, profile, overrides, "vsepp")
         super().__init__(profile=profile, optim=optim or self._optim(hp))
         self.save_hyperparameters()
         self.hp = hp
