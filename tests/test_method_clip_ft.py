@@ -1,0 +1,320 @@
+"""clip_ft (methods/clip_ft.py; METHODS.md §5): the loss at equal features and under swapped modalities, the
+composed loss's duplicate targets, tower freezing, the shared checks of METHODS.md §0 on real encoded
+features, fit + test through the CLI on every task (synth-person, synth-scenes, synth-cir) and the paper
+profile built offline from a tiny random CLIP folder. InfoNCE's own properties live in tests/test_losses.py.
+
+`save_tiny_clip` is shared with the clip_zs and irra tests.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from method_checks import assert_block_invariant, assert_encoding_batch_independent
+
+from fgbench.cli import main
+from fgbench.data.batches import PairBatch, Text, TripletBatch
+from fgbench.data.module import RetrievalDataModule
+from fgbench.features import Features
+from fgbench.registry import DATAMODULES, METHODS
+from methods.clip_ft import ClipFT
+
+SIZES: dict[str, dict[str, int]] = {
+    "synth-person": {"train_ids": 4, "val_ids": 2, "test_ids": 2, "images_per_id": 2},
+    "synth-scenes": {"train_images": 6, "val_images": 3, "test_images": 3},
+    "synth-cir": {"train_sets": 2, "val_sets": 2, "test1_sets": 1, "queries_per_set": 2},
+}
+PROTOCOL = {"synth-person": "person_t2i", "synth-scenes": "f30k_1k", "synth-cir": "cirr"}
+CONFIG = Path(__file__).parents[1] / "experiments" / "configs"
+# jsonargparse resolves SynthCIRDataModule's test_split to CIRRDataModule's "test" (reported); say "val"
+CLI_DATA: dict[str, list[str]] = {"synth-cir": ["--data.test_split", "val"]}
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("data")
+
+
+def datamodule(root: Path, name: str, **kw: Any) -> RetrievalDataModule:
+    dm = DATAMODULES.get(name)(root=str(root), sizes=SIZES[name], batch_size=4, eval_batch_size=8, **kw)
+    dm.setup("fit")
+    return dm
+
+
+def attach(model: Any, dm: RetrievalDataModule) -> Any:
+    """Build the model on the data and attach its processor, as `RetrievalMethod.setup` does."""
+    model.build(dm)
+    dm.set_processor(model.processor)
+    return model
+
+
+def save_tiny_clip(path: Path) -> Path:
+    """A tiny random CLIPModel and a byte-level CLIP tokenizer (no merges) saved like a hub checkpoint."""
+    from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    chars = list(bytes_to_unicode().values())
+    vocab = [*chars, *(c + "</w>" for c in chars), "<|startoftext|>", "<|endoftext|>"]
+    CLIPTokenizer(vocab={w: i for i, w in enumerate(vocab)}, merges=[]).save_pretrained(path)
+    tower = dict(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, projection_dim=16
+    )
+    text = dict(tower, vocab_size=len(vocab), max_position_embeddings=77, eos_token_id=len(vocab) - 1)
+    config = CLIPConfig(
+        text_config=text, vision_config=dict(tower, image_size=32, patch_size=8), projection_dim=16
+    )
+    CLIPModel(config).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny_clip(tmp_path_factory.mktemp("clip"))
+
+
+def train_batch(dm: RetrievalDataModule) -> Any:
+    return next(iter(dm.train_dataloader()))
+
+
+def test_registered_with_its_tasks() -> None:
+    assert METHODS.get("clip_ft") is ClipFT
+    assert ClipFT.tasks == {"text-image", "image-text", "composed"} and ClipFT.provenance == "suite baseline"
+
+
+def test_loss_is_log_batch_when_all_features_are_equal(root: Path) -> None:
+    dm = datamodule(root, "synth-person")
+    model = attach(ClipFT(), dm)
+    batch: PairBatch = train_batch(dm)
+    b = len(batch.index)
+    same = replace(
+        batch,
+        visual=replace(batch.visual, pixels=batch.visual.pixels[:1].expand(b, -1, -1, -1)),
+        text=Text(
+            raw=batch.text.raw[:1] * b,
+            input_ids=batch.text.input_ids[:1].expand(b, -1),
+            attention_mask=batch.text.attention_mask[:1].expand(b, -1),
+        ),
+    )
+    assert model.losses(same)["itc"].item() == pytest.approx(math.log(b), abs=1e-4)
+    assert model.losses(batch)["itc"].item() != pytest.approx(math.log(b), abs=1e-4)
+
+
+def test_swapping_the_modalities_leaves_the_loss_unchanged(root: Path) -> None:
+    dm = datamodule(root, "synth-person")
+    model = attach(ClipFT(logit_scale_learnable=True), dm)
+    batch: PairBatch = train_batch(dm)
+    t, v = model.text_out(batch.text).glob, model.image_out(batch.visual).glob
+    assert model.losses(batch)["itc"] == model.pair_loss(t, v)
+    torch.testing.assert_close(model.pair_loss(t, v), model.pair_loss(v, t))
+
+
+def test_scale_by_task_family_and_switch(root: Path) -> None:
+    person = attach(ClipFT(), datamodule(root, "synth-person"))
+    scenes = attach(ClipFT(), datamodule(root, "synth-scenes"))
+    cir = attach(ClipFT(), datamodule(root, "synth-cir"))
+    assert person.scale().item() == pytest.approx(50.0) and not person.logit_scale.requires_grad
+    assert scenes.scale().item() == pytest.approx(1 / 0.07) and scenes.logit_scale.requires_grad
+    assert cir.scale().item() == pytest.approx(100.0) and not cir.logit_scale.requires_grad
+    forced = attach(ClipFT(logit_scale_learnable=True), datamodule(root, "synth-person"))
+    assert forced.logit_scale.requires_grad and forced.scale().item() == pytest.approx(1 / 0.07)
+    with torch.no_grad():
+        forced.logit_scale.fill_(10.0)
+    assert forced.scale().item() == 100.0  # CLIP's clamp
+
+
+def test_composed_loss_never_counts_the_same_target_as_a_negative(root: Path) -> None:
+    dm = datamodule(root, "synth-cir")
+    model = attach(ClipFT(), dm)
+    batch: TripletBatch = train_batch(dm)
+    same = replace(
+        batch,
+        target=replace(batch.target, pixels=batch.target.pixels[:1].expand_as(batch.target.pixels)),
+        target_label=torch.zeros_like(batch.target_label),
+    )
+    assert model.losses(same)["cir"].item() == pytest.approx(0.0, abs=1e-6)
+    assert model.losses(batch)["cir"].item() > 0.01
+
+
+@pytest.mark.parametrize("fusion", ["sum", "image_only", "text_only"])
+def test_query_fusion(root: Path, fusion: str) -> None:
+    dm = datamodule(root, "synth-cir")
+    model = attach(ClipFT(query_fusion=fusion), dm).eval()
+    q_loader, _ = dm.test_dataloader()
+    batch = next(iter(q_loader))
+    with torch.no_grad():
+        ref, txt = model.image_out(batch.reference).glob, model.text_out(batch.text).glob
+        got = model.encode_queries(batch).glob
+    raw = {"sum": ref + txt, "image_only": ref, "text_only": txt}[fusion]
+    torch.testing.assert_close(got, torch.nn.functional.normalize(raw, dim=-1))
+
+
+@pytest.mark.parametrize(("encoder", "frozen"), [("text", "image_tower"), ("image", "text_tower")])
+def test_encoder_switch_freezes_the_other_tower(root: Path, encoder: str, frozen: str) -> None:
+    dm = datamodule(root, "synth-person")
+    model = attach(ClipFT(encoder=encoder), dm)
+    model.losses(train_batch(dm))["itc"].backward()
+    trained = "text_tower" if frozen == "image_tower" else "image_tower"
+    assert all(p.grad is None and not p.requires_grad for p in getattr(model, frozen).parameters())
+    assert all(p.grad is not None for p in getattr(model, trained).parameters() if p.requires_grad)
+
+
+def test_build_is_idempotent_and_rejects_unknown_switches(root: Path) -> None:
+    dm = datamodule(root, "synth-person")
+    model = attach(ClipFT(), dm)
+    tower = model.image_tower
+    model.build(dm)
+    assert model.image_tower is tower
+    with pytest.raises(ValueError, match="query_fusion"):
+        ClipFT(query_fusion="concat")
+    with pytest.raises(ValueError, match="encoder"):
+        ClipFT(encoder="neither")
+    with pytest.raises(TypeError, match="unknown profile override"):
+        ClipFT(image_sise=(32, 32))
+    with pytest.raises(ValueError, match="profile"):
+        ClipFT(profile="huge")
+
+
+def encoded(model: Any, dm: RetrievalDataModule) -> tuple[Features, Features]:
+    q_loader, g_loader = dm.test_dataloader()
+    with torch.no_grad():
+        q = Features.cat([model.encode_queries(b) for b in q_loader])
+        g = Features.cat([model.encode_gallery(b) for b in g_loader])
+    return q, g
+
+
+@pytest.mark.parametrize("name", ["synth-person", "synth-cir"])
+def test_shared_checks_on_encoded_features(root: Path, name: str) -> None:
+    dm = datamodule(root, name)
+    model = attach(ClipFT(), dm).eval()
+    q, g = encoded(model, dm)
+    assert torch.allclose(q.glob.norm(dim=-1), torch.ones(len(q))) and len(g) > 1
+    assert_block_invariant(model, q, g)
+    for i, encode in enumerate((model.encode_queries, model.encode_gallery)):
+        assert_encoding_batch_independent(encode, eval_batches(dm, 8)[i], eval_batches(dm, 3)[i])
+
+
+def eval_batches(dm: RetrievalDataModule, size: int) -> list[list[Any]]:
+    """[query batches, gallery batches] of the test split at eval batch size `size`."""
+    dm.eval_batch_size = size
+    return [list(loader) for loader in dm.test_dataloader()]
+
+
+def cli_args(root: Path, tmp_path: Path, name: str, method: str, *extra: str) -> list[str]:
+    sizes = json.dumps(SIZES[name])
+    return [
+        "fit",
+        "--config",
+        str(CONFIG / "method" / f"{method}.yaml"),
+        "--config",
+        str(CONFIG / "profile" / "tiny.yaml"),
+        "--data",
+        _class_path(name),
+        "--data.root",
+        str(root),
+        "--data.sizes",
+        sizes,
+        "--data.batch_size",
+        "4",
+        "--trainer.max_steps",
+        "2",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--run.root",
+        str(tmp_path / "runs"),
+        *CLI_DATA.get(name, []),
+        *extra,
+    ]
+
+
+def _class_path(name: str) -> str:
+    cls = DATAMODULES.get(name)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def result_of(tmp_path: Path, name: str, method: str) -> dict[str, Any]:
+    (path,) = (tmp_path / "runs" / name / method / "tiny").glob("seed*/result.json")
+    return json.loads(path.read_text())
+
+
+@pytest.mark.parametrize("name", sorted(SIZES))
+def test_fit_and_test_through_the_cli(root: Path, tmp_path: Path, name: str) -> None:
+    assert main(cli_args(root, tmp_path, name, "clip_ft")) == 0
+    rec = result_of(tmp_path, name, "clip_ft")
+    assert rec["details"]["protocol"] == PROTOCOL[name] and rec["global_step"] == 2
+    assert rec["provenance_note"] == "suite baseline" and rec["metrics"]
+
+
+def test_paper_profile_from_a_local_clip_folder(root: Path, clip_dir: Path) -> None:
+    dm = datamodule(root, "synth-person")
+    model = attach(ClipFT(profile="paper", clip_path=str(clip_dir), image_size=(32, 16)), dm)
+    assert model.optim_cfg.name == "adam" and model.optim_cfg.eps == 1e-3 and model.optim_cfg.lr == 1e-5
+    assert model.processor.image_size == (32, 16) and model.processor.train_transform == "irra"
+    batch: PairBatch = train_batch(dm)
+    assert batch.text.input_ids.shape == (4, 77) and batch.visual.pixels.shape[-2:] == (32, 16)
+    loss = model.losses(batch)["itc"]
+    loss.backward()
+    assert torch.isfinite(loss) and model.image_tower.proj.weight.grad is not None
+    scenes = attach(
+        ClipFT(profile="paper", clip_path=str(clip_dir), image_size=(32, 32)),
+        datamodule(root, "synth-scenes"),
+    )
+    assert scenes.optim_cfg.weight_decay == 0.2 and scenes.logit_scale.requires_grad
+
+
+def test_paper_profile_without_weights_fails_naming_the_path(root: Path, tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="no-clip-here"):
+        attach(
+            ClipFT(profile="paper", clip_path=str(tmp_path / "no-clip-here")),
+            datamodule(root, "synth-person"),
+        )
+
+
+# moderate synthetic sizes, so a tiny-profile run takes well under a minute on an idle 2-core machine
+MODERATE: dict[str, dict[str, int]] = {
+    "synth-person": {"train_ids": 200, "val_ids": 16, "test_ids": 64, "images_per_id": 4},
+    "synth-scenes": {"train_images": 400, "val_images": 20, "test_images": 50},
+}
+# the R@1 metric of each dataset's protocol and its chance level (%): one relevant id / image among many
+CHANCE: dict[str, tuple[str, float]] = {
+    "synth-person": ("R1", 100 / 64),
+    "synth-scenes": ("t2i_R1", 100 / 50),
+}
+
+
+def assert_learns(model: Any, name: str, tmp_path: Path, epochs: int = 8) -> dict[str, float]:
+    """Tiny profile on a moderate synthetic dataset: a fixed batch's loss falls, test R@1 >= 3x chance."""
+    import lightning as L
+
+    L.seed_everything(0)
+    dm = DATAMODULES.get(name)(root=str(tmp_path / "data"), sizes=MODERATE[name], batch_size=32)
+    dm.setup("fit")
+    attach(model, dm)
+    batch = train_batch(dm)
+    before = sum(model.losses(batch).values()).item()
+    trainer = L.Trainer(
+        max_epochs=epochs,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        limit_val_batches=0,
+        default_root_dir=tmp_path,
+    )
+    trainer.fit(model, datamodule=dm)
+    trainer.test(model, datamodule=dm, verbose=False)
+    after = sum(model.losses(batch).values()).item()
+    metrics = model.last_result["test"].metrics
+    metric, chance = CHANCE[name]
+    assert after < before and metrics[metric] >= 3 * chance, (before, after, metrics)
+    return metrics
+
+
+@pytest.mark.slow
+def test_tiny_profile_learns_synth_scenes(tmp_path: Path) -> None:
+    assert_learns(ClipFT(), "synth-scenes", tmp_path)
