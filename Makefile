@@ -48,7 +48,7 @@ SYNTH_DATASETS := synth-person synth-scenes synth-cir
 SWEEP_OPTS = --runs-root $(RUNS) --out $(RESULTS) $(if $(JOBS),--jobs $(JOBS)) $(if $(DEVICES),--devices $(DEVICES))
 # the demo: its own runs root (4-epoch overlay of the tiny profile, see profile/demo.yaml), one seed unless SEEDS=
 DEMO_RUNS ?= runs/demo
-DEMO_OUT ?= results/demo
+DEMO_OUT ?= results
 DEMO_SEEDS = $(if $(filter command line environment,$(origin SEEDS)),$(SEEDS),0)
 
 .PHONY: leaderboard demo synth-data reproduce-synth $(addprefix reproduce-,$(REAL_DATASETS))
