@@ -417,13 +417,14 @@ def print_boards(report: BuildReport) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 200)  # logs and pipes: do not truncate names
     for dataset, boards in report.boards.items():
         for b in boards:
             tag = " (synthetic)" if is_synthetic(dataset) else ""
             table = Table(title=f"{dataset}{tag}: {b.protocol}, split {b.split}")
             for col in ("method", "profile", "n", *b.metrics):
-                table.add_column(col, justify="left" if col in ("method", "profile") else "right")
+                left = col in ("method", "profile")
+                table.add_column(col, justify="left" if left else "right", no_wrap=left)
             for _, row in b.table.iterrows():
                 table.add_row(
                     row["method"], row["profile"], n_text(row), *(cell_text(row, m) for m in b.metrics)

@@ -17,8 +17,7 @@ What comes from where:
   augmentation, Adam eps 1e-3, lr 1e-5 with x5 on the cross-modal modules, classifier and MLM head).
 - our reading: masking runs in the training step (on the device) instead of the dataset workers; the
   cross-modal blocks are `fgbench.encoders.layers.transformer` blocks (pre-LN, GELU, MLP 4x) where IRRA uses
-  CLIP's QuickGELU residual blocks; the schedule steps per optimiser step (IRRA per epoch); biases get lr x1
-  instead of x2 (OptimConfig has no bias multiplier).
+  CLIP's QuickGELU residual blocks; the schedule steps per optimiser step (IRRA per epoch).
 - `<|mask|>`: IRRA drops CLIP's last BPE merge so that its id (49405) becomes `<|mask|>` while SOT/EOT keep
   49406/49407. The HF tokenizer keeps that merge; we use id SOT - 1 (49405) as the mask id all the same, so
   the only difference is that captions containing that one rare word map it to the mask embedding. The tiny

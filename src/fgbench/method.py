@@ -124,7 +124,9 @@ class RetrievalMethod(L.LightningModule):
         dm = getattr(trainer, "datamodule", None) if trainer is not None else None
         return dm if isinstance(dm, RetrievalDataModule) else None
 
-    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor | None:
+        if not self.trains:  # evaluation-only methods skip any batch a plain Trainer.fit hands them
+            return None
         terms = self.losses(batch)
         total = sum(self.loss_weights.get(k, 1.0) * v for k, v in terms.items())
         bs = _batch_size(batch)

@@ -34,6 +34,7 @@ class OptimConfig:
     eps: float = 1e-8  # Adam/AdamW only
     momentum: float = 0.9  # SGD only
     lr_mult: dict[str, float] = field(default_factory=dict)  # name prefix -> lr multiplier
+    bias_lr_mult: float = 1.0  # lr multiplier of biases no prefix matches (IRRA: 2)
     no_decay: tuple[str, ...] = ("bias", "norm", "ln_", "bn")  # name substrings without weight decay
     schedule: str = "cosine"  # key of SCHEDULES
     warmup_epochs: float = 0.0  # linear warm-up length
@@ -52,7 +53,8 @@ def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        mult = next((m for prefix, m in cfg.lr_mult.items() if name.startswith(prefix)), 1.0)
+        default = cfg.bias_lr_mult if name.endswith("bias") else 1.0
+        mult = next((m for prefix, m in cfg.lr_mult.items() if name.startswith(prefix)), default)
         decay = p.ndim > 1 and not any(s in name.lower() for s in cfg.no_decay)
         groups.setdefault((mult, decay), []).append(p)
     return [
