@@ -9,6 +9,7 @@ import pytest
 
 from fgbench.cli import main
 from fgbench.io import check_checkpoint
+
 from fixtures.person import write_rstpreid
 
 
