@@ -94,3 +94,41 @@ def assert_encoding_batch_independent(
     for name, t in a.tensors().items():
         torch.testing.assert_close(b.tensors()[name], t, atol=atol, rtol=1e-5)
         torch.testing.assert_close(again.tensors()[name], t, atol=0, rtol=0)
+
+
+def fit_and_test(
+    model: RetrievalMethod, dm: Any, root: Any, epochs: int = 8
+) -> tuple[list[float], dict[str, float]]:
+    """Train on CPU with a plain Trainer (no logger, no validation passes), then test.
+
+    Returns the training loss of every step and the test metrics (the smoke tests of METHODS.md: the loss
+    falls over the run and the test R@1 beats chance).
+    """
+    import lightning as L
+
+    losses: list[float] = []
+
+    class Record(L.Callback):
+        def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+            losses.append(float(trainer.callback_metrics["train/loss"]))
+
+    trainer = L.Trainer(
+        max_epochs=epochs,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        callbacks=[Record()],
+        default_root_dir=root,
+    )
+    trainer.fit(model, datamodule=dm)
+    trainer.test(model, datamodule=dm, verbose=False)
+    return losses, model.last_result["test"].metrics
+
+
+def loss_fell(losses: Sequence[float], epochs: int, ratio: float = 0.7) -> bool:
+    """The mean loss of the last epoch is below `ratio` times that of the first."""
+    n = len(losses) // epochs
+    return sum(losses[-n:]) < ratio * sum(losses[:n])

@@ -12,7 +12,7 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
-from method_checks import assert_block_invariant, assert_encoding_batch_independent
+from method_checks import assert_block_invariant, assert_encoding_batch_independent, fit_and_test, loss_fell
 from test_method_tirg import CIR, cir_args, cli_run, eval_loaders, fiq_args
 
 from fgbench.data.batches import TripletBatch
@@ -140,27 +140,7 @@ def test_tiny_profile_learns_synth_cir(tmp_path: Path) -> None:
     sizes = {"train_sets": 500, "val_sets": 60, "test1_sets": 1, "queries_per_set": 2}
     dm = DATAMODULES.get("synth-cir")(root=str(tmp_path), sizes=sizes, batch_size=32)
     L.seed_everything(0)
-    model = CLIP4Cir()
-    losses: list[float] = []
-
-    class Record(L.Callback):
-        def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
-            losses.append(float(trainer.callback_metrics["train/loss"]))
-
-    trainer = L.Trainer(
-        max_epochs=8,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-        callbacks=[Record()],
-        default_root_dir=tmp_path,
-    )
-    trainer.fit(model, datamodule=dm)
-    trainer.test(model, datamodule=dm, verbose=False)
-    n = len(losses) // 8
-    assert sum(losses[-n:]) < 0.7 * sum(losses[:n])
+    losses, metrics = fit_and_test(CLIP4Cir(), dm, tmp_path)
+    assert loss_fell(losses, epochs=8)
     gallery = len(dm.evaluation_set(dm.test_split).gallery)
-    assert model.last_result["test"].metrics["R1"] >= 3 * 100.0 / gallery
+    assert metrics["R1"] >= 3 * 100.0 / gallery

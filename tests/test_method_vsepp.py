@@ -12,7 +12,7 @@ from typing import Any
 import lightning as L
 import pytest
 import torch
-from method_checks import assert_block_invariant, assert_encoding_batch_independent
+from method_checks import assert_block_invariant, assert_encoding_batch_independent, fit_and_test, loss_fell
 
 from datamodules.itm import Flickr30KDataModule
 from fgbench.cli import main
@@ -254,27 +254,7 @@ def test_tiny_profile_learns_synth_scenes(tmp_path: Path) -> None:
     sizes = {"train_images": 400, "val_images": 20, "test_images": 50}
     dm = DATAMODULES.get("synth-scenes")(root=str(tmp_path), sizes=sizes, batch_size=32)
     L.seed_everything(0)
-    model = VSEPP()
-    losses: list[float] = []
-
-    class Record(L.Callback):
-        def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
-            losses.append(float(trainer.callback_metrics["train/loss"]))
-
-    trainer = L.Trainer(
-        max_epochs=8,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-        callbacks=[Record()],
-        default_root_dir=tmp_path,
-    )
-    trainer.fit(model, datamodule=dm)
-    trainer.test(model, datamodule=dm, verbose=False)
-    n = len(losses) // 8
-    assert sum(losses[-n:]) < 0.7 * sum(losses[:n])
+    losses, metrics = fit_and_test(VSEPP(), dm, tmp_path)
+    assert loss_fell(losses, epochs=8)
     chance = 100.0 / sizes["test_images"]
-    assert model.last_result["test"].metrics["t2i_R1"] >= 3 * chance
+    assert metrics["t2i_R1"] >= 3 * chance
