@@ -1,9 +1,13 @@
 """synth-cir: composed retrieval over scenes of shapes, written as CIRR (DATASETS.md §5).
 
-Each image set holds a reference, a target that differs from it by one edit described in text (change a
-colour, add, remove or move an object, change a size), and four near-duplicates that each differ from the
-target by one other edit: the hard negatives of Recall_subset (NSFSE's setting). With `queries_per_set=2`
-the set also yields the query target -> first near-duplicate. Output: `cirr/captions/cap.rc2.<split>.json`,
+Each image set is a star around a reference: the target and four near-duplicates each differ from the
+reference by one edit described in text (change a colour, add, remove or move an object, change a size),
+each a different edit. Every member is as close to the reference as the target is, so image similarity to
+the reference cannot find the target: only the modification text can (version 1 made the near-duplicates
+edits of the target, two edits from the reference, and an image-only query nearly matched the full model).
+They are the hard negatives of Recall_subset (NSFSE's setting). With `queries_per_set=2` the set also
+yields the query reference -> first near-duplicate, whose text describes that edit.
+Output: `cirr/captions/cap.rc2.<split>.json`,
 `cirr/image_splits/split.rc2.<split>.json` and PNG images under `train/<k>/`, `dev/` (split "val") and
 `test1/`; test1 queries carry no target fields.
 """
@@ -31,7 +35,7 @@ from datamodules.synthetic.objects import (
 )
 
 NAME = "synth-cir"
-VERSION = 1
+VERSION = 2  # 2: near-duplicates are edits of the reference (star), not of the target
 DEFAULT_SIZES = {"train_sets": 1000, "val_sets": 150, "test1_sets": 150, "queries_per_set": 2}
 SPLITS = (("train", "train_sets"), ("val", "val_sets"), ("test1", "test1_sets"))
 SET_SIZE = 6
@@ -141,14 +145,13 @@ def _edit_until(rng: np.random.Generator, objs: list[Obj], avoid: set[tuple[Any,
 
 
 def image_set(rng: np.random.Generator) -> tuple[list[Obj], list[Edited]]:
-    """Six distinct scenes: the reference, then five edited scenes: the target (reference + one edit) and
-    four near-duplicates (target + one other edit each)."""
+    """Six distinct scenes: the reference, then five edits of it (the target first, then the near-duplicates),
+    each one edit away from the reference."""
     ref = random_scene(rng, int(rng.integers(2, MAX_OBJECTS + 1)))
-    target = _edit_until(rng, ref, {_signature(ref)})
-    edited = [target]
-    seen = {_signature(ref), _signature(target[0])}
+    edited: list[Edited] = []
+    seen = {_signature(ref)}
     while len(edited) < SET_SIZE - 1:
-        edited.append(_edit_until(rng, target[0], seen))
+        edited.append(_edit_until(rng, ref, seen))
         seen.add(_signature(edited[-1][0]))
     return ref, edited
 
@@ -200,7 +203,7 @@ def write(
                 names.append(name)
                 record["images"][name] = [o.to_record() for o in objs]
             order = [int(k) for k in rng.permutation(SET_SIZE)]
-            for pair in ((0, 1), (1, 2))[:queries_per_set]:
+            for pair in ((0, 1), (0, 2))[:queries_per_set]:
                 _, edit, text = edited[pair[1] - 1]
                 queries.append(_query(len(queries), set_id, names, order, pair, text, split))
                 edits.append({"edit": edit, "reference": names[pair[0]], "target": names[pair[1]]})
