@@ -132,3 +132,15 @@ def loss_fell(losses: Sequence[float], epochs: int, ratio: float = 0.7) -> bool:
     """The mean loss of the last epoch is below `ratio` times that of the first."""
     n = len(losses) // epochs
     return sum(losses[-n:]) < ratio * sum(losses[:n])
+
+
+def attach(model: RetrievalMethod, dm: Any) -> RetrievalMethod:
+    """Build the model on the data and attach its processor, as `RetrievalMethod.setup` does."""
+    model.build(dm)
+    dm.set_processor(model.processor)
+    return model
+
+
+def first_batch(dm: Any) -> Any:
+    """The first training batch of a DataModule (its processor attached)."""
+    return next(iter(dm.train_dataloader()))

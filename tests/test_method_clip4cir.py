@@ -12,10 +12,16 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
-from method_checks import assert_block_invariant, assert_encoding_batch_independent, fit_and_test, loss_fell
+from method_checks import (
+    assert_block_invariant,
+    assert_encoding_batch_independent,
+    attach,
+    first_batch,
+    fit_and_test,
+    loss_fell,
+)
 from test_method_tirg import CIR, cir_args, cli_run, eval_loaders, fiq_args
 
-from fgbench.data.batches import TripletBatch
 from fgbench.data.module import RetrievalDataModule
 from fgbench.features import Features
 from fgbench.registry import DATAMODULES, METHODS
@@ -33,14 +39,7 @@ def cir_dm(root: Path, **kw: Any) -> RetrievalDataModule:
 
 def built(dm: RetrievalDataModule, **kw: Any) -> CLIP4Cir:
     L.seed_everything(0)
-    model = CLIP4Cir(**kw)
-    model.build(dm)
-    dm.set_processor(model.processor)
-    return model
-
-
-def first_batch(dm: RetrievalDataModule) -> TripletBatch:
-    return next(iter(dm.train_dataloader()))
+    return attach(CLIP4Cir(**kw), dm)  # type: ignore[return-value]
 
 
 def test_registered_with_its_tasks() -> None:

@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 import torch
-from method_checks import assert_block_invariant, assert_encoding_batch_independent
+from method_checks import assert_block_invariant, assert_encoding_batch_independent, attach
+from method_checks import first_batch as train_batch
 
 from fgbench.cli import main
 from fgbench.data.batches import PairBatch, Text, TripletBatch
@@ -47,13 +48,6 @@ def datamodule(root: Path, name: str, **kw: Any) -> RetrievalDataModule:
     return dm
 
 
-def attach(model: Any, dm: RetrievalDataModule) -> Any:
-    """Build the model on the data and attach its processor, as `RetrievalMethod.setup` does."""
-    model.build(dm)
-    dm.set_processor(model.processor)
-    return model
-
-
 def save_tiny_clip(path: Path) -> Path:
     """A tiny random CLIPModel and a byte-level CLIP tokenizer (no merges) saved like a hub checkpoint."""
     from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
@@ -76,10 +70,6 @@ def save_tiny_clip(path: Path) -> Path:
 @pytest.fixture(scope="module")
 def clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_tiny_clip(tmp_path_factory.mktemp("clip"))
-
-
-def train_batch(dm: RetrievalDataModule) -> Any:
-    return next(iter(dm.train_dataloader()))
 
 
 def test_registered_with_its_tasks() -> None:

@@ -11,17 +11,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from method_checks import assert_block_invariant, assert_encoding_batch_independent
+from method_checks import assert_block_invariant, assert_encoding_batch_independent, attach
+from method_checks import first_batch as train_batch
 from test_method_clip_ft import (
     assert_learns,
-    attach,
     cli_args,
     datamodule,
     encoded,
     eval_batches,
     result_of,
     save_tiny_clip,
-    train_batch,
 )
 
 from fgbench.cli import main

@@ -14,10 +14,16 @@ from typing import Any
 import lightning as L
 import pytest
 import torch
-from method_checks import assert_block_invariant, assert_encoding_batch_independent, fit_and_test, loss_fell
+from method_checks import (
+    assert_block_invariant,
+    assert_encoding_batch_independent,
+    attach,
+    first_batch,
+    fit_and_test,
+    loss_fell,
+)
 
 from fgbench.cli import main
-from fgbench.data.batches import TripletBatch
 from fgbench.data.module import RetrievalDataModule
 from fgbench.features import Features
 from fgbench.registry import DATAMODULES, METHODS
@@ -39,14 +45,7 @@ def cir_dm(root: Path, **kw: Any) -> RetrievalDataModule:
 
 def built(dm: RetrievalDataModule, **kw: Any) -> TIRG:
     L.seed_everything(0)
-    model = TIRG(**kw)
-    model.build(dm)
-    dm.set_processor(model.processor)
-    return model
-
-
-def first_batch(dm: RetrievalDataModule) -> TripletBatch:
-    return next(iter(dm.train_dataloader()))
+    return attach(TIRG(**kw), dm)  # type: ignore[return-value]
 
 
 def test_registered_with_its_tasks() -> None:

@@ -12,7 +12,14 @@ from typing import Any
 import lightning as L
 import pytest
 import torch
-from method_checks import assert_block_invariant, assert_encoding_batch_independent, fit_and_test, loss_fell
+from method_checks import (
+    assert_block_invariant,
+    assert_encoding_batch_independent,
+    attach,
+    first_batch,
+    fit_and_test,
+    loss_fell,
+)
 
 from datamodules.itm import Flickr30KDataModule
 from fgbench.cli import main
@@ -46,14 +53,7 @@ def precomp_dm(root: Path, **kw: Any) -> RetrievalDataModule:
 
 def built(dm: RetrievalDataModule, **kw: Any) -> VSEPP:
     L.seed_everything(0)
-    model = VSEPP(**kw)
-    model.build(dm)
-    dm.set_processor(model.processor)
-    return model
-
-
-def first_batch(dm: RetrievalDataModule) -> Any:
-    return next(iter(dm.train_dataloader()))
+    return attach(VSEPP(**kw), dm)  # type: ignore[return-value]
 
 
 # -- method-level properties -----------------------------------------------------------------------------
