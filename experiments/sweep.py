@@ -9,8 +9,10 @@ ARCHITECTURE.md "Scale" and STYLE.md (the users' complaints about sweeps):
   cannot run is skipped, but a named method or dataset left with no cell is an error that says why
   ("tirg supports composed; rstpreid is text-image").
 - **one process per cell**: `python -m fgbench fit --config data/<d>.yaml --config method/<m>.yaml
-  --config profile/<p>.yaml --seed_everything <s> --run.root <runs-root> <extra>`, its output in
-  `<run dir>/sweep.log`. With `--devices`, each running cell gets one of them as CUDA_VISIBLE_DEVICES.
+  --config profile/<p>.yaml [--config experiment/<m>_<d>.yaml] --seed_everything <s> --run.root <runs-root>
+  <extra>`, its output in `<run dir>/sweep.log`. The experiment config (dataset name with `_` for `-`) holds a
+  paper table's recipe for that pair (e.g. TERAN's batch 40 on COCO); it is added to paper-profile cells only.
+  With `--devices`, each running cell gets one of them as CUDA_VISIBLE_DEVICES.
 - **resume**: a cell is finished when its run directory holds result.json. The directory is resolved from
   the same arguments by the same CLI (fgbench.cells), so a restarted sweep skips exactly the finished cells.
 - **failures** are appended to `<runs-root>/sweep_failures.jsonl` (with the log's tail) and the other cells
@@ -80,6 +82,11 @@ def config_class(path: Path, key: str) -> type:
     return getattr(importlib.import_module(module), name)
 
 
+def experiment_config(configs: Path, method: str, dataset: str) -> Path:
+    """Where the paper-table recipe of `method` on `dataset` lives (it may not exist)."""
+    return configs / "experiment" / f"{method}_{dataset.replace('-', '_')}.yaml"
+
+
 def is_pattern(spec: str) -> bool:
     """`all` or a glob such as `synth-*`: names picked from the registry, not named one by one."""
     return spec == "all" or any(ch in spec for ch in "*?[")
@@ -134,6 +141,14 @@ class Cell:
     def label(self) -> str:
         return f"{self.dataset.name}/{self.method.name}/{self.profile.stem} seed{self.seed}"
 
+    @property
+    def experiment(self) -> Path | None:
+        """`configs/experiment/<method>_<dataset>.yaml`, a paper table's recipe, for paper-profile cells."""
+        if self.profile.stem != "paper":
+            return None
+        path = experiment_config(self.profile.parent.parent, self.method.name, self.dataset.name)
+        return path if path.is_file() else None
+
     def fit_args(self, runs_root: Path, extra: Sequence[str]) -> list[str]:
         """The `python -m fgbench` arguments of this cell (the progress bar off: its output goes to a log)."""
         return [
@@ -141,6 +156,7 @@ class Cell:
             "--config", str(self.dataset.config),
             "--config", str(self.method.config),
             "--config", str(self.profile),
+            *(["--config", str(self.experiment)] if self.experiment else []),
             "--seed_everything", str(self.seed),
             "--run.root", str(runs_root),
             "--trainer.enable_progress_bar", "false",

@@ -135,6 +135,22 @@ def test_all_takes_every_registered_name_and_drops_incompatible_pairs(
     assert ("rstpreid", "tiny_dual", 0) in grid(configs, "all", "rstpreid")
 
 
+def test_paper_cells_add_the_experiment_config_of_their_pair(configs: Path) -> None:
+    (configs / "profile" / "paper.yaml").write_text(PROFILE)
+    (configs / "experiment").mkdir()
+    recipe = configs / "experiment" / "tiny_dual_rstpreid.yaml"
+    recipe.write_text("data:\n  init_args:\n    batch_size: 4\n")
+    for profile, wanted in (("paper", True), ("test", False)):
+        ns = sweep.parser().parse_args([*args(configs, "tiny_dual", "rstpreid")[:-4], "--profile", profile,
+                                        "--configs", str(configs)])  # fmt: skip
+        (cell,) = sweep.build_grid(ns)
+        fit = cell.fit_args(configs, [])
+        assert (str(recipe) in fit) is wanted, (profile, fit)
+        if wanted:  # after the profile, so the pair's recipe wins over the profile's defaults
+            assert fit.index(str(recipe)) > fit.index(str(configs / "profile" / "paper.yaml"))
+    assert sweep.experiment_config(configs, "mmref", "cuhk-pedes").name == "mmref_cuhk_pedes.yaml"
+
+
 def test_unknown_names_list_what_exists(configs: Path) -> None:
     with pytest.raises(sweep.GridError, match=r"unknown method 'nope'.*composed_only, exploding, tiny_dual"):
         grid(configs, "nope", "rstpreid")
