@@ -39,7 +39,7 @@ from fgbench.encoders import (
 from fgbench.features import Features
 from fgbench.method import RetrievalMethod
 from fgbench.optim import OptimConfig
-from fgbench.profiles import resolve_profile
+from fgbench.profiles import merge_overrides, resolve_profile
 from fgbench.registry import register_method
 from methods.tirg import classification_loss, same_target_mask
 
@@ -135,7 +135,7 @@ class CLIP4Cir(RetrievalMethod):
         clip_checkpoint: a clip_ft checkpoint (stage 1) whose towers replace the initial CLIP weights.
         mask_same_target: items with the same target are not negatives of each other.
         optim: optimiser and schedule; default from the profile.
-        **overrides: any `CLIP4CirConfig` field, overriding the profile's preset.
+        overrides, **fields: any `CLIP4CirConfig` field, overriding the profile's preset.
     """
 
     name: ClassVar[str] = "clip4cir"
@@ -148,9 +148,10 @@ class CLIP4Cir(RetrievalMethod):
         clip_checkpoint: str | None = None,
         mask_same_target: bool = True,
         optim: OptimConfig | None = None,
-        **overrides: Any,
+        overrides: dict[str, Any] | None = None,
+        **fields: Any,
     ) -> None:
-        hp = resolve_profile(PROFILES, profile, overrides, "clip4cir")
+        hp = resolve_profile(PROFILES, profile, merge_overrides(overrides, fields), "clip4cir")
         super().__init__(profile=profile, optim=optim or self._optim(hp))
         self.save_hyperparameters()
         self.hp = hp

@@ -27,9 +27,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -60,6 +60,7 @@ from fgbench.features import Features
 from fgbench.losses import infonce
 from fgbench.method import RetrievalMethod
 from fgbench.optim import OptimConfig
+from fgbench.profiles import merge_overrides, resolve_profile
 from fgbench.registry import register_method
 
 CLIP_PATH = "openai/clip-vit-base-patch16"  # hub name in the local HF cache, or a folder
@@ -91,24 +92,6 @@ class ClipProfile:
     train_transform: str = "none"  # a fgbench.encoders TRANSFORM_PRESETS name
     test_transform: str = "none"
     optim: OptimConfig = field(default_factory=OptimConfig)  # used unless `optim` is given explicitly
-
-
-P = TypeVar("P", bound=ClipProfile)
-
-
-def resolve_profile(presets: Mapping[str, P], profile: str, overrides: Mapping[str, Any]) -> P:
-    """The preset `profile` with `overrides` (profile field -> value) applied; errors name what is valid."""
-    if profile not in presets:
-        raise ValueError(f"profile {profile!r}: expected one of {', '.join(presets)}")
-    preset = presets[profile]
-    known = {f.name for f in fields(preset)}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise TypeError(f"unknown profile override(s) {unknown}; valid: {sorted(known)}")
-    values = dict(overrides)
-    if values.get("image_size") is not None:
-        values["image_size"] = tuple(values["image_size"])
-    return replace(preset, **values)
 
 
 def task_family(dm: RetrievalDataModule) -> str:
@@ -177,7 +160,7 @@ class ClipDual(RetrievalMethod):
         overrides: Mapping[str, Any],
     ) -> None:
         _check_choice("fusion", fusion, FUSIONS)
-        cfg = resolve_profile(self.presets, profile, overrides)
+        cfg = resolve_profile(self.presets, profile, overrides, self.name)
         super().__init__(profile=profile, optim=optim or cfg.optim, loss_weights=loss_weights)
         self.cfg = cfg
         self.clip_path = clip_path
@@ -283,7 +266,7 @@ class ClipFT(ClipDual):
         query_fusion: composed query from "sum" (CLIP4Cir), "image_only" or "text_only" (calibration).
         encoder: which towers train: "both", "text" or "image" (the other is frozen).
         optim: optimiser; None = the profile's (paper: the task family's recipe).
-        **overrides: `ClipProfile` fields replacing the profile's.
+        overrides, **fields: `ClipProfile` fields replacing the profile's (fgbench.profiles).
     """
 
     name = "clip_ft"
@@ -300,10 +283,12 @@ class ClipFT(ClipDual):
         encoder: str = "both",
         optim: OptimConfig | None = None,
         loss_weights: dict[str, float] | None = None,
-        **overrides: Any,
+        overrides: dict[str, Any] | None = None,
+        **fields: Any,
     ) -> None:
         _check_choice("encoder", encoder, ENCODERS)
         _check_choice("query_fusion", query_fusion, FUSIONS)
+        overrides = merge_overrides(overrides, fields)
         super().__init__(profile, clip_path, query_fusion, optim, loss_weights, overrides)
         self.save_hyperparameters()
         self.overrides = frozenset(overrides)

@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Any, NoReturn
 
 from fgbench.encoders import CLIP_MEAN, CLIP_STD
+from fgbench.profiles import merge_overrides
 from fgbench.registry import register_method
 from methods.clip_ft import CLIP_PATH, ClipDual, ClipProfile
 
@@ -36,7 +37,7 @@ class ClipZS(ClipDual):
         profile: "tiny" (random tiny towers) or "paper" (CLIP weights from `clip_path`, required).
         clip_path: CLIP weights and tokenizer (hub name in the local cache, or a folder).
         fusion: composed query from "sum", "image_only" or "text_only".
-        **overrides: `ClipProfile` fields replacing the profile's (e.g. `image_size=(384, 128)`).
+        overrides, **fields: `ClipProfile` fields replacing the profile's (e.g. `image_size=(384, 128)`).
     """
 
     name = "clip_zs"
@@ -47,9 +48,14 @@ class ClipZS(ClipDual):
     normalise_before_fusion = True
 
     def __init__(
-        self, profile: str = "tiny", clip_path: str = CLIP_PATH, fusion: str = "sum", **overrides: Any
+        self,
+        profile: str = "tiny",
+        clip_path: str = CLIP_PATH,
+        fusion: str = "sum",
+        overrides: dict[str, Any] | None = None,
+        **fields: Any,
     ) -> None:
-        super().__init__(profile, clip_path, fusion, None, None, overrides)
+        super().__init__(profile, clip_path, fusion, None, None, merge_overrides(overrides, fields))
         self.save_hyperparameters()
 
     def losses(self, batch: Any) -> NoReturn:

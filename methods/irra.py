@@ -40,6 +40,7 @@ from fgbench.encoders import CLIP_MEAN, CLIP_STD, WordTokenizer
 from fgbench.encoders.layers import transformer
 from fgbench.losses import id_loss, infonce, mask_tokens, mlm_loss, sdm
 from fgbench.optim import OptimConfig
+from fgbench.profiles import merge_overrides
 from fgbench.registry import register_method
 from methods.clip_ft import CLIP_PATH, IRRA_OPTIM, ClipDual, ClipProfile
 
@@ -88,7 +89,7 @@ class IRRA(ClipDual):
         clip_path: CLIP weights and tokenizer (hub name in the local cache, or a folder).
         loss_names: the loss terms to train with, a subset of {"sdm", "itc", "mlm", "id"}.
         optim: optimiser; None = the profile's.
-        **overrides: `IRRAProfile` fields replacing the profile's.
+        overrides, **fields: `IRRAProfile` fields replacing the profile's (fgbench.profiles).
     """
 
     name = "irra"
@@ -104,12 +105,13 @@ class IRRA(ClipDual):
         loss_names: Sequence[str] = ("sdm", "mlm", "id"),
         optim: OptimConfig | None = None,
         loss_weights: dict[str, float] | None = None,
-        **overrides: Any,
+        overrides: dict[str, Any] | None = None,
+        **fields: Any,
     ) -> None:
         unknown = sorted(set(loss_names) - set(LOSS_NAMES))
         if unknown or not loss_names:
             raise ValueError(f"loss_names={list(loss_names)}: expected a non-empty subset of {LOSS_NAMES}")
-        super().__init__(profile, clip_path, "sum", optim, loss_weights, overrides)
+        super().__init__(profile, clip_path, "sum", optim, loss_weights, merge_overrides(overrides, fields))
         self.save_hyperparameters()
         self.loss_names = tuple(loss_names)
         self.classifier: nn.Linear | None = None

@@ -39,7 +39,7 @@ from fgbench.encoders import (
 from fgbench.features import Features
 from fgbench.method import RetrievalMethod
 from fgbench.optim import OptimConfig
-from fgbench.profiles import resolve_profile
+from fgbench.profiles import merge_overrides, resolve_profile
 from fgbench.registry import register_method
 
 
@@ -170,7 +170,7 @@ class TIRG(RetrievalMethod):
         mask_same_target: items with the same target are not negatives of each other.
         weights_path: local file or folder of the timm CNN's ImageNet weights (required by the paper profile).
         optim: optimiser and schedule; default from the profile.
-        **overrides: any `TIRGConfig` field, overriding the profile's preset.
+        overrides, **fields: any `TIRGConfig` field, overriding the profile's preset.
     """
 
     name: ClassVar[str] = "tirg"
@@ -184,9 +184,10 @@ class TIRG(RetrievalMethod):
         mask_same_target: bool = True,
         weights_path: str | None = None,
         optim: OptimConfig | None = None,
-        **overrides: Any,
+        overrides: dict[str, Any] | None = None,
+        **fields: Any,
     ) -> None:
-        hp = resolve_profile(PROFILES, profile, overrides, "tirg")
+        hp = resolve_profile(PROFILES, profile, merge_overrides(overrides, fields), "tirg")
         super().__init__(profile=profile, optim=optim or self._optim(hp))
         self.save_hyperparameters()
         self.hp = hp

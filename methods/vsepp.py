@@ -43,7 +43,7 @@ from fgbench.features import Features
 from fgbench.losses import hardest_negative_triplet
 from fgbench.method import RetrievalMethod
 from fgbench.optim import OptimConfig
-from fgbench.profiles import resolve_profile
+from fgbench.profiles import merge_overrides, resolve_profile
 from fgbench.registry import register_method
 
 
@@ -133,7 +133,7 @@ class VSEPP(RetrievalMethod):
         mask_same_label: pairs sharing a label (same image or person) are not negatives (off in vsepp).
         weights_path: local file or folder of the timm CNN's ImageNet weights (required by the paper profile).
         optim: optimiser and schedule; default from the profile.
-        **overrides: any `VSEPPConfig` field, overriding the profile's preset.
+        overrides, **fields: any `VSEPPConfig` field, overriding the profile's preset.
     """
 
     name: ClassVar[str] = "vsepp"
@@ -148,9 +148,10 @@ class VSEPP(RetrievalMethod):
         mask_same_label: bool = False,
         weights_path: str | None = None,
         optim: OptimConfig | None = None,
-        **overrides: Any,
+        overrides: dict[str, Any] | None = None,
+        **fields: Any,
     ) -> None:
-        hp = resolve_profile(PROFILES, profile, overrides, "vsepp")
+        hp = resolve_profile(PROFILES, profile, merge_overrides(overrides, fields), "vsepp")
         super().__init__(profile=profile, optim=optim or self._optim(hp))
         self.save_hyperparameters()
         self.hp = hp

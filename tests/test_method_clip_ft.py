@@ -240,6 +240,19 @@ def test_fit_and_test_through_the_cli(root: Path, tmp_path: Path, name: str) -> 
     assert rec["provenance_note"] == "suite baseline" and rec["metrics"]
 
 
+def test_profile_fields_are_settable_from_the_command_line(root: Path, tmp_path: Path) -> None:
+    # `overrides` is the CLI's way to profile fields (keyword arguments are invisible to LightningCLI)
+    extra = ("--model.init_args.overrides", "{max_len: 6, image_size: [32, 16]}")
+    assert main(cli_args(root, tmp_path, "synth-person", "clip_ft", *extra)) == 0
+    (ckpt,) = (tmp_path / "runs").glob("synth-person/clip_ft/tiny/seed*/checkpoints/last.ckpt")
+    state = torch.load(ckpt, weights_only=True)["state_dict"]
+    assert state["image_tower.pos"].shape[0] == 1 + (32 // 8) * (16 // 8)  # CLS + 4 x 2 patches
+    assert state["text_tower.pos"].shape[0] == 6 + 2  # max_len words + bos/eos
+    assert ClipFT(overrides={"max_len": 6}, max_len=6).cfg.max_len == 6
+    with pytest.raises(TypeError, match="given both in `overrides` and as keywords"):
+        ClipFT(overrides={"max_len": 6}, max_len=8)
+
+
 def test_paper_profile_from_a_local_clip_folder(root: Path, clip_dir: Path) -> None:
     dm = datamodule(root, "synth-person")
     model = attach(ClipFT(profile="paper", clip_path=str(clip_dir), image_size=(32, 16)), dm)

@@ -1,7 +1,9 @@
 """Profile presets: each method maps `profile: tiny | paper` to a flat dataclass of hyper-parameters.
 
-Explicit keyword overrides replace fields of the preset; an unknown field is an error naming the valid ones,
-so a typo in a config never silently falls back to a default.
+Explicit overrides replace fields of the preset; an unknown field is an error naming the valid ones, so a
+typo in a config never silently falls back to a default. Every method takes them two ways: the `overrides`
+dict argument, which LightningCLI sees (`--model.init_args.overrides '{image_size: [128, 64]}'` or an
+`overrides:` mapping in a YAML config), and keyword arguments from Python (`ClipFT(max_len=8)`).
 """
 
 from __future__ import annotations
@@ -11,6 +13,17 @@ from dataclasses import fields, replace
 from typing import Any, TypeVar
 
 P = TypeVar("P")
+
+
+def merge_overrides(overrides: Mapping[str, Any] | None, keywords: Mapping[str, Any]) -> dict[str, Any]:
+    """One field -> value mapping from the `overrides` dict and keyword arguments; a field given both ways
+    with different values is an error, not a silent pick."""
+    merged = dict(overrides or {})
+    clash = sorted(k for k in keywords if k in merged and merged[k] != keywords[k])
+    if clash:
+        raise TypeError(f"profile field(s) {clash} given both in `overrides` and as keywords, differently")
+    merged.update(keywords)
+    return merged
 
 
 def resolve_profile(

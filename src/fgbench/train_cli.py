@@ -27,6 +27,7 @@ from fgbench.io import check_checkpoint
 from fgbench.method import RetrievalMethod
 from fgbench.registry import load_plugins
 from fgbench.results import RESULT_FILE, config_hash, device_name, provenance, run_dir, write_result
+from fgbench.speed import CHANNELS_LAST, COMPILE, SpeedOptions
 
 # config keys that name where or how a run is logged, not what it computes: excluded from the hash
 _UNHASHED = (
@@ -84,18 +85,20 @@ class ResultWriter(Callback):
             "epochs": trainer.current_epoch,
             "global_step": trainer.global_step,
             "wall_time_s": time.perf_counter() - self.start,
+            "speed_options": getattr(pl_module, "speed_options", {}),
             **provenance(),
         }
         path = write_result(self.directory / RESULT_FILE, record)
         table = Table(
-            title=f"{record['method']} on {record['dataset']} ({record['profile']}, seed {record['seed']})",
-            caption=str(path),
+            title=f"{record['method']} on {record['dataset']} ({record['profile']}, seed {record['seed']})"
         )
         table.add_column("metric")
         table.add_column("value", justify="right")
         for k, v in result.metrics.items():
             table.add_row(k, f"{v:.2f}")
-        Console().print(table)
+        console = Console()
+        console.print(table)
+        console.print(f"[dim]written: {path}[/dim]", soft_wrap=True)  # a path the user copies: never wrapped
 
 
 class FgbenchCLI(LightningCLI):
@@ -119,6 +122,18 @@ class FgbenchCLI(LightningCLI):
             type=int,
             default=0,
             help="also save last.ckpt every N training steps (mid-epoch resume)",
+        )
+        parser.add_argument(
+            "--run.channels_last",
+            default="auto",
+            choices=list(CHANNELS_LAST),
+            help="NHWC weights for convolutions (auto: on CUDA when the model has one)",
+        )
+        parser.add_argument(
+            "--run.compile",
+            default="off",
+            choices=list(COMPILE),
+            help="torch.compile the model's towers and heads with this backend",
         )
 
     def _run_identity(self) -> tuple[Path, dict[str, Any]]:
@@ -151,7 +166,8 @@ class FgbenchCLI(LightningCLI):
         directory, record = self._run_identity()
         directory.mkdir(parents=True, exist_ok=True)
         loggers: list[Logger] = [CSVLogger(save_dir=str(directory), name="", version="")]
-        mode = self.config[self.subcommand]["run"]["wandb"]
+        run = self.config[self.subcommand]["run"]
+        mode = run["wandb"]
         if mode != "off":
             from lightning.pytorch.loggers import WandbLogger
 
@@ -167,9 +183,10 @@ class FgbenchCLI(LightningCLI):
                 dirpath=str(directory / "checkpoints"),
                 save_last=True,
                 save_top_k=0,
-                every_n_train_steps=self.config[self.subcommand]["run"]["ckpt_every_n_steps"] or None,
+                every_n_train_steps=run["ckpt_every_n_steps"] or None,
             ),
             ResultWriter(directory, record),
+            SpeedOptions(run["channels_last"], run["compile"]),
         ]
         trainer_cfg = {
             **self._get(self.config_init, "trainer", default={}),
