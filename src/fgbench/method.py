@@ -250,17 +250,44 @@ class RetrievalMethod(L.LightningModule):
             assert spec.query_labels is not None
             q, labels = self.pool_queries(q, spec.query_labels)
             spec = EvalSpec(spec.protocol, labels.cpu(), spec.gallery_labels, info=dict(spec.info))
+        rescore = _Timed(
+            lambda r, c: self.rescore_pairs(q.take(r.flatten()), g.take(c.flatten())).view(r.shape)
+        )
         source = FunctionSource(
             lambda r, c: self.score(q.take(r), g.take(c)),
             len(q),
             len(g),
             col_block=self.eval_col_block,
-            pair_fn=lambda r, c: self.rescore_pairs(q.take(r.flatten()), g.take(c.flatten())).view(r.shape),
+            pair_fn=rescore,
             device=q.index.device,
         )
         if spec.protocol in ROWS_ARE_IMAGES:
             source = source.T
-        return evaluate(source, spec, rerank_k=self.rerank_k, block_rows=self.eval_block_rows)
+        result = evaluate(source, spec, rerank_k=self.rerank_k, block_rows=self.eval_block_rows)
+        if self.rerank_k is not None:  # the re-rank's cost (this rank's share of the query blocks)
+            result.details.update(rerank_s=rescore.seconds, rerank_pairs=rescore.pairs)
+        return result
+
+
+class _Timed:
+    """A pair scorer that adds up its wall time and pair count (the re-rank cost in result.json)."""
+
+    def __init__(self, fn: Callable[[Tensor, Tensor], Tensor]) -> None:
+        self.fn, self.seconds, self.pairs = fn, 0.0, 0
+
+    def __call__(self, rows: Tensor, cols: Tensor) -> Tensor:
+        _sync(rows.device)
+        start = time.perf_counter()
+        out = self.fn(rows, cols)
+        _sync(out.device)
+        self.seconds += time.perf_counter() - start
+        self.pairs += rows.numel()
+        return out
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def rng_state() -> dict[str, Any]:
