@@ -87,6 +87,7 @@ class ClipProfile:
     max_len: int = 16  # caption length: words (WordTokenizer) or BPE tokens incl. SOT/EOT (CLIP)
     vocab_words: int = 1000  # tiny: size of the word vocabulary built from the training captions
     image_size: tuple[int, int] | None = None  # (height, width); None: the DataModule's tiny size
+    tiny_image: str = "tiny_vit"  # tiny image tower: "tiny_vit" (CLS token) or "tiny_cnn" (mean of cells)
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)  # pixel normalisation
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
     train_transform: str = "none"  # a fgbench.encoders TRANSFORM_PRESETS name
@@ -124,7 +125,8 @@ def build_towers(
         )
         text = _loud(lambda: build_text_encoder("clip_text", name_or_path=clip_path), clip_path)
         return image, text
-    image = build_image_encoder("tiny_vit", image_size=image_size)
+    kwargs = {"image_size": image_size} if cfg.tiny_image == "tiny_vit" else {}
+    image = build_image_encoder(cfg.tiny_image, **kwargs)
     text = build_text_encoder("tiny_text", vocab_size=tokenizer.vocab_size, max_len=cfg.max_len + 2)
     return image, text
 
@@ -262,7 +264,8 @@ class ClipFT(ClipDual):
     Args:
         profile: "tiny" (random tiny towers, word vocabulary) or "paper" (CLIP from `clip_path`).
         clip_path: CLIP weights and tokenizer (hub name in the local cache, or a folder).
-        logit_scale_learnable: None = by task family (learnable on image-text matching, fixed otherwise).
+        logit_scale_learnable: None = learnable in the tiny profile (from scratch; a fixed τ = 0.02 left
+            synth-person at chance) and in the paper profile on image-text matching, fixed otherwise.
         query_fusion: composed query from "sum" (CLIP4Cir), "image_only" or "text_only" (calibration).
         encoder: which towers train: "both", "text" or "image" (the other is frozen).
         optim: optimiser; None = the profile's (paper: the task family's recipe).
@@ -308,7 +311,8 @@ class ClipFT(ClipDual):
                 self.optim_cfg = self.cfg.optim
         super().build(datamodule)
         learnable = self.logit_scale_learnable
-        learnable = FAMILY_LEARNABLE[self.family] if learnable is None else learnable
+        if learnable is None:  # the fixed scales are the paper recipes for pretrained CLIP
+            learnable = self.profile == "tiny" or FAMILY_LEARNABLE[self.family]
         init = 1 / 0.07 if learnable else FAMILY_SCALE[self.family]
         self.logit_scale = nn.Parameter(torch.tensor(math.log(init)), requires_grad=learnable)
         frozen = {"text": self.image_tower, "image": self.text_tower}.get(self.encoder)

@@ -104,13 +104,19 @@ def test_swapping_the_modalities_leaves_the_loss_unchanged(root: Path) -> None:
     torch.testing.assert_close(model.pair_loss(t, v), model.pair_loss(v, t))
 
 
-def test_scale_by_task_family_and_switch(root: Path) -> None:
-    person = attach(ClipFT(), datamodule(root, "synth-person"))
-    scenes = attach(ClipFT(), datamodule(root, "synth-scenes"))
-    cir = attach(ClipFT(), datamodule(root, "synth-cir"))
+def test_scale_by_profile_task_family_and_switch(root: Path, clip_dir: Path) -> None:
+    for name in ("synth-person", "synth-scenes", "synth-cir"):  # tiny: learnable everywhere (from scratch)
+        tiny = attach(ClipFT(), datamodule(root, name))
+        assert tiny.logit_scale.requires_grad and tiny.scale().item() == pytest.approx(1 / 0.07)
+    paper = {"clip_path": str(clip_dir), "profile": "paper", "image_size": (32, 32)}
+    person = attach(ClipFT(**paper), datamodule(root, "synth-person"))
+    scenes = attach(ClipFT(**paper), datamodule(root, "synth-scenes"))
+    cir = attach(ClipFT(**paper), datamodule(root, "synth-cir"))
     assert person.scale().item() == pytest.approx(50.0) and not person.logit_scale.requires_grad
     assert scenes.scale().item() == pytest.approx(1 / 0.07) and scenes.logit_scale.requires_grad
     assert cir.scale().item() == pytest.approx(100.0) and not cir.logit_scale.requires_grad
+    fixed = attach(ClipFT(logit_scale_learnable=False), datamodule(root, "synth-person"))
+    assert not fixed.logit_scale.requires_grad and fixed.scale().item() == pytest.approx(50.0)
     forced = attach(ClipFT(logit_scale_learnable=True), datamodule(root, "synth-person"))
     assert forced.logit_scale.requires_grad and forced.scale().item() == pytest.approx(1 / 0.07)
     with torch.no_grad():
