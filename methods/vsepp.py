@@ -69,6 +69,7 @@ class VSEPPConfig:
     min_count: int = 1  # keep words seen at least this often in the training captions
     max_len: int = 16  # words per caption after truncation
     margin: float = 0.2  # α of the hinge
+    sum_warmup_epochs: int = 0  # epochs of the summed hinge (VSE0) before the hardest negative (vse_infty)
     optimizer: str = "adamw"  # fgbench.optim OPTIMIZERS key
     lr: float = 1e-3  # learning rate
     weight_decay: float = 0.01  # weight decay
@@ -233,7 +234,8 @@ class VSEPP(RetrievalMethod):
     def losses(self, batch: PairBatch) -> dict[str, Tensor]:
         S = self.encode_image(batch.visual) @ self.encode_text(batch.text).T  # rows images, columns captions
         same = batch.label[:, None] == batch.label[None, :] if self.mask_same_label else None
-        hinge = hardest_negative_triplet(S, self.hp.margin, self.max_violation, positive_mask=same)
+        hardest = self.max_violation and self.current_epoch >= self.hp.sum_warmup_epochs
+        hinge = hardest_negative_triplet(S, self.hp.margin, hardest, positive_mask=same)
         return {"hinge": hinge}
 
     def configure_gradient_clipping(
