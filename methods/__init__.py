@@ -1,3 +1,3 @@
 """Retrieval methods, each registered by name (see METHODS.md)."""
 
-from methods import clip4cir, clip_ft, clip_zs, irra, mmref, tirg, vsepp  # noqa: F401
+from methods import clip4cir, clip_ft, clip_zs, irra, mmref, nsfse, tirg, vsepp  # noqa: F401
