@@ -66,7 +66,7 @@ def test_registered_with_its_tasks() -> None:
 
 def test_loss_is_the_hinge_on_image_caption_scores(root: Path) -> None:
     dm = scenes_dm(root, batch_size=8)
-    model = built(dm).eval()  # eval: dropout-free and BatchNorm fixed, so two passes agree
+    model = built(dm, sum_warmup_epochs=0).eval()  # eval: dropout-free, BatchNorm fixed: passes agree
     batch = first_batch(dm)
     S = model.encode_image(batch.visual) @ model.encode_text(batch.text).T
     # brute force: each image against every other caption, each caption against every other image
@@ -76,11 +76,14 @@ def test_loss_is_the_hinge_on_image_caption_scores(root: Path) -> None:
     torch.testing.assert_close(model.losses(batch)["hinge"], cap + img)
     vse0 = built(dm, max_violation=False).eval()
     assert vse0.losses(batch)["hinge"] >= model.losses(batch)["hinge"]
+    warming = built(dm).eval()  # the tiny profile sums the hinge in its first epoch (current_epoch 0 here)
+    assert warming.hp.sum_warmup_epochs == 1 and warming.current_epoch == 0
+    torch.testing.assert_close(warming.losses(batch)["hinge"], vse0.losses(batch)["hinge"])
 
 
 def test_mask_same_label_removes_same_label_negatives(root: Path) -> None:
     dm = scenes_dm(root, batch_size=8)
-    model = built(dm, mask_same_label=True).eval()
+    model = built(dm, mask_same_label=True, sum_warmup_epochs=0).eval()
     batch = first_batch(dm)
     assert batch.label.unique().numel() < len(batch.label)  # five captions per image: duplicates occur
     S = model.encode_image(batch.visual) @ model.encode_text(batch.text).T
