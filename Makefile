@@ -30,8 +30,12 @@ format: install
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
+# every benchmark (benchmarks/README.md); without a GPU, train_throughput.py runs its --quick sizes
 bench: install
 	$(PY) benchmarks/evaluator.py
+	$(PY) benchmarks/train_throughput.py
+	$(PY) benchmarks/eval_throughput.py
+	$(PY) benchmarks/data_throughput.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -130,10 +130,21 @@ class RetrievalMethod(L.LightningModule):
         terms = self.losses(batch)
         total = sum(self.loss_weights.get(k, 1.0) * v for k, v in terms.items())
         bs = _batch_size(batch)
-        self.log("train/loss", total, prog_bar=True, batch_size=bs)
+        # not prog_bar: Lightning turns progress-bar metrics into Python floats (`.item()`) after every batch,
+        # a host-device sync per step even with the bar off (benchmarks/train_throughput.py)
+        self.log("train/loss", total, batch_size=bs)
         for k, v in terms.items():
             self.log(f"train/{k}", v.detach(), batch_size=bs)
+        if self._bar_refresh():  # the loss in the bar as a Python float: one sync per log interval
+            self.log("loss", float(total.detach()), prog_bar=True, logger=False, batch_size=bs)
         return total  # type: ignore[return-value]
+
+    def _bar_refresh(self) -> bool:
+        """Whether this step shows the loss in a visible progress bar (every `log_every_n_steps` steps)."""
+        trainer = self._trainer
+        if trainer is None or trainer.progress_bar_callback is None:
+            return False
+        return self.global_step % max(1, trainer.log_every_n_steps) == 0
 
     def configure_optimizers(self) -> Any:
         if not self.trains:  # evaluation-only (zero-shot): `fit` runs no training batch, then tests

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from fgbench.data.batches import Text
@@ -42,5 +43,9 @@ class BertText(nn.Module):
 
     def forward(self, text: Text) -> TextOutput:
         ids, mask = text_inputs(text)
-        tokens = zero_padding(self.bert(input_ids=ids, attention_mask=mask.long()).last_hidden_state, mask)
+        # the padding mask as a 4-D additive bias, which transformers uses as given: a 2-D mask is checked
+        # with `padding_mask.all()`, which makes the host wait for the GPU at every call
+        bias = torch.zeros(mask.shape[0], 1, 1, mask.shape[1], device=mask.device)
+        bias = bias.masked_fill(~mask[:, None, None, :], torch.finfo(bias.dtype).min)
+        tokens = zero_padding(self.bert(input_ids=ids, attention_mask=bias).last_hidden_state, mask)
         return TextOutput(glob=tokens[:, 0], tokens=tokens, mask=mask)

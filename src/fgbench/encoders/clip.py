@@ -118,7 +118,10 @@ class ClipText(nn.Module):
 
     def forward(self, text: Text) -> TextOutput:
         ids, mask = text_inputs(text)
-        hidden = self.text(input_ids=ids, attention_mask=mask.long()).last_hidden_state
+        # no padding mask, as OpenAI CLIP and IRRA: the text transformer is causal and captions are
+        # right-padded, so no valid position attends to padding; transformers checks a 2D mask with
+        # `padding_mask.all()`, which makes the host wait for the GPU at every call
+        hidden = self.text(input_ids=ids).last_hidden_state
         tokens = zero_padding(self.proj(hidden), mask)
         glob = tokens[torch.arange(ids.shape[0], device=ids.device), ids.argmax(-1)]
         return TextOutput(glob=glob, tokens=tokens, mask=mask)

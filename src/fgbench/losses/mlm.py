@@ -55,17 +55,23 @@ def mask_tokens(
     chosen = real & (uniform() < prob)
     forced = real.any(dim=1) & ~chosen.any(dim=1)
     pick = uniform().masked_fill(~real, -1.0).argmax(dim=1)
-    chosen[forced, pick[forced]] = True
+    # no boolean-mask indexing here or below: on a GPU it waits for the device (a sync per training step)
+    positions = torch.arange(input_ids.shape[1], device=device)
+    chosen = chosen | (forced[:, None] & (positions[None, :] == pick[:, None]))
 
     action = uniform()
     to_mask = chosen & (action < 0.8)
     to_random = chosen & (action >= 0.8) & (action < 0.9)
-    vocab = torch.arange(vocab_size, dtype=input_ids.dtype, device=device)
-    allowed = vocab[~torch.isin(vocab, torch.cat([special, special.new_tensor([mask_id])]))]
-    draw = torch.randint(len(allowed), input_ids.shape, generator=generator, device=device)
+    # the random token: the draw-th id of [0, vocab_size) that is neither special nor mask_id, found by
+    # stepping over the excluded ids (sorted, known on the host) instead of indexing a filtered vocabulary
+    ids = special_ids.tolist() if isinstance(special_ids, Tensor) else special_ids
+    excluded = sorted(i for i in {int(i) for i in ids} | {int(mask_id)} if 0 <= i < vocab_size)
+    draw = torch.randint(vocab_size - len(excluded), input_ids.shape, generator=generator, device=device)
+    for e in excluded:
+        draw = draw + (draw >= e).to(draw.dtype)
 
     masked = input_ids.masked_fill(to_mask, mask_id)
-    masked = torch.where(to_random, allowed[draw], masked)
+    masked = torch.where(to_random, draw.to(input_ids.dtype), masked)
     labels = input_ids.masked_fill(~chosen, IGNORE_INDEX)
     return masked, labels
 

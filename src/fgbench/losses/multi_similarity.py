@@ -45,17 +45,25 @@ def score_stats(S: Tensor, pos_mask: Tensor | None = None, neg_stats: NegStats =
     """
     eye = torch.eye(S.shape[0], S.shape[1], dtype=torch.bool, device=S.device)
     not_negative = eye if pos_mask is None else eye | pos_mask
+    # negatives as a mask, not selected by boolean indexing: that waits for the GPU (a sync per step)
     if neg_stats == "all":
-        negatives = S[~not_negative]
+        negatives, keep = S, ~not_negative
     elif neg_stats == "top5":
-        top = S.masked_fill(not_negative, float("-inf")).topk(min(5, S.shape[1]), dim=1).values
-        negatives = top[top.isfinite()]
+        negatives = S.masked_fill(not_negative, float("-inf")).topk(min(5, S.shape[1]), dim=1).values
+        keep = negatives.isfinite()
     else:
         raise ValueError(f"score_stats: neg_stats must be 'all' or 'top5', got {neg_stats!r}")
     positives = S.diagonal()
-    return torch.stack(
-        [positives.mean(), positives.std(correction=0), negatives.mean(), negatives.std(correction=0)]
-    )
+    return torch.stack([positives.mean(), positives.std(correction=0), *_masked_mean_std(negatives, keep)])
+
+
+def _masked_mean_std(x: Tensor, keep: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean and population std of the entries of `x` under `keep` (NaN when there is none)."""
+    n = keep.sum().to(x.dtype)
+    vals = torch.where(keep, x, torch.zeros_like(x))
+    mean = vals.sum() / n
+    var = torch.where(keep, (x - mean).square(), torch.zeros_like(x)).sum() / n
+    return mean, var.sqrt()
 
 
 def equal_z_threshold(stats: Tensor) -> Tensor:
@@ -105,8 +113,9 @@ class DynamicThreshold(nn.Module):
         """θ for this batch (a detached scalar); updates the statistics in training, dynamic mode only."""
         if self.mode == "dynamic" and self.training:
             batch = score_stats(S, pos_mask, self.neg_stats).to(self.stats)
-            if self.ema and self.num_updates > 0:
-                batch = self.momentum * self.stats + (1.0 - self.momentum) * batch
+            if self.ema:  # the first batch as is; torch.where, as `if num_updates > 0` would sync
+                smoothed = self.momentum * self.stats + (1.0 - self.momentum) * batch
+                batch = torch.where(self.num_updates > 0, smoothed, batch)
             self.stats.copy_(batch)
             self.num_updates += 1
             self.theta.copy_(equal_z_threshold(self.stats))

@@ -1,0 +1,451 @@
+"""Evaluation throughput at paper scale: the suite's evaluation path (`RetrievalMethod.evaluate_features`:
+the method's `score` in blocks through `FunctionSource`, the chunked evaluator, the protocol's metrics) on
+synthetic features already on the device (issue 11).
+
+Cases:
+
+- ``person_global``: CUHK-PEDES test, 6,156 captions x 3,074 images (1,000 identities), 512-d globals, the
+  dot-product scorer (`clip_ft`/`irra`), protocol ``person_t2i``;
+- ``coco_global``: COCO 5K, 5,000 images x 25,000 captions, 1,024-d globals, dot product, ``coco_5k``
+  (i2t and t2i);
+- ``coco_teran_exact``: COCO 5K with TERAN's MrSw alignment (`methods/teran.py`, paper profile: words of the
+  scored window of 88 word-pieces = 86 slots, 8-20 of them valid; 36 regions; d = 1,024; stored in bf16,
+  scored in fp32) on every one of the 5,000 x 25,000 pairs; the suite walks the matrix once per direction;
+- ``coco_teran_once``: the same scores computed once into the dense 25,000 x 5,000 matrix (500 MB), then
+  evaluated: what scoring both directions from one pass would cost (not the suite's path today);
+- ``coco_teran_rerank``: TERAN with `global_aux_loss` and `rerank_k` = 100: the globals' top-100 of every
+  query re-scored by the alignment (`rescore_pairs`), both directions.
+
+Features are random but structured (each caption's words are noisy copies of its image's regions), so the
+metrics are far from chance and the table's R@1 column shows the scorer ran on what it was given. Time is
+wall clock around `evaluate_features` with the device synchronised; peak memory is the device's peak
+(GPU: allocated tensors including the features; CPU: resident set above the start). Cases whose estimated
+time on this device exceeds `--max-seconds` (the pairwise COCO 5K cases on a CPU) are skipped with the
+estimate, from their matmul FLOPs and the measured matrix rate.
+
+    .venv/bin/python benchmarks/eval_throughput.py            # paper scale (a GPU)
+    .venv/bin/python benchmarks/eval_throughput.py --quick    # tiny sizes on the CPU, seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from _bench import (
+    RESULTS,
+    PeakMemory,
+    device_label,
+    fmt,
+    loadavg,
+    log,
+    matmul_rate,
+    pick_device,
+    render,
+    sync,
+    versions,
+    write_csv,
+)
+from torch import Tensor
+
+OUT_CSV = RESULTS / "eval_throughput.csv"
+GOAL_PAIRWISE_S = 300.0  # "the pairwise evaluation of COCO 5K within a few minutes on one GPU"
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """Full (paper) and quick sizes of every case."""
+
+    person_q: int = 6156  # CUHK-PEDES test captions
+    person_g: int = 3074  # CUHK-PEDES test images
+    person_ids: int = 1000
+    person_dim: int = 512  # CLIP ViT-B/16 joint space
+    coco_img: int = 5000
+    coco_cap: int = 25000  # 5 captions per image
+    coco_dim: int = 1024  # TERAN / VSE++ joint space
+    words: int = 86  # TERAN's scored window: 88 word-pieces minus [CLS] and the last slot
+    min_len: int = 8  # valid words per caption (COCO: ~11 word-pieces on average)
+    max_len: int = 20
+    regions: int = 36
+    rerank_k: int = 100
+
+
+FULL = Sizes()
+QUICK = Sizes(
+    person_q=616,
+    person_g=308,
+    person_ids=100,
+    person_dim=64,
+    coco_img=100,
+    coco_cap=500,
+    coco_dim=64,
+    words=14,
+    min_len=4,
+    max_len=12,
+    regions=36,
+    rerank_k=10,
+)
+
+
+# -- synthetic features --------------------------------------------------------------------------------
+
+
+def person_features(sz: Sizes, device: torch.device) -> tuple[Any, Any, Any]:
+    """(caption Features, image Features, EvalSpec person_t2i): ~3 images per identity, 2 captions each."""
+    from fgbench.evaluation import EvalSpec
+    from fgbench.features import Features
+
+    g = torch.Generator().manual_seed(0)
+    img_id = torch.randperm(sz.person_g, generator=g) % sz.person_ids
+    centres = torch.randn(sz.person_ids, sz.person_dim, generator=g)
+    img = centres[img_id] + torch.randn(sz.person_g, sz.person_dim, generator=g)
+    cap_img = torch.arange(sz.person_q) % sz.person_g
+    cap = img[cap_img] + 7.5 * torch.randn(sz.person_q, sz.person_dim, generator=g)  # as evaluator.py
+    q = Features(index=torch.arange(sz.person_q), glob=F.normalize(cap, dim=-1)).to(device)
+    gal = Features(index=torch.arange(sz.person_g), glob=F.normalize(img, dim=-1)).to(device)
+    return q, gal, EvalSpec("person_t2i", img_id[cap_img], img_id)
+
+
+def coco_features(sz: Sizes, device: torch.device, with_sets: bool) -> tuple[Any, Any, Any]:
+    """(caption Features, image Features, EvalSpec coco_5k), captions x images as the method encodes them.
+
+    Globals always; with `with_sets`, TERAN's sets: regions [n_img, R, d] and words [n_cap, W, d] in bf16
+    with masks, each valid word a noisy copy of one of its image's regions; globals = normalised means.
+    """
+    from fgbench.evaluation import EvalSpec
+    from fgbench.features import Features
+
+    g = torch.Generator(device=device).manual_seed(0)
+    n_img, n_cap, d = sz.coco_img, sz.coco_cap, sz.coco_dim
+    per = n_cap // n_img
+    cap_img = torch.arange(n_cap, device=device) // per
+    spec = EvalSpec("coco_5k", torch.arange(n_img), (torch.arange(n_cap) // per))
+    if not with_sets:
+        img = torch.randn(n_img, d, generator=g, device=device)
+        cap = img[cap_img] + 6.0 * torch.randn(n_cap, d, generator=g, device=device)  # as evaluator.py
+        q = Features(index=torch.arange(n_cap, device=device), glob=F.normalize(cap, dim=-1))
+        gal = Features(index=torch.arange(n_img, device=device), glob=F.normalize(img, dim=-1))
+        return q, gal, spec
+    regions = F.normalize(torch.randn(n_img, sz.regions, d, generator=g, device=device), dim=-1)
+    lengths = torch.randint(sz.min_len, sz.max_len + 1, (n_cap,), generator=g, device=device)
+    wmask = torch.arange(sz.words, device=device)[None, :] < lengths[:, None]
+    words = torch.empty(n_cap, sz.words, d, dtype=torch.bfloat16, device=device)
+    step = max(1, (1 << 26) // (sz.words * d))
+    for c0 in range(0, n_cap, step):  # in slices: the fp32 temporaries of 25,000 x 86 x 1,024 are 8.8 GB
+        c1 = min(n_cap, c0 + step)
+        pick = torch.randint(sz.regions, (c1 - c0, sz.words), generator=g, device=device)
+        src = regions[cap_img[c0:c1, None], pick]
+        noisy = F.normalize(src + 2.0 * torch.randn(src.shape, generator=g, device=device) / d**0.5, dim=-1)
+        words[c0:c1] = noisy.masked_fill(~wmask[c0:c1, :, None], 0.0).to(torch.bfloat16)
+    cap_glob = F.normalize(words.float().sum(1), dim=-1) if n_cap * sz.words * d < 1 << 28 else None
+    if cap_glob is None:
+        cap_glob = torch.cat(
+            [F.normalize(words[i : i + step].float().sum(1), dim=-1) for i in range(0, n_cap, step)]
+        )
+    q = Features(index=torch.arange(n_cap, device=device), glob=cap_glob, tok=words, mask=wmask)
+    gal = Features(
+        index=torch.arange(n_img, device=device),
+        glob=F.normalize(regions.sum(1), dim=-1),
+        tok=regions.to(torch.bfloat16),
+        mask=torch.ones(n_img, sz.regions, dtype=torch.bool, device=device),
+    )
+    return q, gal, spec
+
+
+# -- cases ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Case:
+    """What one case scores, with which method, and its matmul FLOPs (for the skip estimate)."""
+
+    scorer: str
+    method: Any
+    features: Callable[[], tuple[Any, Any, Any]]
+    pairwise_pairs: int  # pairs the pairwise scorer evaluates (0: global scorer only)
+    flops: float  # matmul FLOPs of the scoring
+    once: bool = False  # score the matrix once, then evaluate it (not the suite's path)
+    note: str = ""
+
+
+CASES: dict[str, Callable[[Sizes, torch.device], Case]] = {}
+
+
+def register_case(name: str) -> Callable[[Callable[..., Case]], Callable[..., Case]]:
+    def deco(fn: Callable[..., Case]) -> Callable[..., Case]:
+        CASES[name] = fn
+        return fn
+
+    return deco
+
+
+def _method(name: str, **kwargs: Any) -> Any:
+    from fgbench.registry import METHODS
+
+    return METHODS.get(name)(**kwargs)
+
+
+@register_case("person_global")
+def _person_global(sz: Sizes, device: torch.device) -> Case:
+    return Case(
+        "clip_ft dot product",
+        _method("clip_ft"),
+        lambda: person_features(sz, device),
+        0,
+        2.0 * sz.person_q * sz.person_g * sz.person_dim,
+    )
+
+
+@register_case("coco_global")
+def _coco_global(sz: Sizes, device: torch.device) -> Case:
+    return Case(
+        "clip_ft dot product",
+        _method("clip_ft"),
+        lambda: coco_features(sz, device, with_sets=False),
+        0,
+        2 * 2.0 * sz.coco_img * sz.coco_cap * sz.coco_dim,
+    )
+
+
+def _alignment_flops(pairs: float, sz: Sizes) -> float:
+    return 2.0 * pairs * sz.words * sz.regions * sz.coco_dim
+
+
+@register_case("coco_teran_exact")
+def _coco_teran_exact(sz: Sizes, device: torch.device) -> Case:
+    pairs = 2 * sz.coco_img * sz.coco_cap  # the suite walks the matrix once per direction
+    return Case(
+        "teran MrSw, exact",
+        _method("teran", profile="paper"),
+        lambda: coco_features(sz, device, with_sets=True),
+        pairs,
+        _alignment_flops(pairs, sz),
+        note="i2t and t2i each score all pairs",
+    )
+
+
+@register_case("coco_teran_once")
+def _coco_teran_once(sz: Sizes, device: torch.device) -> Case:
+    pairs = sz.coco_img * sz.coco_cap
+    return Case(
+        "teran MrSw, exact, one pass",
+        _method("teran", profile="paper"),
+        lambda: coco_features(sz, device, with_sets=True),
+        pairs,
+        _alignment_flops(pairs, sz),
+        once=True,
+        note="matrix scored once, then evaluated (not the suite's path)",
+    )
+
+
+@register_case("coco_teran_rerank")
+def _coco_teran_rerank(sz: Sizes, device: torch.device) -> Case:
+    k = sz.rerank_k
+    pairs = k * (sz.coco_img + sz.coco_cap)
+    return Case(
+        f"teran globals + MrSw top-{k}",
+        _method("teran", profile="paper", global_aux_loss=True, rerank_k=k),
+        lambda: coco_features(sz, device, with_sets=True),
+        pairs,
+        _alignment_flops(pairs, sz) + 2 * 2.0 * sz.coco_img * sz.coco_cap * sz.coco_dim,
+        note=f"rerank_k={k} per query, both directions",
+    )
+
+
+# -- measurement ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    case: str
+    scorer: str = ""
+    shape: str = ""
+    pairs: int = 0
+    seconds: float | None = None
+    peak_mb: float | None = None
+    features_mb: float | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    status: str = "ok"
+    note: str = ""
+
+
+def _features_mb(*feats: Any) -> float:
+    return sum(t.numel() * t.element_size() for f in feats for t in f.tensors().values()) / 2**20
+
+
+def score_once(method: Any, q: Any, g: Any, block: int = 1024) -> Tensor:
+    """The whole [n_q, n_g] score matrix from the method's `score`, computed once in row blocks."""
+    rows = [method.score(q.slice(i, i + block), g) for i in range(0, len(q), block)]
+    return torch.cat(rows)
+
+
+def run_case(name: str, sz: Sizes, device: torch.device, rate: float, max_s: float) -> Row:
+    row = Row(name)
+    try:
+        case = CASES[name](sz, device)
+    except Exception as err:  # the method is not registered / not importable: a skipped row
+        row.status, row.note = "skipped", f"{type(err).__name__}: {str(err).splitlines()[0]}"[:160]
+        return row
+    row.scorer, row.pairs, row.note = case.scorer, case.pairwise_pairs, case.note
+    estimate = case.flops / rate
+    if estimate > max_s:
+        row.status = "skipped"
+        row.note = (
+            f"estimated {estimate / 3600:.1f} h here ({case.flops:.2e} matmul FLOP at the measured "
+            f"{rate / 1e12:.2f} TFLOP/s); raise --max-seconds or run on a GPU"
+        )
+        return row
+    t0 = time.perf_counter()
+    q, g, spec = case.features()
+    sync(device)
+    log(f"[{name}] features built in {time.perf_counter() - t0:.1f} s")
+    row.shape = f"{len(q)} x {len(g)}"
+    row.features_mb = _features_mb(q, g)
+    method = case.method.to(device)
+    peak = PeakMemory(device).start()
+    sync(device)
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        if case.once:
+            from fgbench.evaluation import evaluate
+
+            scores = score_once(method, q, g)  # captions x images
+            result = evaluate(scores.T, spec)  # rows images, as evaluate_features transposes
+        else:
+            result = method.evaluate_features(q, g, spec)
+    sync(device)
+    row.seconds = time.perf_counter() - t0
+    row.peak_mb = peak.stop()
+    row.metrics = dict(result.metrics)
+    return row
+
+
+# -- table ---------------------------------------------------------------------------------------------
+
+
+def display(rows: list[Row]) -> list[dict[str, str]]:
+    out = []
+    for r in rows:
+        m = r.metrics
+        if "R1" in m:
+            r1, extra = f"{m['R1']:.2f}", f"mAP {m['mAP']:.2f}"
+        elif "i2t_R1" in m:
+            r1, extra = f"{m['i2t_R1']:.2f} / {m['t2i_R1']:.2f}", f"rsum {m['rsum']:.1f}"
+        else:
+            r1, extra = "-", "-"
+        rate = r.pairs / r.seconds / 1e6 if r.pairs and r.seconds else None
+        out.append(
+            {
+                "case": r.case,
+                "scorer": r.scorer or "-",
+                "queries x gallery": r.shape or "-",
+                "pairwise pairs": f"{r.pairs:,}" if r.pairs else "-",
+                "seconds": fmt(r.seconds, ".2f"),
+                "M pairs/s": fmt(rate, ".2f"),
+                "peak MB": fmt(r.peak_mb, ".0f"),
+                "features MB": fmt(r.features_mb, ".0f"),
+                "R@1 (i2t / t2i)": r1,
+                "mAP / rsum": extra,
+                "note": r.note if r.status == "ok" else f"{r.status}: {r.note}",
+            }
+        )
+    return out
+
+
+RIGHT = {"pairwise pairs", "seconds", "M pairs/s", "peak MB", "features MB", "R@1 (i2t / t2i)", "mAP / rsum"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="tiny sizes (the fast test)")
+    p.add_argument("--only", default=None, help=f"comma-separated subset of {','.join(CASES)}")
+    p.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda, cuda:1 ...")
+    p.add_argument("--max-seconds", type=float, default=600.0, help="skip cases estimated to take longer")
+    p.add_argument("--out", type=Path, default=OUT_CSV, help="CSV path")
+    args = p.parse_args(argv)
+    names = list(CASES) if args.only is None else args.only.split(",")
+    unknown = sorted(set(names) - set(CASES))
+    if unknown:
+        p.error(f"--only: unknown case(s) {unknown}; known: {', '.join(CASES)}")
+    device = pick_device(args.device)
+    sz = QUICK if args.quick else FULL
+    # the alignment runs in fp32 (TERAN's scorer): its FLOPs are priced at the fp32 rate
+    rate, rate_desc = fp32_rate(device, args.quick)
+    print(f"device: {device_label(device)}; {versions()}")
+    print(f"fp32 matrix rate (for the skip estimates): {rate_desc}; load average at start {loadavg()}")
+    print(f"sizes: {'quick' if args.quick else 'paper'} {sz}", flush=True)
+    rows = []
+    for name in names:
+        log(f"[{name}] ...")
+        try:
+            row = run_case(name, sz, device, rate, args.max_seconds)
+        except Exception as err:
+            import traceback
+
+            traceback.print_exc()
+            row = Row(name, status="failed", note=f"{type(err).__name__}: {str(err).splitlines()[0]}"[:200])
+        log(f"[{name}] {row.status}: {fmt(row.seconds, '.2f')} s {row.note}")
+        rows.append(row)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    disp = display(rows)
+    print()
+    print(render(disp, RIGHT))
+    print()
+    for r in rows:
+        if r.case.startswith("coco_teran") and r.status == "ok" and r.seconds is not None:
+            met = r.seconds <= GOAL_PAIRWISE_S
+            scale = "" if not args.quick else " (quick sizes, not the goal scale)"
+            print(
+                f"goal {r.case}: {r.seconds:.1f} s (goal <= {GOAL_PAIRWISE_S:.0f} s on one GPU): "
+                f"{'MET' if met else 'NOT MET'}{scale}"
+            )
+    write_csv(
+        args.out,
+        [
+            {
+                **{k.replace(" ", "_"): v for k, v in d.items()},
+                "status": r.status,
+                "seconds_raw": r.seconds,
+                "metrics": r.metrics,
+                "device": device_label(device),
+                "quick": args.quick,
+            }
+            for r, d in zip(rows, disp, strict=True)
+        ],
+    )
+    print(f"CSV written to {args.out}; load average at end {loadavg()}")
+    failed = [r.case for r in rows if r.status == "failed"]
+    if failed:
+        print("FAILED: " + ", ".join(failed))
+        return 1
+    return 0
+
+
+def fp32_rate(device: torch.device, quick: bool) -> tuple[float, str]:
+    """The fp32 matmul rate (TERAN scores in fp32); on a GPU with TF32 off, as PyTorch's default."""
+    if device.type != "cuda":
+        return matmul_rate(device, quick)
+    n, reps = 8192, 10
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    for _ in range(2):
+        a @ b
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    sync(device)
+    rate = 2.0 * n**3 * reps / (time.perf_counter() - t0)
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    return rate, f"fp32 matmul {n}^3 (TF32 {'on' if tf32 else 'off'}): {rate / 1e12:.2f} TFLOP/s"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
