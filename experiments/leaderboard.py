@@ -415,6 +415,7 @@ def load_published_empty() -> pd.DataFrame:
 def print_boards(report: BuildReport) -> None:
     """Print every leaderboard as a rich table (the demo's and the sweep's closing output)."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     console = Console(width=None if sys.stdout.isatty() else 200)  # logs and pipes: do not truncate names
@@ -426,9 +427,9 @@ def print_boards(report: BuildReport) -> None:
                 left = col in ("method", "profile")
                 table.add_column(col, justify="left" if left else "right", no_wrap=left)
             for _, row in b.table.iterrows():
-                table.add_row(
-                    row["method"], row["profile"], n_text(row), *(cell_text(row, m) for m in b.metrics)
-                )
+                cells = (cell_text(row, m) for m in b.metrics)
+                # escaped: `method[variant]` is a name, not rich markup (which would swallow the variant)
+                table.add_row(escape(row["method"]), row["profile"], n_text(row), *cells)
             console.print(table)
 
 

@@ -222,3 +222,22 @@ def test_variant_label_names_the_row() -> None:
     assert method_label({"method": "mmref", "variant": "no_refine"}) == "mmref[no_refine]"
     assert method_label({"method": "mmref", "variant": ""}) == "mmref"
     assert method_label({"method": "mmref"}) == "mmref"
+
+
+def test_printed_table_keeps_the_variant(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    for variant in ("", "no_refine"):
+        rec = {
+            "method": "mmref",
+            "dataset": "synth-person",
+            "profile": "tiny",
+            "seed": 0,
+            "variant": variant,
+            "metrics": {"R1": 10.0},
+            "details": {"protocol": "person_t2i"},
+            "config_hash": variant or "x",
+        }
+        write_result(runs / (variant or "plain") / "result.json", rec)  # fmt: skip
+    lb.print_boards(lb.build(runs, tmp_path / "out"))
+    out = capsys.readouterr().out
+    assert "mmref[no_refine]" in out and out.count("mmref") == 2
