@@ -702,16 +702,10 @@ class RACG(RetrievalMethod):
             rv = 1.0 - F.cosine_similarity(self.rec_v(c), img.tok.detach().float(), dim=-1, eps=EPS)
         return masked_mean(rt[..., None], txt.mask)[:, 0] + masked_mean(rv[..., None], img.mask)[:, 0]
 
-    def configure_gradient_clipping(
-        self,
-        optimizer: torch.optim.Optimizer,
-        gradient_clip_val: float | None = None,
-        gradient_clip_algorithm: str | None = None,
-    ) -> None:
-        """Clip the gradient norm at `grad_clip` (2.0); the trainer's setting wins when given."""
-        clip = gradient_clip_val or self.hp.grad_clip
-        if clip:
-            self.clip_gradients(optimizer, clip, gradient_clip_algorithm or "norm")
+    @property
+    def grad_clip_norm(self) -> float:
+        """The recipe's gradient-norm clip (`grad_clip`, 2.0); the trainer's setting wins when given."""
+        return self.hp.grad_clip
 
     # -- evaluation ------------------------------------------------------------------------------------------
     def _features(self, index: Tensor, nodes: Nodes, slots: int | None = None) -> Features:

@@ -553,16 +553,10 @@ class TERAN(RetrievalMethod):
             )
         return super().configure_optimizers()
 
-    def configure_gradient_clipping(
-        self,
-        optimizer: torch.optim.Optimizer,
-        gradient_clip_val: float | None = None,
-        gradient_clip_algorithm: str | None = None,
-    ) -> None:
-        """TERAN clips the gradient norm at `grad_clip` (2.0); the trainer's setting wins when given."""
-        clip = gradient_clip_val or self.hp.grad_clip
-        if clip:
-            self.clip_gradients(optimizer, clip, gradient_clip_algorithm or "norm")
+    @property
+    def grad_clip_norm(self) -> float:
+        """The recipe's gradient-norm clip (`grad_clip`, 2.0); the trainer's setting wins when given."""
+        return self.hp.grad_clip
 
     # -- evaluation ------------------------------------------------------------------------------------------
     def _store(self, t: Tensor) -> Tensor:

@@ -240,16 +240,10 @@ class VSEPP(RetrievalMethod):
         hinge = hardest_negative_triplet(S, self.hp.margin, hardest, positive_mask=same)
         return {"hinge": hinge}
 
-    def configure_gradient_clipping(
-        self,
-        optimizer: torch.optim.Optimizer,
-        gradient_clip_val: float | None = None,
-        gradient_clip_algorithm: str | None = None,
-    ) -> None:
-        """vsepp clips the gradient norm at `grad_clip` (2.0); the trainer's setting wins when given."""
-        clip = gradient_clip_val or self.hp.grad_clip
-        if clip:
-            self.clip_gradients(optimizer, clip, gradient_clip_algorithm or "norm")
+    @property
+    def grad_clip_norm(self) -> float:
+        """The recipe's gradient-norm clip (`grad_clip`, 2.0); the trainer's setting wins when given."""
+        return self.hp.grad_clip
 
     # -- evaluation --------------------------------------------------------------------------------------
     def encode_queries(self, batch: TextBatch) -> Features:

@@ -177,3 +177,27 @@ def test_fit_of_an_evaluation_only_method_trains_nothing_and_tests(data_root: Pa
     (result,) = (tmp_path / "runs" / "rstpreid" / "frozen_dual" / "tiny").glob("seed0-*/result.json")
     rec = json.loads(result.read_text())
     assert rec["global_step"] == 0 and set(rec["metrics"]) >= {"R1", "mAP"}
+
+
+class Clipped(TinyDual):
+    @property
+    def grad_clip_norm(self) -> float:
+        return 2.0
+
+
+@pytest.mark.parametrize(
+    ("model", "trainer_val", "expected"),
+    [(TinyDual, None, None), (TinyDual, 0.5, (0.5, "norm")), (Clipped, None, (2.0, "norm")),
+     (Clipped, 0.5, (0.5, "norm"))],
+)  # fmt: skip
+def test_gradient_clipping_uses_the_method_recipe_unless_the_trainer_sets_one(
+    model: type,
+    trainer_val: float | None,
+    expected: tuple[float, str] | None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: list[tuple[float, str]] = []
+    m = model()
+    monkeypatch.setattr(m, "clip_gradients", lambda opt, val, algo: calls.append((val, algo)))
+    m.configure_gradient_clipping(torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1), trainer_val)
+    assert calls == ([expected] if expected else [])

@@ -146,6 +146,21 @@ class RetrievalMethod(L.LightningModule):
             return False
         return self.global_step % max(1, trainer.log_every_n_steps) == 0
 
+    @property
+    def grad_clip_norm(self) -> float:
+        """The method's own gradient-norm clip (its paper recipe; 0 = none). The trainer's setting wins."""
+        return 0.0
+
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        clip = gradient_clip_val or self.grad_clip_norm
+        if clip:
+            self.clip_gradients(optimizer, clip, gradient_clip_algorithm or "norm")
+
     def configure_optimizers(self) -> Any:
         if not self.trains:  # evaluation-only (zero-shot): `fit` runs no training batch, then tests
             return None
