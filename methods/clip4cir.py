@@ -162,7 +162,7 @@ class CLIP4Cir(RetrievalMethod):
 
     @staticmethod
     def _optim(hp: CLIP4CirConfig) -> OptimConfig:
-        return OptimConfig(name=hp.optimizer, lr=hp.lr, weight_decay=hp.weight_decay, schedule=hp.schedule)
+        return OptimConfig.from_profile(hp)
 
     # -- building ----------------------------------------------------------------------------------------
     def build(self, dm: RetrievalDataModule) -> None:

@@ -431,15 +431,8 @@ class NSFSE(RetrievalMethod):
     @staticmethod
     def _optim(hp: NSFSEConfig, clip_path: str | None) -> OptimConfig:
         towers = ("image_encoder.", "text_encoder.") if clip_path is not None else ("image_encoder.",)
-        return OptimConfig(
-            name=hp.optimizer,
-            lr=hp.lr,
-            weight_decay=hp.weight_decay,
-            lr_mult={t: hp.backbone_lr_mult for t in towers},
-            schedule=hp.schedule,
-            step_epochs=hp.step_epochs,
-            gamma=hp.step_gamma,
-        )
+        mult = {t: hp.backbone_lr_mult for t in towers}
+        return OptimConfig.from_profile(hp, lr_mult=mult, gamma=hp.step_gamma)
 
     @property
     def variant(self) -> str:

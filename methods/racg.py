@@ -553,14 +553,8 @@ class RACG(RetrievalMethod):
 
     @staticmethod
     def _optim(hp: RACGConfig) -> OptimConfig:
-        return OptimConfig(
-            name=hp.optimizer,
-            lr=hp.lr,
-            weight_decay=hp.weight_decay,
-            schedule=hp.schedule,
-            step_epochs=hp.step_epochs,
-            gamma=hp.gamma,
-            lr_mult={"text_encoder.": hp.text_lr_mult} if hp.text_lr_mult != 1.0 else {},
+        return OptimConfig.from_profile(
+            hp, lr_mult={"text_encoder.": hp.text_lr_mult} if hp.text_lr_mult != 1.0 else {}
         )
 
     # -- building --------------------------------------------------------------------------------------------

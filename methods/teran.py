@@ -433,14 +433,7 @@ class TERAN(RetrievalMethod):
 
     @staticmethod
     def _optim(hp: TERANConfig) -> OptimConfig:
-        return OptimConfig(
-            name=hp.optimizer,
-            lr=hp.lr,
-            weight_decay=hp.weight_decay,
-            schedule=hp.schedule,
-            step_epochs=hp.step_epochs,
-            gamma=hp.gamma,
-        )
+        return OptimConfig.from_profile(hp)
 
     # -- building --------------------------------------------------------------------------------------------
     def build(self, dm: RetrievalDataModule) -> None:

@@ -206,14 +206,7 @@ class TIRG(RetrievalMethod):
 
     @staticmethod
     def _optim(hp: TIRGConfig) -> OptimConfig:
-        return OptimConfig(
-            name=hp.optimizer,
-            lr=hp.lr,
-            weight_decay=hp.weight_decay,
-            lr_mult={"image_encoder.": hp.cnn_lr_mult},
-            schedule=hp.schedule,
-            step_epochs=hp.step_epochs,
-        )
+        return OptimConfig.from_profile(hp, lr_mult={"image_encoder.": hp.cnn_lr_mult})
 
     def build(self, dm: RetrievalDataModule) -> None:
         """The vocabulary of the training texts and the LSTM over it."""

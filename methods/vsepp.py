@@ -167,13 +167,7 @@ class VSEPP(RetrievalMethod):
 
     @staticmethod
     def _optim(hp: VSEPPConfig) -> OptimConfig:
-        return OptimConfig(
-            name=hp.optimizer,
-            lr=hp.lr,
-            weight_decay=hp.weight_decay,
-            schedule=hp.schedule,
-            step_epochs=hp.step_epochs,
-        )
+        return OptimConfig.from_profile(hp)
 
     # -- building ----------------------------------------------------------------------------------------
     def build(self, dm: RetrievalDataModule) -> None:

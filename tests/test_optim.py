@@ -79,3 +79,23 @@ def test_step_decay() -> None:
     f = factors(OptimConfig(schedule="step", step_epochs=2, gamma=0.1), total=13, per_epoch=3)
     assert f[5] == pytest.approx(1.0) and f[6] == pytest.approx(0.1) and f[11] == pytest.approx(0.1)
     assert f[12] == pytest.approx(0.01)
+
+
+def test_optim_config_from_a_profile_takes_the_fields_it_has() -> None:
+    from dataclasses import dataclass
+
+    from fgbench.optim import OptimConfig
+
+    @dataclass
+    class Profile:
+        optimizer: str = "adam"
+        lr: float = 2e-4
+        weight_decay: float = 0.0
+        schedule: str = "step"
+        step_epochs: int = 15
+        other: int = 3  # not an optimiser field: ignored
+
+    cfg = OptimConfig.from_profile(Profile(), lr_mult={"cnn.": 0.1})
+    assert cfg == OptimConfig(name="adam", lr=2e-4, weight_decay=0.0, schedule="step", step_epochs=15,
+                              lr_mult={"cnn.": 0.1})  # fmt: skip
+    assert cfg.gamma == OptimConfig().gamma  # absent from the profile: the default
