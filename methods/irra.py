@@ -2,7 +2,8 @@
 (METHODS.md §7).
 
 A CLIP dual encoder trained with L = SDM + IRR + ID:
-- SDM (`fgbench.losses.sdm`, τ = 0.02) on the CLS / EOT globals, identities as positives;
+- SDM (`fgbench.losses.sdm`, τ = 0.02) on the CLS / EOT globals, identities as positives (the tiny profile
+  learns τ from 0.07, `temperature_learnable`: from scratch the fixed 0.02 kept the tiny towers near chance);
 - IRR: 15% of the caption's real tokens are masked (80/10/10, `fgbench.losses.mask_tokens`); the masked
   caption goes through the text tower, then cross-attention (Q = LN(text tokens), K/V = LN(image tokens)),
   a transformer and LN, then the MLM head predicts the chosen tokens;
@@ -26,6 +27,7 @@ What comes from where:
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -42,9 +44,10 @@ from fgbench.losses import id_loss, infonce, mask_tokens, mlm_loss, sdm
 from fgbench.optim import OptimConfig
 from fgbench.profiles import merge_overrides
 from fgbench.registry import register_method
-from methods.clip_ft import CLIP_PATH, IRRA_OPTIM, ClipDual, ClipProfile
+from methods.clip_ft import CLIP_PATH, IRRA_OPTIM, MAX_SCALE, ClipDual, ClipProfile
 
 LOSS_NAMES = ("sdm", "itc", "mlm", "id")
+TINY_TEMPERATURE = 0.07  # initial τ of the learnable temperature (tiny profile), as the tiny clip_ft
 HEAD_LR_MULT = {"cross_attn": 5.0, "cross_modal_transformer": 5.0, "classifier": 5.0, "mlm_head": 5.0}
 
 
@@ -88,6 +91,9 @@ class IRRA(ClipDual):
             `clip_path`, 4-layer head over CLIP's 49,408 tokens).
         clip_path: CLIP weights and tokenizer (hub name in the local cache, or a folder).
         loss_names: the loss terms to train with, a subset of {"sdm", "itc", "mlm", "id"}.
+        temperature_learnable: None = learnable in the tiny profile (a logit scale from 1/0.07, clamped at
+            100, as the tiny clip_ft: towers trained from scratch stayed near chance at the fixed τ = 0.02
+            meant for pretrained CLIP), fixed at the profile's `temperature` otherwise (IRRA's recipe).
         optim: optimiser; None = the profile's.
         overrides, **fields: `IRRAProfile` fields replacing the profile's (fgbench.profiles).
     """
@@ -103,6 +109,7 @@ class IRRA(ClipDual):
         profile: str = "tiny",
         clip_path: str = CLIP_PATH,
         loss_names: Sequence[str] = ("sdm", "mlm", "id"),
+        temperature_learnable: bool | None = None,
         optim: OptimConfig | None = None,
         loss_weights: dict[str, float] | None = None,
         overrides: dict[str, Any] | None = None,
@@ -114,6 +121,10 @@ class IRRA(ClipDual):
         super().__init__(profile, clip_path, "sum", optim, loss_weights, merge_overrides(overrides, fields))
         self.save_hyperparameters()
         self.loss_names = tuple(loss_names)
+        learnable = profile == "tiny" if temperature_learnable is None else temperature_learnable
+        init = 1 / TINY_TEMPERATURE if learnable else 1 / self.cfg.temperature
+        # log of the logit scale 1/τ of SDM and ITC (a constant when not learnable)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(init)), requires_grad=learnable)
         self.classifier: nn.Linear | None = None
         self.mask_id = 0
         self.special_ids: tuple[int, ...] = ()
@@ -177,9 +188,9 @@ class IRRA(ClipDual):
         text = self.text_out(batch.text)
         terms: dict[str, Tensor] = {}
         if "sdm" in self.loss_names:
-            terms["sdm"] = sdm(text.glob, image.glob, batch.label, tau=self.cfg.temperature)
+            terms["sdm"] = sdm(text.glob, image.glob, batch.label, tau=self.temperature())
         if "itc" in self.loss_names:
-            terms["itc"] = infonce(text.glob, image.glob, temperature=self.cfg.temperature)
+            terms["itc"] = infonce(text.glob, image.glob, temperature=self.temperature())
         if "id" in self.loss_names:
             assert self.classifier is not None
             terms["id"] = id_loss(self.classifier, image.glob, text.glob, batch.label)
@@ -187,6 +198,10 @@ class IRRA(ClipDual):
             assert image.tokens is not None
             terms["mlm"] = self.irr_loss(batch.text, image.tokens)
         return terms
+
+    def temperature(self) -> Tensor:
+        """τ of SDM and ITC: the profile's, or the learnt one (logit scale clamped at 100)."""
+        return 1 / self.logit_scale.exp().clamp(max=MAX_SCALE)
 
     def irr_loss(self, text: Text, image_tokens: Tensor) -> Tensor:
         """Mask the captions, encode them, reason over the image tokens and predict the chosen tokens."""

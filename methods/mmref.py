@@ -222,6 +222,7 @@ class MMRef(IRRA):
         align_loss: "sdm" (IRRA's) or "infonce" on the globals.
         ref_init: "class_mean" (per-class mean of the initial globals, one pass at fit start) or "normal".
         n_ref_tokens: reference tokens n_r of the LR block's keys/values.
+        temperature_learnable: L_align's τ learnt (IRRA's switch: None = learnable in the tiny profile only).
         optim: optimiser; None = the profile's (R is kept out of weight decay either way).
         overrides, **fields: `MMRefProfile` fields replacing the profile's (fgbench.profiles).
     """
@@ -247,6 +248,7 @@ class MMRef(IRRA):
         align_loss: str = "sdm",
         ref_init: str = "class_mean",
         n_ref_tokens: int = 4,
+        temperature_learnable: bool | None = None,
         optim: OptimConfig | None = None,
         loss_weights: dict[str, float] | None = None,
         overrides: dict[str, Any] | None = None,
@@ -263,6 +265,7 @@ class MMRef(IRRA):
             profile,
             clip_path,
             loss_names=(ALIGN_LOSSES[align_loss],),
+            temperature_learnable=temperature_learnable,
             optim=optim,
             loss_weights=loss_weights,
             overrides=overrides,
@@ -369,9 +372,9 @@ class MMRef(IRRA):
         text = self.text_out(batch.text).glob
         terms: dict[str, Tensor] = {}
         if self.align_loss == "sdm":
-            terms["sdm"] = sdm(text, image, batch.label, tau=self.cfg.temperature)
+            terms["sdm"] = sdm(text, image, batch.label, tau=self.temperature())
         else:
-            terms["itc"] = infonce(text, image, temperature=self.cfg.temperature)
+            terms["itc"] = infonce(text, image, temperature=self.temperature())
         e, y = torch.cat([image, text]), torch.cat([batch.label, batch.label])
         if self.use_fuse:
             terms["fuse"] = reference_nce(e.detach(), self.references, y, self.cfg.tau_fuse)

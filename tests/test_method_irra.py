@@ -87,6 +87,17 @@ def test_loss_names_ablation(root: Path, names: tuple[str, ...]) -> None:
     assert (model.classifier is not None) == ("id" in names)
 
 
+def test_temperature_is_learnt_in_the_tiny_profile_only(root: Path) -> None:
+    assert IRRA(profile="paper").temperature().item() == pytest.approx(0.02)  # IRRA's fixed τ
+    assert not IRRA(profile="paper").logit_scale.requires_grad
+    assert not IRRA(temperature_learnable=False).logit_scale.requires_grad
+    dm = datamodule(root, "synth-person")
+    model = attach(IRRA(loss_names=("sdm",)), dm)
+    assert model.temperature().item() == pytest.approx(0.07)
+    model.losses(train_batch(dm))["sdm"].backward()
+    assert model.logit_scale.grad is not None and model.logit_scale.grad.abs() > 0
+
+
 def test_rejects_unknown_loss_names() -> None:
     with pytest.raises(ValueError, match="loss_names"):
         IRRA(loss_names=("sdm", "cmpm"))

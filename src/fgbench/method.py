@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from fgbench.data.batches import move_batch
 from fgbench.data.module import RetrievalDataModule
 from fgbench.data.processor import BasicProcessor, Processor
 from fgbench.evaluation import EvalResult, EvalSpec, FunctionSource, evaluate
@@ -262,12 +263,23 @@ class RetrievalMethod(L.LightningModule):
             result.details["submission"] = [str(p) for p in paths]
 
     def _gather(self, idx: int, n: int, what: str) -> Features:
-        parts = self._eval_buf.get(idx, [])
-        if not parts:
-            raise RuntimeError(f"no {what} were encoded: evaluation needs both the query and gallery loaders")
-        local = Features.cat(parts)
-        tensors = {k: v for k, v in local.tensors().items() if k != "index"}
-        return Features.from_tensors({"index": torch.arange(n), **gather_by_index(local.index, tensors, n)})
+        return gather_features(self._eval_buf.get(idx, []), n, what)
+
+    @torch.no_grad()
+    def encode_split(self, dm: RetrievalDataModule, split: str) -> tuple[Features, Features, EvalSpec]:
+        """(queries, gallery, spec) of one split encoded outside a Trainer, on this process only: one
+        encoding scored under many test-time settings (`experiments.tune_rerank`)."""
+        dm.set_processor(self.processor)
+        self.prepare_eval(dm)
+        es = dm.evaluation_set(split)
+        loaders = dm.eval_dataloaders(split)
+        encoders: tuple[Callable[[Any], Features], ...] = (self.encode_queries, self.encode_gallery)
+        parts = [
+            [enc(move_batch(b, self.device)) for b in loader]
+            for enc, loader in zip(encoders, loaders, strict=True)
+        ]
+        q = gather_features(parts[0], len(es.queries), "queries")
+        return q, gather_features(parts[1], len(es.gallery), "gallery"), es.spec
 
     @torch.no_grad()
     def evaluate_features(self, q: Features, g: Features, spec: EvalSpec) -> EvalResult:
@@ -293,6 +305,15 @@ class RetrievalMethod(L.LightningModule):
         if self.rerank_k is not None:  # the re-rank's cost (this rank's share of the query blocks)
             result.details.update(rerank_s=rescore.seconds, rerank_pairs=rescore.pairs)
         return result
+
+
+def gather_features(parts: list[Features], n: int, what: str) -> Features:
+    """The n items of a split from this rank's encoded batches: gathered across ranks, in dataset order."""
+    if not parts:
+        raise RuntimeError(f"no {what} were encoded: evaluation needs both the query and gallery loaders")
+    local = Features.cat(parts)
+    tensors = {k: v for k, v in local.tensors().items() if k != "index"}
+    return Features.from_tensors({"index": torch.arange(n), **gather_by_index(local.index, tensors, n)})
 
 
 class _Timed:
