@@ -48,7 +48,7 @@ What comes from where (METHODS.md marks):
     `relation_block`: the same function, checked against materialised contexts in the tests;
   - the tiny profile: TERAN's tiny inputs (TinyText words; TinyCNN grid cells, or RoI averages over the
     boxes served with the images), D = 64, H = 4, AdamW 1e-3 with a cosine schedule, and TERAN's first
-    epoch of the hinge summed over all negatives (`sum_warmup_epochs`);
+    epoch of the hinge summed over all negatives (`sum_warmup_epochs`; every epoch on person data, as teran);
   - class-level protocols (class_reed: CUB, Flowers) average caption embeddings, which a pairwise scorer
     does not define: an error.
 """
@@ -84,7 +84,7 @@ from methods.teran import (
     scored_tokens,
     word_mask,
 )
-from methods.vsepp import region_dim
+from methods.vsepp import region_dim, summed_hinge_epochs, warmup_label
 
 PROVENANCE = "re-implementation from the paper's description"
 EPS = 1e-8
@@ -435,7 +435,7 @@ class RACGConfig:
     graph_layers: int = 2  # intra-graph relation layers per modality
     attn_lambda: float = 9.0  # λ: inverse temperature of the word-region attention
     margin: float = 0.2  # α of the hinge
-    sum_warmup_epochs: int = 1  # epochs of the summed hinge (VSE0) before the hardest negative (as teran)
+    sum_warmup_epochs: int | None = None  # summed-hinge (VSE0) epochs first; None: per task family (vsepp)
     store_dtype: str = "bfloat16"  # dtype of the node sets and Â kept for scoring (computed in fp32)
     score_chunk: int = 1 << 22  # max elements of one [b_q, b_g, H, W, R] tensor while scoring
     optimizer: str = "adamw"  # fgbench.optim OPTIMIZERS key
@@ -548,6 +548,7 @@ class RACG(RetrievalMethod):
         self.rec_t: nn.Linear | None = None  # W_t of L_rec
         self.rec_v: nn.Linear | None = None  # W_v of L_rec
         self.region_source = ""  # grid, roi, precomp or butd; recorded in result.json
+        self.sum_warmup = 0  # summed-hinge epochs, resolved from the profile and the data at build
         self.effective_spatial = spatial_edges  # off on data without boxes (precomp)
         self.register_buffer("punct", torch.zeros(0, dtype=torch.bool), persistent=False)
 
@@ -576,6 +577,7 @@ class RACG(RetrievalMethod):
             self.region_source = source
         boxes = source != "precomp"
         self.effective_spatial = self.spatial_edges and boxes
+        self.sum_warmup = summed_hinge_epochs(hp.sum_warmup_epochs, dm)
         self.text_in = nn.Linear(int(self.text_encoder.out_dim), dim)
         self.region_in = nn.Linear(width, dim)
         self.box_in = nn.Linear(5, dim) if boxes else None
@@ -678,7 +680,7 @@ class RACG(RetrievalMethod):
         G = img.glob @ txt.glob.T
         S = self.relation(txt, img).T if self.cross_graph else G  # rows images, columns captions
         same = batch.label[:, None] == batch.label[None, :] if self.mask_same_image else None
-        hardest = self.current_epoch >= self.hp.sum_warmup_epochs
+        hardest = self.current_epoch >= self.sum_warmup
         terms = {"hinge": hardest_negative_triplet(S, self.hp.margin, hardest, positive_mask=same)}
         if self.global_aux:
             terms["global_hinge"] = hardest_negative_triplet(G, self.hp.margin, hardest, positive_mask=same)
@@ -742,6 +744,7 @@ class RACG(RetrievalMethod):
             "heads": self.hp.heads,
             "lambda_rec": self.lambda_rec,
             "global_aux": self.global_aux,
+            "sum_warmup_epochs": warmup_label(self.sum_warmup),
             "regions": self.region_source,
             "word_span": self.word_span,
             "scoring": "global" if not self.cross_graph else "exact" if self.rerank_k is None else "rerank",

@@ -45,7 +45,10 @@ Our reading [inf]:
   negatives, then takes the hardest (`sum_warmup_epochs`, woodfrog/vse_infty's `vse_mean_warmup_epochs`):
   trained from scratch with the hardest negative only, the scores collapsed (measured on synth-scenes with
   400 training images, 8 epochs, seed 0: the loss settled near 2·B·α and t2i R@1 was 2.0, chance 2.0; with
-  one such epoch t2i R@1 was 29.6). Raw images take this region extractor in both profiles; region
+  one such epoch t2i R@1 was 29.6). On person data (near-duplicate galleries) one summed epoch was not
+  enough: the hardest negative then collapsed the scores again (synth-person, seed 0: R1 1.56 = chance), so
+  there the tiny profile sums the hinge in every epoch (R1 4.88), `methods.vsepp.summed_hinge_epochs`;
+  result.json records the warm-up. Raw images take this region extractor in both profiles; region
   features (`precomp`, `butd`) go straight into the visual transformer;
 - `precomp` features have no boxes: the positional encoding is forced to `none` and recorded in result.json.
 """
@@ -80,7 +83,7 @@ from fgbench.method import RetrievalMethod
 from fgbench.optim import OptimConfig
 from fgbench.profiles import merge_overrides, resolve_profile
 from fgbench.registry import register_method
-from methods.vsepp import build_vocabulary, region_dim
+from methods.vsepp import build_vocabulary, region_dim, summed_hinge_epochs, warmup_label
 
 # -- alignment pooling (METHODS.md §2 "Alignment") ---------------------------------------------------------
 
@@ -273,7 +276,7 @@ class TERANConfig:
     heads: int = 4  # attention heads of every TE layer (reference: 4)
     dropout: float = 0.1  # dropout of every TE layer (reference: 0.1)
     margin: float = 0.2  # α of the hinge
-    sum_warmup_epochs: int = 1  # epochs of the summed hinge (VSE0) before the hardest negative (vse_infty)
+    sum_warmup_epochs: int | None = None  # summed-hinge (VSE0) epochs first; None: per task family (vsepp)
     store_dtype: str = "bfloat16"  # dtype of the token / region sets kept for scoring (computed in fp32)
     score_chunk: int = 1 << 25  # max elements of one [b_q, b_g, W, R] alignment chunk
     optimizer: str = "adamw"  # fgbench.optim OPTIMIZERS key
@@ -429,6 +432,7 @@ class TERAN(RetrievalMethod):
         self.pos: nn.Module | None = None
         self.effective_pos = pos_encoding  # `none` on data without boxes (precomp)
         self.region_source = ""  # grid, roi, precomp or butd; recorded in result.json
+        self.sum_warmup = 0  # summed-hinge epochs, resolved from the profile and the data at build
         self.register_buffer("punct", torch.zeros(0, dtype=torch.bool), persistent=False)
 
     @staticmethod
@@ -453,6 +457,7 @@ class TERAN(RetrievalMethod):
         else:
             self.region_source = source
         self.effective_pos = "none" if source == "precomp" else self.pos_encoding
+        self.sum_warmup = summed_hinge_epochs(hp.sum_warmup_epochs, dm)
         self.pos = POS_ENCODINGS[self.effective_pos](width)
         joint = (hp.embed_dim, hp.joint_layers, hp.heads, hp.joint_ff, hp.dropout, "joint")
         self.visual_transformer = te_stack(
@@ -522,7 +527,7 @@ class TERAN(RetrievalMethod):
         img, txt = self.image_sets(batch.visual), self.text_sets(batch.text)
         S = self.align(txt.tok, txt.mask, img.tok, img.mask).T  # rows images, columns captions
         same = batch.label[:, None] == batch.label[None, :] if self.mask_same_image else None
-        hardest = self.current_epoch >= self.hp.sum_warmup_epochs
+        hardest = self.current_epoch >= self.sum_warmup
         terms = {"hinge": hardest_negative_triplet(S, self.hp.margin, hardest, positive_mask=same)}
         if self.global_aux_loss:
             G = img.glob @ txt.glob.T
@@ -600,5 +605,6 @@ class TERAN(RetrievalMethod):
             "zero_pad_quirk": self.zero_pad_quirk,
             "shared_transformer": self.shared_transformer,
             "global_aux_loss": self.global_aux_loss,
+            "sum_warmup_epochs": warmup_label(self.sum_warmup),
         }
         return result

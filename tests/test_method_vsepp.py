@@ -28,7 +28,7 @@ from fgbench.data.module import RetrievalDataModule
 from fgbench.features import Features
 from fgbench.losses import hardest_negative_triplet
 from fgbench.registry import DATAMODULES, METHODS
-from methods.vsepp import VSEPP, build_vocabulary
+from methods.vsepp import ALL_EPOCHS, VSEPP, build_vocabulary, summed_hinge_epochs, warmup_label
 
 from fixtures.itm import write_precomp
 
@@ -77,7 +77,7 @@ def test_loss_is_the_hinge_on_image_caption_scores(root: Path) -> None:
     vse0 = built(dm, max_violation=False).eval()
     assert vse0.losses(batch)["hinge"] >= model.losses(batch)["hinge"]
     warming = built(dm).eval()  # the tiny profile sums the hinge in its first epoch (current_epoch 0 here)
-    assert warming.hp.sum_warmup_epochs == 1 and warming.current_epoch == 0
+    assert warming.sum_warmup == 1 and warming.current_epoch == 0
     torch.testing.assert_close(warming.losses(batch)["hinge"], vse0.losses(batch)["hinge"])
 
 
@@ -261,3 +261,18 @@ def test_tiny_profile_learns_synth_scenes(tmp_path: Path) -> None:
     assert loss_fell(losses, epochs=8)
     chance = 100.0 / sizes["test_images"]
     assert metrics["t2i_R1"] >= 3 * chance
+
+
+@pytest.mark.parametrize(
+    ("given", "dataset", "epochs"),
+    [
+        (None, "synth-scenes", 1),
+        (None, "synth-person", ALL_EPOCHS),
+        (None, "cub", ALL_EPOCHS),
+        (0, "synth-person", 0),
+    ],
+)
+def test_summed_hinge_warm_up_follows_the_task_family(given: int | None, dataset: str, epochs: int) -> None:
+    dm = DATAMODULES.get(dataset)
+    assert summed_hinge_epochs(given, dm) == epochs  # type: ignore[arg-type]
+    assert warmup_label(summed_hinge_epochs(given, dm)) == ("all" if epochs == ALL_EPOCHS else epochs)  # type: ignore[arg-type]
