@@ -56,6 +56,7 @@ What comes from where (METHODS.md marks):
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, NamedTuple
 
@@ -206,6 +207,14 @@ def attention(
     return Attention(P, pi, rho, inv_t, inv_v)
 
 
+# score_sides -> S from the word side s_a = mean_w cos(t_w, a'_w) and the region side mean_r cos(v_r, c'_r)
+SIDES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
+    "both": lambda s_a, s_c: (s_a + s_c) / 2,  # METHODS.md §3
+    "words": lambda s_a, s_c: s_a,  # our diagnostic: every caption word against its visual context only
+    "regions": lambda s_a, s_c: s_c,  # our diagnostic: every region against its textual context only
+}
+
+
 def _spread(x: Tensor, adj: Tensor | None, beta: float, eq: str) -> Tensor:
     """(1 - β) x + β Â x along one modality's nodes (identity when β = 0 or there is no Â)."""
     if beta == 0.0 or adj is None:
@@ -224,6 +233,7 @@ def relation_block(
     lam: float,
     beta: float,
     layout: str = "matrix",
+    sides: str = "both",
 ) -> Tensor:
     """S of one block: [n_q, n_g] ("matrix") or [n] ("pairs"), by the Gram-matrix form (fp32). Scores aligned
     pairs (re-ranking); `relation_matrix` is its faster form for blocks (tests check both by brute force).
@@ -247,7 +257,7 @@ def relation_block(
     cos_c = (rho * att.P).sum(-2) * inv_v / sq_c.clamp_min(EPS * EPS).sqrt()  # [..., H, R]
     s_a = cos_a.masked_fill(~wm, 0.0).sum(-1) / wm.sum(-1).clamp_min(1)
     s_c = cos_c.masked_fill(~rm, 0.0).sum(-1) / rm.sum(-1).clamp_min(1)
-    return (s_a + s_c).mean(-1) / 2
+    return SIDES[sides](s_a.mean(-1), s_c.mean(-1))
 
 
 def relation_matrix(
@@ -260,6 +270,7 @@ def relation_matrix(
     heads: int,
     lam: float,
     beta: float,
+    sides: str = "both",
 ) -> Tensor:
     """[n_q, n_g] S of one block, the same function as `relation_block` in fewer passes over its tensors.
 
@@ -293,6 +304,8 @@ def relation_matrix(
     sq_a = (torch.matmul(by_image, V @ V.transpose(-1, -2)) * by_image).sum(-1)  # ‖a'_w‖² [h, g, qW]
     cos_a = num_a / sq_a.view(h, g, q, W).permute(0, 2, 3, 1).clamp_min(EPS * EPS).sqrt()
     s_a = cos_a.masked_fill(~wmask[:, :, None], 0.0).sum(2) / wmask.sum(1).clamp_min(1)[:, None]  # [h, q, g]
+    if sides == "words":
+        return s_a.mean(0)
     # regions -> words: c'_r = Σ_w ρ'_wr tʰ_w; cos(vʰ_r, c'_r) = Σ_w ρ'_wr P̃_wr / ‖c'_r‖, P̃ = v̂·t
     rho = E.permute(0, 3, 4, 1, 2)  # [h, g, R, q, W]
     if spread and radj is not None:
@@ -306,7 +319,7 @@ def relation_matrix(
     sq_c = (torch.matmul(by_caption, T @ T.transpose(-1, -2)) * by_caption).sum(-1)  # ‖c'_r‖² [h, q, gR]
     cos_c = num_c / sq_c.view(h, q, g, R).permute(0, 2, 3, 1).clamp_min(EPS * EPS).sqrt()  # [h, g, R, q]
     s_c = cos_c.masked_fill(~rmask[:, :, None], 0.0).sum(2) / rmask.sum(1).clamp_min(1)[:, None]  # [h, g, q]
-    return (s_a + s_c.transpose(1, 2)).mean(0) / 2
+    return SIDES[sides](s_a.mean(0), s_c.transpose(1, 2).mean(0))
 
 
 def contexts(
@@ -356,6 +369,7 @@ def relation_scores(
     beta: float,
     layout: str = "matrix",
     chunk: int = 1 << 22,
+    sides: str = "both",
 ) -> Tensor:
     """Cross-graph similarity of captions `q` x images `g` ([n_q, n_g], "matrix") or of aligned pairs ([n],
     "pairs"), in chunks whose [.., H, W, R] tensors hold at most `chunk` elements; differentiable, fp32."""
@@ -380,6 +394,7 @@ def relation_scores(
                     lam,
                     beta,
                     "pairs",
+                    sides,
                 )
                 for i in range(0, n_q, pairs)
             ]
@@ -400,6 +415,7 @@ def relation_scores(
                             heads,
                             lam,
                             beta,
+                            sides,
                         )
                         for j in range(0, n_g, cols)
                     ],
@@ -494,6 +510,8 @@ class RACG(RetrievalMethod):
         global_aux: add the hinge on the globals v̄·t̄; needed by `rerank_k`.
         mask_same_image: pairs sharing a label are not negatives (off, as teran).
         word_span: teran's scored words: `drop_period` (default), `reference` or `all_words`.
+        score_sides: S from both sides (METHODS.md), or only the words' (`words`: mean_w cos(t_w, a'_w)) or
+            the regions' (`regions`) term: our diagnostic switch, not in METHODS.md (read at scoring time).
         bert_path: the paper profile's BERT and tokenizer: a local folder or HF cache name (read offline).
         rerank_k: shortlist each query's top-k by v̄·t̄ and re-score it by S (a variant, recorded).
         optim: optimiser and schedule; default from the profile.
@@ -517,6 +535,7 @@ class RACG(RetrievalMethod):
         global_aux: bool = False,
         mask_same_image: bool = False,
         word_span: str = "drop_period",
+        score_sides: str = "both",
         bert_path: str = "bert-base-uncased",
         rerank_k: int | None = None,
         optim: OptimConfig | None = None,
@@ -539,6 +558,9 @@ class RACG(RetrievalMethod):
         self.beta = float(beta)
         self.lambda_rec = float(lambda_rec) if cross_graph else 0.0  # no contexts, no L_rec
         self.global_aux, self.mask_same_image, self.word_span = global_aux, mask_same_image, word_span
+        if score_sides not in SIDES:
+            raise ValueError(f"score_sides={score_sides!r}: expected one of {', '.join(SIDES)}")
+        self.score_sides = score_sides
         self.bert_path = bert_path
         self.text_encoder: nn.Module | None = None
         self.cnn: nn.Module | None = None  # the region extractor over pixels; None on region features
@@ -655,7 +677,7 @@ class RACG(RetrievalMethod):
         """S of captions x images ([n_q, n_g]) or of aligned pairs ([n]) in this model's settings."""
         hp = self.hp
         beta = self.beta if self.text_graph is not None else 0.0
-        return relation_scores(q, g, hp.heads, hp.attn_lambda, beta, layout, hp.score_chunk)
+        return relation_scores(q, g, hp.heads, hp.attn_lambda, beta, layout, hp.score_chunk, self.score_sides)
 
     def score(self, q: Features, g: Features) -> Tensor:
         """S(caption, image) for a block; the globals' v̄·t̄ with cross-graph off or with `rerank_k`."""
@@ -744,6 +766,7 @@ class RACG(RetrievalMethod):
             "heads": self.hp.heads,
             "lambda_rec": self.lambda_rec,
             "global_aux": self.global_aux,
+            "score_sides": self.score_sides,
             "sum_warmup_epochs": warmup_label(self.sum_warmup),
             "regions": self.region_source,
             "word_span": self.word_span,

@@ -39,7 +39,7 @@ from fgbench.features import Features
 from fgbench.losses import hardest_negative_triplet
 from fgbench.optim import param_groups
 from fgbench.registry import DATAMODULES, METHODS
-from methods.racg import ABLATIONS, RACG, Nodes, relation_scores, spatial_edges
+from methods.racg import ABLATIONS, RACG, SIDES, Nodes, relation_scores, spatial_edges
 
 from fixtures import itm as fx
 
@@ -223,6 +223,25 @@ def test_gram_form_equals_materialised_contexts(chunk: int, heads: int) -> None:
     pg = nodes(v[idx.flip(0)], rm[idx.flip(0)], Av[idx.flip(0)])
     pairs = relation_scores(pq, pg, heads, 9.0, 0.5, "pairs", chunk)
     torch.testing.assert_close(pairs, want[idx, idx.flip(0)], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("chunk", [1, 1 << 22])
+def test_score_sides_split_the_word_and_region_terms(chunk: int) -> None:
+    gen = torch.Generator().manual_seed(4)
+    t, wm = ragged(4, 6, 8, gen)
+    v, rm = ragged(3, 5, 8, gen)
+    At, Av = random_edges(wm, gen), random_edges(rm, gen)
+    q, g = nodes(t, wm, At), nodes(v, rm, Av)
+    S = {side: relation_scores(q, g, 2, 9.0, 0.5, chunk=chunk, sides=side) for side in SIDES}
+    torch.testing.assert_close(S["both"], (S["words"] + S["regions"]) / 2)
+    assert not torch.allclose(S["words"], S["regions"])
+    idx = torch.arange(3)
+    pq, pg = nodes(t[idx], wm[idx], At[idx]), nodes(v[idx.flip(0)], rm[idx.flip(0)], Av[idx.flip(0)])
+    for side, want in S.items():
+        pairs = relation_scores(pq, pg, 2, 9.0, 0.5, "pairs", chunk, sides=side)
+        torch.testing.assert_close(pairs, want[idx, idx.flip(0)], atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="score_sides"):
+        RACG(score_sides="both_sides")
 
 
 def test_scorer_is_differentiable_and_chunked_gradients_agree() -> None:
