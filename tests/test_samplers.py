@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 
-from fgbench.data.samplers import PKSampler, fill_batches, max_batches
+from fgbench.data.samplers import GroupRoundSampler, PKSampler, fill_batches, max_batches
 
 # 7 identities with 1 to 9 samples each (identity 3 has fewer than K and is padded)
 LABELS = [i for i, n in enumerate([8, 9, 4, 1, 6, 5, 8]) for _ in range(n)]
@@ -67,3 +67,42 @@ def test_invalid_configurations() -> None:
         PKSampler(LABELS, 16, 2)
     with pytest.raises(ValueError, match="rank 2 is outside"):
         PKSampler(LABELS, 4, 2, num_replicas=2, rank=2)
+
+
+# -- GroupRoundSampler (synth-scenes twins) -----------------------------------------------------------------
+
+
+def group_setup(n_images: int = 30, per_image: int = 5) -> tuple[list[int], list[int]]:
+    """Items (captions) of images; images 2k and 2k+1 form a group for k < 5, the rest are singletons."""
+    item_image = [im for im in range(n_images) for _ in range(per_image)]
+    image_group = [min(im, im ^ 1) if im < 10 else im for im in range(n_images)]
+    return item_image, image_group
+
+
+def test_group_round_sampler_keeps_groups_together_and_images_apart() -> None:
+    item_image, image_group = group_setup()
+    s = GroupRoundSampler(item_image, image_group, batch_size=8, num_replicas=1, rank=0, seed=3)
+    order = list(s)
+    assert len(order) == len(s) == (150 // 8) * 8 and len(set(order)) == len(order)
+    full = s.epoch_order()
+    assert sorted(full) == list(range(150))  # every item once per epoch
+    for r in range(5):  # rounds of one caption per image, each group's images adjacent
+        round_images = [item_image[i] for i in full[30 * r : 30 * (r + 1)]]
+        assert sorted(round_images) == list(range(30))
+        for k in range(5):
+            a, b = round_images.index(2 * k), round_images.index(2 * k + 1)
+            assert abs(a - b) == 1
+    s.set_epoch(1)
+    assert list(s) != order
+    again = GroupRoundSampler(item_image, image_group, batch_size=8, num_replicas=1, rank=0, seed=3)
+    assert list(again) == order  # seeded by (seed, epoch) only
+
+
+def test_group_round_sampler_ddp_shares_are_disjoint_and_equal() -> None:
+    item_image, image_group = group_setup()
+    shares = [
+        list(GroupRoundSampler(item_image, image_group, 8, num_replicas=2, rank=r, seed=0)) for r in (0, 1)
+    ]
+    assert len(shares[0]) == len(shares[1]) == 9 * 8 and not set(shares[0]) & set(shares[1])
+    with pytest.raises(ValueError, match="outside"):
+        GroupRoundSampler([0, 5], [0, 1], 1)

@@ -541,3 +541,22 @@ def test_synth_cir_evalspec_targets_references_and_subsets(tmp_path: Path) -> No
         assert names[int(es.spec.exclude[q])] == c["reference"]
         assert [names[int(j)] for j in es.spec.subsets[q]] == c["img_set"]["members"]
         assert es.spec.query_ids[q] == str(c["pairid"])
+
+
+def test_synth_scenes_twins_sampler_batches_each_scene_with_its_twin(tmp_path: Path) -> None:
+
+    from datamodules.synthetic.datamodules import SynthScenesDataModule
+
+    sizes = {"train_images": 24, "val_images": 4, "test_images": 4}
+    with pytest.raises(ValueError, match="sampler must be one of"):
+        SynthScenesDataModule(root=str(tmp_path), sizes=sizes, sampler="pk")
+    dm = SynthScenesDataModule(root=str(tmp_path), sizes=sizes, sampler="twins", batch_size=4)
+    dm.setup("fit")
+    sampler = dm.train_sampler(dm.loaded.train, 1, 0, 0)
+    record = json.loads((dm.base / "render_record.json").read_text())["images"]
+    pairs = [(i, im["twin_of"]) for i, im in enumerate(record[:24]) if im["twin_of"] is not None]
+    assert pairs  # about half the scenes have a twin
+    first_round = [dm.loaded.train.labels[i] for i in sampler.epoch_order()[:24]]  # one caption per scene
+    assert sorted(first_round) == list(range(24))
+    for a, b in pairs:
+        assert abs(first_round.index(a) - first_round.index(b)) == 1

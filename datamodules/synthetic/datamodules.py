@@ -8,14 +8,19 @@ its own `folder` at its copy. Counts are not checked (`expected = {}`): the size
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, ClassVar
 
+from torch.utils.data import Dataset, Sampler
+
 from datamodules.cirr import CIRRDataModule
 from datamodules.itm import Flickr30KDataModule
+from datamodules.itm.modules import KARPATHY_SPLITS
 from datamodules.person import RSTPReidDataModule
 from datamodules.synthetic import generate, output_path
 from fgbench.data.module import LoadedData
+from fgbench.data.samplers import GroupRoundSampler
 from fgbench.registry import register_datamodule
 
 DEFAULT_ROOT = "data/synthetic"
@@ -56,9 +61,17 @@ class SynthPersonDataModule(SyntheticMixin, RSTPReidDataModule):
     expected: ClassVar[dict[str, dict[str, int | None]]] = {}
 
 
+SCENE_SAMPLERS = ("random", "twins")
+
+
 @register_datamodule("synth-scenes")
 class SynthScenesDataModule(SyntheticMixin, Flickr30KDataModule):
-    """synth-scenes through the Flickr30K reader (`feature_source="images"`, optionally `with_boxes`)."""
+    """synth-scenes through the Flickr30K reader (`feature_source="images"`, optionally `with_boxes`).
+
+    `sampler="twins"` trains on batches where each scene and its twin sit together
+    (`fgbench.data.GroupRoundSampler`, twin links from `render_record.json`): the in-batch hard negative that
+    one relation or attribute apart makes; "random" (default) shuffles pairs as the Flickr30K recipes do.
+    """
 
     name: ClassVar[str] = "synth-scenes"
     folder: ClassVar[str] = output_path("synth-scenes", DEFAULT_ROOT).name
@@ -66,6 +79,35 @@ class SynthScenesDataModule(SyntheticMixin, Flickr30KDataModule):
     expected_precomp: ClassVar[dict[str, dict[str, int | None]]] = {}
     expected_butd: ClassVar[dict[str, dict[str, int | None]]] = {}
     expected_all_captions: ClassVar[dict[str, int | None]] = {}
+
+    def __init__(self, root: str = DEFAULT_ROOT, sampler: str = "random", **kwargs: Any) -> None:
+        if sampler not in SCENE_SAMPLERS:
+            raise ValueError(f"synth-scenes: sampler must be one of {SCENE_SAMPLERS}, got {sampler!r}")
+        super().__init__(root=root, **kwargs)
+        self.sampler = sampler
+
+    def twin_groups(self) -> list[int]:
+        """Group of each training image (split-local index): the lower image id of a scene and its twin."""
+        images = json.loads((self.base / self.karpathy_json).read_text())["images"]
+        record = self.base / "render_record.json"
+        if not record.is_file():
+            raise FileNotFoundError(f"{record}: no rendering record; sampler='twins' needs it (regenerate)")
+        twin_of = [im["twin_of"] for im in json.loads(record.read_text())["images"]]
+        train = [im["imgid"] for im in images if im["split"] in KARPATHY_SPLITS["train"]]
+        return [min(i, twin_of[i]) if twin_of[i] is not None else i for i in train]
+
+    def train_sampler(self, ds: Dataset, num_replicas: int, rank: int, seed: int) -> Sampler | None:
+        if self.sampler == "random":
+            return None
+        if self.skip_missing:
+            raise ValueError("synth-scenes: sampler='twins' needs every training image (skip_missing=false)")
+        groups = self.twin_groups()
+        labels = ds.labels  # type: ignore[attr-defined]
+        if len(groups) != self.loaded.num_classes:
+            raise ValueError(
+                f"synth-scenes: {len(groups)} training images in the JSON, {self.loaded.num_classes} loaded"
+            )
+        return GroupRoundSampler(labels, groups, self.batch_size, num_replicas, rank, seed)
 
 
 @register_datamodule("synth-cir")

@@ -157,3 +157,78 @@ def _world(num_replicas: int | None, rank: int | None) -> tuple[int, int]:
     if not 0 <= rank < num_replicas:
         raise ValueError(f"PKSampler: rank {rank} is outside [0, {num_replicas})")
     return num_replicas, rank
+
+
+class GroupRoundSampler(Resumable, DistributedSampler):
+    """Yields dataset indices in rounds: in each round every image gives one of its items (captions), and the
+    images of one group (a scene and its near-duplicate twin) come one after the other, so they share a batch.
+
+    In-batch losses then meet the hard negative the group defines (the twin) instead of almost never (random
+    batches hold a given image's twin with probability ~ batch / images). Groups and images are shuffled per
+    round, an image's items per epoch, all seeded by (seed, epoch). Under DDP every rank builds the same
+    order, cuts it into batches and takes every `num_replicas`-th one (a whole number per rank).
+
+    Args:
+        item_image: image of each dataset item (e.g. the split-local image index of each caption).
+        image_group: group of each image (images alone in their group are singletons).
+        batch_size: per-device batch size (the order is cut into batches of this size).
+    """
+
+    def __init__(
+        self,
+        item_image: Sequence[int],
+        image_group: Sequence[int],
+        batch_size: int,
+        num_replicas: int | None = None,
+        rank: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        num_replicas, rank = _world(num_replicas, rank)
+        items: dict[int, list[int]] = defaultdict(list)
+        for i, image in enumerate(item_image):
+            if not 0 <= int(image) < len(image_group):
+                raise ValueError(
+                    f"GroupRoundSampler: item {i} has image {image}, outside the {len(image_group)} given"
+                )
+            items[int(image)].append(i)
+        groups: dict[int, list[int]] = defaultdict(list)
+        for image in sorted(items):
+            groups[int(image_group[image])].append(image)
+        self.items = {k: np.asarray(v) for k, v in items.items()}
+        self.groups = [np.asarray(v) for _, v in sorted(groups.items())]
+        self.batch_size, self.num_replicas, self.rank, self.seed, self.epoch = (
+            batch_size,
+            num_replicas,
+            rank,
+            seed,
+            0,
+        )
+        self.batches_per_rank = len(item_image) // batch_size // num_replicas
+        if self.batches_per_rank < 1:
+            raise ValueError(
+                f"GroupRoundSampler: {len(item_image)} items fill no batch of {batch_size} per rank"
+            )
+
+    def __len__(self) -> int:
+        return self.batches_per_rank * self.batch_size
+
+    def __iter__(self) -> Iterator[int]:
+        return self._resume(self._epoch_indices())
+
+    def epoch_order(self) -> list[int]:
+        """Every item once: rounds of one item per image, each group's images adjacent."""
+        rng = np.random.default_rng([self.seed, self.epoch])
+        per_image = {image: rng.permutation(idx) for image, idx in self.items.items()}
+        order: list[int] = []
+        for r in range(max(len(v) for v in per_image.values())):
+            for g in rng.permutation(len(self.groups)):
+                order += [
+                    int(per_image[im][r]) for im in rng.permutation(self.groups[g]) if r < len(per_image[im])
+                ]
+        return order
+
+    def _epoch_indices(self) -> Iterator[int]:
+        order, b = self.epoch_order(), self.batch_size
+        batches = [order[i : i + b] for i in range(0, self.batches_per_rank * self.num_replicas * b, b)]
+        for batch in batches[self.rank :: self.num_replicas]:
+            yield from batch
