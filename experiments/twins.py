@@ -101,7 +101,7 @@ def print_table(stats: pd.DataFrame, console: Console) -> None:
     table = Table(title="synth-scenes twin test: own scene scored above its twin (%, chance 50)")
     kinds = sorted(stats["kind"].unique())
     for col in ["method", "runs", *[f"{k} (n)" for k in kinds]]:
-        table.add_column(col, justify="left" if col == "method" else "right")
+        table.add_column(col, justify="left" if col == "method" else "right", no_wrap=col == "method")
     for method, part in stats.groupby("method", sort=False):
         by = part.set_index("kind")
         cells = []
