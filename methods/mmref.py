@@ -34,7 +34,10 @@ What comes from where (METHODS.md marks):
   object); the class-mean initialisation of R; L_CL as a softmax cross-entropy over the references; the RGRL
   loss as the same form with the stop-gradient moved to R; n_r = 4 reference tokens; τ_f = τ_g = τ_r = 0.05;
   the refinement S0 + λ⟨r(q), r(g)⟩ with k = 50, λ = 0.5 (not tuned: METHODS.md says to tune them once on
-  CUHK-PEDES val); `ref_space=cosine` as the centred raw cosine vector, L2-normalised so ⟨r, r⟩ = 1 there too.
+  CUHK-PEDES val, which `experiments.tune_rerank` does from trained runs; on synth-person val the tiny
+  profile preferred λ = 0.1, k flat from 10 to 100, and gained nothing on test, results/synthetic-tiny.md);
+  `ref_space=cosine` as the centred raw cosine vector, L2-normalised so ⟨r, r⟩ = 1 there too; the tiny
+  profile learns L_align's τ (IRRA's `temperature_learnable`: the fixed 0.02 kept tiny towers near chance).
 - our reading, below the level of METHODS.md: the LR block is pre-LN residual (LN on Q before MSA, FFN1,
   MCA and FFN2, LN on the reference tokens, a final LN as IRRA's `ln_post`), width // 64 heads (8 at 512) and
   FFNs of 4x width, initialised as IRRA's cross-modal transformer; like IRRA's head, its self-attention does
