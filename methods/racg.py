@@ -83,6 +83,7 @@ from methods.teran import (
     TERANConfig,
     punctuation_table,
     scored_tokens,
+    slots_used,
     word_mask,
 )
 from methods.vsepp import region_dim, summed_hinge_epochs, warmup_label
@@ -346,8 +347,7 @@ def _fit(adj: Tensor | None, n: int) -> Tensor | None:
 def _trim(x: Tensor, mask: Tensor, adj: Tensor | None) -> tuple[Tensor, Tensor, Tensor | None]:
     """Cut a block's node sets after its last valid node (exact: later nodes are masked)."""
     adj = _fit(adj, x.shape[1])
-    valid = mask.any(0).nonzero()
-    n = int(valid.max()) + 1 if valid.numel() else 1
+    n = slots_used(mask)
     return x[:, :n], mask[:, :n], None if adj is None else adj[:, :n, :n]
 
 

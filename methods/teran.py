@@ -134,6 +134,18 @@ def pool_alignments(
     return POOLINGS[mode](A, wmask, rmask, 0.0 if zero_pad_quirk else float("-inf"))
 
 
+def slots_used(mask: Tensor) -> int:
+    """Slots up to the last one valid in any row of `mask` [n, S] (at least 1): later slots are padding."""
+    valid = mask.any(0).nonzero()
+    return int(valid.max()) + 1 if valid.numel() else 1
+
+
+def cut_padding(x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """x [n, S, ...] and mask [n, S] cut after the last slot valid in any row (exact wherever masks apply)."""
+    n = slots_used(mask)
+    return x[:, :n], mask[:, :n]
+
+
 def alignment_matrix(
     words: Tensor,
     word_mask: Tensor,
@@ -148,6 +160,11 @@ def alignment_matrix(
     Computed in chunks of queries x gallery items so that one chunk's alignment tensor holds at most
     `chunk` elements (the full [n_q, n_g, W, R] tensor is never built); differentiable, autocast off.
     """
+    if not zero_pad_quirk:  # slots after the last valid one are masked out of every pooling: cut them
+        (words, word_mask), (regions, region_mask) = (
+            cut_padding(words, word_mask),
+            cut_padding(regions, region_mask),
+        )
     n_q, W, _ = words.shape
     n_g, R, _ = regions.shape
     per_pair = max(1, W * R)
@@ -175,6 +192,11 @@ def alignment_pairs(
     chunk: int = 1 << 25,
 ) -> Tensor:
     """[n] pooled alignments of the aligned pairs (words[i], regions[i]); the same function as the matrix."""
+    if not zero_pad_quirk:
+        (words, word_mask), (regions, region_mask) = (
+            cut_padding(words, word_mask),
+            cut_padding(regions, region_mask),
+        )
     n, W, _ = words.shape
     step = max(1, chunk // max(1, W * regions.shape[1]))
     with torch.autocast(words.device.type, enabled=False):

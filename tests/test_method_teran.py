@@ -42,6 +42,7 @@ from methods.teran import (
     alignment_pairs,
     punctuation_table,
     scored_tokens,
+    slots_used,
     word_mask,
 )
 
@@ -131,6 +132,24 @@ def test_pooling_is_differentiable_and_chunked_gradients_agree() -> None:
         grads.append(w.grad)
     torch.testing.assert_close(grads[0], grads[1])
     assert grads[0][~wm].abs().sum() == 0  # masked words get no gradient
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_padding_slots_are_cut_before_scoring_and_change_nothing(mode: str) -> None:
+    gen = torch.Generator().manual_seed(5)
+    w, wm = ragged(5, 6, 8, gen, min_len=1)
+    r, rm = ragged(4, 7, 8, gen, min_len=1)
+
+    def pad(x: torch.Tensor, m: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """k more slots of garbage, masked out."""
+        return torch.cat([x, torch.randn(len(x), k, 8)], 1), torch.cat([m, m.new_zeros(len(m), k)], 1)
+
+    (wp, wmp), (rp, rmp) = pad(w, wm, 3), pad(r, rm, 29)  # 36 region slots, as boxes are stored
+    assert slots_used(rmp) == slots_used(rm) <= 7 and slots_used(torch.zeros(2, 3, dtype=torch.bool)) == 1
+    torch.testing.assert_close(alignment_matrix(wp, wmp, rp, rmp, mode), alignment_matrix(w, wm, r, rm, mode))
+    torch.testing.assert_close(
+        alignment_pairs(wp[:4], wmp[:4], rp, rmp, mode), alignment_pairs(w[:4], wm[:4], r, rm, mode)
+    )
 
 
 # -- the reference code, literally, for the padding quirk ----------------------------------------------------
