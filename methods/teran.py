@@ -160,11 +160,6 @@ def alignment_matrix(
     Computed in chunks of queries x gallery items so that one chunk's alignment tensor holds at most
     `chunk` elements (the full [n_q, n_g, W, R] tensor is never built); differentiable, autocast off.
     """
-    if not zero_pad_quirk:  # slots after the last valid one are masked out of every pooling: cut them
-        (words, word_mask), (regions, region_mask) = (
-            cut_padding(words, word_mask),
-            cut_padding(regions, region_mask),
-        )
     n_q, W, _ = words.shape
     n_g, R, _ = regions.shape
     per_pair = max(1, W * R)
@@ -192,11 +187,6 @@ def alignment_pairs(
     chunk: int = 1 << 25,
 ) -> Tensor:
     """[n] pooled alignments of the aligned pairs (words[i], regions[i]); the same function as the matrix."""
-    if not zero_pad_quirk:
-        (words, word_mask), (regions, region_mask) = (
-            cut_padding(words, word_mask),
-            cut_padding(regions, region_mask),
-        )
     n, W, _ = words.shape
     step = max(1, chunk // max(1, W * regions.shape[1]))
     with torch.autocast(words.device.type, enabled=False):
@@ -602,7 +592,8 @@ class TERAN(RetrievalMethod):
         if self.rerank_k is not None:
             return super().score(q, g)
         assert q.tok is not None and q.mask is not None and g.tok is not None and g.mask is not None
-        return self.align(q.tok, q.mask, g.tok, g.mask)
+        (words, wmask), (regions, rmask) = self._cut(q.tok, q.mask), self._cut(g.tok, g.mask)
+        return self.align(words, wmask, regions, rmask)
 
     def score_pairs(self, q: Features, g: Features) -> Tensor:
         if self.rerank_k is not None:
@@ -612,9 +603,16 @@ class TERAN(RetrievalMethod):
     def rescore_pairs(self, q: Features, g: Features) -> Tensor:
         """Pooled alignment of aligned pairs (the re-rank scorer of the shortlist)."""
         assert q.tok is not None and q.mask is not None and g.tok is not None and g.mask is not None
+        (words, wmask), (regions, rmask) = self._cut(q.tok, q.mask), self._cut(g.tok, g.mask)
         return alignment_pairs(
-            q.tok, q.mask, g.tok, g.mask, self.alignment_mode, self.zero_pad_quirk, self.hp.score_chunk
+            words, wmask, regions, rmask, self.alignment_mode, self.zero_pad_quirk, self.hp.score_chunk
         )
+
+    def _cut(self, x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """Stored sets cut after their last valid slot before scoring (exact: later slots are masked out of
+        every pooling; not with the zero-padding quirk, where padding takes part). Evaluation only: the cut
+        reads the mask on the host, a sync the training step avoids."""
+        return (x, mask) if self.zero_pad_quirk else cut_padding(x, mask)
 
     def evaluate_features(self, q: Features, g: Features, spec: EvalSpec) -> EvalResult:
         """The evaluator's result, with the alignment and region settings this run used."""

@@ -146,10 +146,14 @@ def test_padding_slots_are_cut_before_scoring_and_change_nothing(mode: str) -> N
 
     (wp, wmp), (rp, rmp) = pad(w, wm, 3), pad(r, rm, 29)  # 36 region slots, as boxes are stored
     assert slots_used(rmp) == slots_used(rm) <= 7 and slots_used(torch.zeros(2, 3, dtype=torch.bool)) == 1
-    torch.testing.assert_close(alignment_matrix(wp, wmp, rp, rmp, mode), alignment_matrix(w, wm, r, rm, mode))
-    torch.testing.assert_close(
-        alignment_pairs(wp[:4], wmp[:4], rp, rmp, mode), alignment_pairs(w[:4], wm[:4], r, rm, mode)
+    model = TERAN(alignment_mode=mode).eval()
+    q, g = (
+        Features(index=torch.arange(5), tok=wp, mask=wmp),
+        Features(index=torch.arange(4), tok=rp, mask=rmp),
     )
+    torch.testing.assert_close(model.score(q, g), alignment_matrix(w, wm, r, rm, mode))
+    pairs = model.rescore_pairs(q.take(torch.arange(4)), g)
+    torch.testing.assert_close(pairs, alignment_pairs(w[:4], wm[:4], r, rm, mode))
 
 
 # -- the reference code, literally, for the padding quirk ----------------------------------------------------
