@@ -66,8 +66,8 @@ from torch import Tensor, nn
 
 from fgbench.data.batches import PairBatch, Text, TextBatch, Visual, VisualBatch
 from fgbench.data.module import RetrievalDataModule
-from fgbench.encoders import MethodProcessor, TinyCNN, build_image_encoder, roi_pool
-from fgbench.encoders.layers import masked_mean, pixels_of, text_inputs, zero_padding
+from fgbench.encoders import MethodProcessor, TinyCNN, build_image_encoder
+from fgbench.encoders.layers import masked_mean, text_inputs, zero_padding
 from fgbench.encoders.regions import box_infos
 from fgbench.evaluation import EvalResult, EvalSpec
 from fgbench.features import Features
@@ -82,6 +82,7 @@ from methods.teran import (
     WORD_SPANS,
     TERANConfig,
     punctuation_table,
+    region_inputs,
     scored_tokens,
     slots_used,
     word_mask,
@@ -625,28 +626,8 @@ class RACG(RetrievalMethod):
 
     def regions_of(self, visual: Visual) -> tuple[Tensor, Tensor | None, Tensor]:
         """(features [B, R, F], boxes [B, R, 4] or None, Bool mask [B, R]) from region data or pixels, as
-        teran's `regions_of` (grid cells, RoI averages over the served boxes, precomp, butd)."""
-        if self.cnn is None:
-            if visual.regions is None:
-                raise ValueError("racg was built on region features (precomp / butd) but the batch has none")
-            x, mask = visual.regions, visual.region_mask
-            if mask is None:
-                mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
-            return x, visual.boxes, mask
-        if visual.pixels is None:
-            raise ValueError("racg was built on images (region extractor) but the batch has region features")
-        if self.region_source == "roi":
-            if visual.boxes is None or visual.region_mask is None:
-                raise ValueError("racg was built for RoI regions (roi_boxes) but the batch has no boxes")
-            fmap = self.cnn.body(pixels_of(visual))  # type: ignore[union-attr]
-            return (
-                zero_padding(roi_pool(fmap, visual.boxes), visual.region_mask),
-                visual.boxes,
-                visual.region_mask,
-            )
-        out = self.cnn(visual)
-        assert out.tokens is not None and out.mask is not None
-        return out.tokens, out.boxes, out.mask
+        teran's (grid cells, RoI averages over the served boxes, precomp, butd)."""
+        return region_inputs(visual, self.cnn, self.region_source, self.name)
 
     def image_nodes(self, visual: Visual) -> Nodes:
         """The region graph: unit region nodes [B, R, D] (zero where masked), mask, Â [B, R, R], unit v̄."""

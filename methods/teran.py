@@ -364,6 +364,35 @@ def te_stack(
     return nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
 
 
+def region_inputs(
+    visual: Visual, cnn: nn.Module | None, region_source: str, method: str
+) -> tuple[Tensor, Tensor | None, Tensor]:
+    """A region method's inputs (features [B, R, F], boxes [B, R, 4] or None, Bool mask [B, R]): the batch's
+    region features (precomp, butd), or from pixels the extractor's grid cells or, for `roi`, its feature map
+    averaged over the boxes served with the images (shared by teran and racg)."""
+    if cnn is None:
+        if visual.regions is None:
+            raise ValueError(f"{method} was built on region features (precomp / butd) but the batch has none")
+        x, mask = visual.regions, visual.region_mask
+        if mask is None:
+            mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
+        return x, visual.boxes, mask
+    if visual.pixels is None:
+        raise ValueError(f"{method} was built on images (region extractor) but the batch has region features")
+    if region_source == "roi":
+        if visual.boxes is None or visual.region_mask is None:
+            raise ValueError(f"{method} was built for RoI regions (roi_boxes) but the batch has no boxes")
+        fmap = cnn.body(pixels_of(visual))  # type: ignore[operator]
+        return (
+            zero_padding(roi_pool(fmap, visual.boxes), visual.region_mask),
+            visual.boxes,
+            visual.region_mask,
+        )
+    out = cnn(visual)
+    assert out.tokens is not None and out.mask is not None
+    return out.tokens, out.boxes, out.mask
+
+
 class Sets(NamedTuple):
     """One modality's encoded set: unit tokens [B, T, d] (zero where masked), Bool mask, unit global."""
 
@@ -499,25 +528,7 @@ class TERAN(RetrievalMethod):
 
     def regions_of(self, visual: Visual) -> tuple[Tensor, Tensor | None, Tensor]:
         """(features [B, R, D], boxes [B, R, 4] or None, Bool mask [B, R]) from region data or pixels."""
-        if self.cnn is None:
-            if visual.regions is None:
-                raise ValueError("teran was built on region features (precomp / butd) but the batch has none")
-            x = visual.regions
-            mask = visual.region_mask
-            if mask is None:
-                mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
-            return x, visual.boxes, mask
-        if visual.pixels is None:
-            raise ValueError("teran was built on images (region extractor) but the batch has region features")
-        if self.region_source == "roi":
-            if visual.boxes is None or visual.region_mask is None:
-                raise ValueError("teran was built for RoI regions (roi_boxes) but the batch has no boxes")
-            fmap = self.cnn.body(pixels_of(visual))  # type: ignore[union-attr]
-            mask = visual.region_mask
-            return zero_padding(roi_pool(fmap, visual.boxes), mask), visual.boxes, mask
-        out = self.cnn(visual)
-        assert out.tokens is not None and out.mask is not None
-        return out.tokens, out.boxes, out.mask
+        return region_inputs(visual, self.cnn, self.region_source, self.name)
 
     def image_sets(self, visual: Visual) -> Sets:
         """Unit region vectors [B, R, d] (zero slot dropped, zero where masked), mask, slot-0 global."""
