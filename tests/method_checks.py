@@ -144,3 +144,26 @@ def attach(model: RetrievalMethod, dm: Any) -> RetrievalMethod:
 def first_batch(dm: Any) -> Any:
     """The first training batch of a DataModule (its processor attached)."""
     return next(iter(dm.train_dataloader()))
+
+
+def cli_fit(runs: Any, method: str, args: Sequence[str], steps: int = 2) -> tuple[dict[str, Any], list[str]]:
+    """`python -m fgbench fit` of a short CPU run through the CLI: `args` (model, data, options), then
+    `steps` optimiser steps in one epoch without a progress bar, runs under `runs`. It must exit 0; returns
+    the one result.json of `method` (seed 0, tiny profile) and the full argument list (to re-run `test`)."""
+    import json
+    from pathlib import Path
+
+    from fgbench.cli import main
+
+    full = [
+        "fit",
+        *args,
+        "--trainer.max_steps", str(steps),
+        "--trainer.max_epochs", "1",
+        "--trainer.accelerator", "cpu",
+        "--trainer.enable_progress_bar", "false",
+        "--run.root", str(runs),
+    ]  # fmt: skip
+    assert main(full) == 0
+    (result,) = Path(runs).glob(f"*/{method}/tiny/seed0-*/result.json")
+    return json.loads(result.read_text()), full

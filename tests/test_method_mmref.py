@@ -24,6 +24,7 @@ from method_checks import (
     assert_encoding_batch_independent,
     assert_rerank_all_equals_score,
     attach,
+    cli_fit,
     first_batch,
 )
 from test_method_clip_ft import assert_learns, datamodule, encoded, eval_batches, save_tiny_clip
@@ -365,26 +366,13 @@ def test_shared_checks_on_encoded_features(root: Path) -> None:
 
 
 def cli_run(tmp_path: Path, data: list[str], *extra: str) -> dict[str, Any]:
-    args = [
-        "fit",
-        *data,
+    configs = [
         "--config",
         str(CONFIG / "method" / "mmref.yaml"),
         "--config",
         str(CONFIG / "profile" / "tiny.yaml"),
-        "--data.batch_size",
-        "4",
-        "--trainer.max_steps",
-        "2",
-        "--trainer.enable_progress_bar",
-        "false",
-        "--run.root",
-        str(tmp_path / "runs"),
-        *extra,
     ]
-    assert main(args) == 0
-    (path,) = (tmp_path / "runs").glob("*/mmref/tiny/seed*/result.json")
-    rec = json.loads(path.read_text())
+    rec, args = cli_fit(tmp_path / "runs", "mmref", [*data, *configs, "--data.batch_size", "4", *extra])
     assert rec["provenance_note"] == "re-implementation from the paper's description"
     assert rec["global_step"] == 2 and rec["details"]["rerank_k"] == 50 and rec["details"]["rerank_s"] >= 0
     return {**rec, "args": args}

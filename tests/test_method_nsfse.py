@@ -24,6 +24,7 @@ from method_checks import (
     assert_padding_invariant,
     assert_rerank_all_equals_score,
     attach,
+    cli_fit,
     first_batch,
     fit_and_test,
     loss_fell,
@@ -31,7 +32,6 @@ from method_checks import (
 from PIL import Image
 from test_method_clip_ft import save_tiny_clip
 
-from fgbench.cli import main
 from fgbench.data.module import RetrievalDataModule
 from fgbench.features import Features
 from fgbench.losses.multi_similarity import multi_similarity_ns, score_stats
@@ -417,26 +417,13 @@ def test_paper_profile_offline(root: Path, resnet50_weights: Path) -> None:
 
 def cli_run(tmp_path: Path, data: list[str], *extra: str) -> dict[str, Any]:
     """`fit` (2 steps, then test) with the method and tiny-profile configs; the run's result.json."""
-    args = [
-        "fit",
-        *data,
+    configs = [
         "--config",
         str(CONFIGS / "method" / "nsfse.yaml"),
         "--config",
         str(CONFIGS / "profile" / "tiny.yaml"),
-        *extra,
-        "--trainer.max_steps",
-        "2",
-        "--trainer.max_epochs",
-        "1",
-        "--trainer.enable_progress_bar",
-        "false",
-        "--run.root",
-        str(tmp_path / "runs"),
     ]
-    assert main(args) == 0
-    (result,) = (tmp_path / "runs").glob("*/nsfse/tiny/seed0-*/result.json")
-    rec = json.loads(result.read_text())
+    rec, _ = cli_fit(tmp_path / "runs", "nsfse", [*data, *configs, *extra])
     assert rec["provenance_note"] == PROVENANCE and rec["details"]["variant"] == "paper"
     return rec
 

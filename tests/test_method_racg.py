@@ -24,6 +24,7 @@ from method_checks import (
     assert_padding_invariant,
     assert_rerank_all_equals_score,
     attach,
+    cli_fit,
     first_batch,
     fit_and_test,
     loss_fell,
@@ -608,21 +609,8 @@ def test_global_shortlist_reranked_over_all_items_equals_exact(root: Path) -> No
 
 
 def cli_run(tmp_path: Path, data: list[str], *extra: str, steps: int = 2) -> dict[str, Any]:
-    args = [
-        "fit",
-        "--config", str(CONFIGS / "method" / "racg.yaml"),
-        *data,
-        "--data.batch_size", "4",
-        "--trainer.max_steps", str(steps),
-        "--trainer.max_epochs", "1",
-        "--trainer.accelerator", "cpu",
-        "--trainer.enable_progress_bar", "false",
-        "--run.root", str(tmp_path / "runs"),
-        *extra,
-    ]  # fmt: skip
-    assert main(args) == 0
-    (result,) = (tmp_path / "runs").glob("*/racg/tiny/seed0-*/result.json")
-    return json.loads(result.read_text())
+    method = ["--config", str(CONFIGS / "method" / "racg.yaml")]
+    return cli_fit(tmp_path / "runs", "racg", [*method, *data, "--data.batch_size", "4", *extra], steps)[0]
 
 
 SYNTH = "datamodules.synthetic.datamodules.Synth{}DataModule"

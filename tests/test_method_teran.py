@@ -22,6 +22,7 @@ from method_checks import (
     assert_padding_invariant,
     assert_rerank_all_equals_score,
     attach,
+    cli_fit,
     first_batch,
     fit_and_test,
     loss_fell,
@@ -450,28 +451,8 @@ def test_global_shortlist_reranked_by_alignment_over_all_items_equals_exact(root
 
 
 def cli_run(tmp_path: Path, data: list[str], *extra: str, steps: int = 2) -> dict[str, Any]:
-    args = [
-        "fit",
-        "--config",
-        str(CONFIGS / "method" / "teran.yaml"),
-        *data,
-        "--data.batch_size",
-        "4",
-        "--trainer.max_steps",
-        str(steps),
-        "--trainer.max_epochs",
-        "1",
-        "--trainer.accelerator",
-        "cpu",
-        "--trainer.enable_progress_bar",
-        "false",
-        "--run.root",
-        str(tmp_path / "runs"),
-        *extra,
-    ]
-    assert main(args) == 0
-    (result,) = (tmp_path / "runs").glob("*/teran/tiny/seed0-*/result.json")
-    return json.loads(result.read_text())
+    method = ["--config", str(CONFIGS / "method" / "teran.yaml")]
+    return cli_fit(tmp_path / "runs", "teran", [*method, *data, "--data.batch_size", "4", *extra], steps)[0]
 
 
 SYNTH = "datamodules.synthetic.datamodules.Synth{}DataModule"

@@ -18,12 +18,12 @@ from method_checks import (
     assert_block_invariant,
     assert_encoding_batch_independent,
     attach,
+    cli_fit,
     first_batch,
     fit_and_test,
     loss_fell,
 )
 
-from fgbench.cli import main
 from fgbench.data.module import RetrievalDataModule
 from fgbench.features import Features
 from fgbench.registry import DATAMODULES, METHODS
@@ -161,25 +161,9 @@ def test_shared_checks_and_batch_composition(root: Path) -> None:
 
 def cli_run(tmp_path: Path, data: list[str], model: type = TIRG) -> dict[str, Any]:
     """`fit` (2 steps, then test) through the CLI; the run's result.json."""
-    args = [
-        "fit",
-        *data,
-        "--model",
-        f"{model.__module__}.{model.__qualname__}",
-        "--trainer.max_steps",
-        "2",
-        "--trainer.max_epochs",
-        "1",
-        "--trainer.accelerator",
-        "cpu",
-        "--trainer.enable_progress_bar",
-        "false",
-        "--run.root",
-        str(tmp_path / "runs"),
-    ]
-    assert main(args) == 0
-    (result,) = (tmp_path / "runs").glob(f"*/{model.name}/tiny/seed0-*/result.json")
-    return json.loads(result.read_text())
+    return cli_fit(
+        tmp_path / "runs", model.name, [*data, "--model", f"{model.__module__}.{model.__qualname__}"]
+    )[0]
 
 
 def cir_args(root: Path) -> list[str]:

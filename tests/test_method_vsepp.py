@@ -16,13 +16,13 @@ from method_checks import (
     assert_block_invariant,
     assert_encoding_batch_independent,
     attach,
+    cli_fit,
     first_batch,
     fit_and_test,
     loss_fell,
 )
 
 from datamodules.itm import Flickr30KDataModule
-from fgbench.cli import main
 from fgbench.data.batches import VisualBatch
 from fgbench.data.module import RetrievalDataModule
 from fgbench.features import Features
@@ -154,27 +154,8 @@ def test_precomp_image_is_the_projected_mean_region(root: Path) -> None:
 
 
 def cli_run(tmp_path: Path, data: list[str], steps: int = 3) -> dict[str, Any]:
-    args = [
-        "fit",
-        *data,
-        "--data.batch_size",
-        "8",
-        "--model",
-        "methods.vsepp.VSEPP",
-        "--trainer.max_steps",
-        str(steps),
-        "--trainer.max_epochs",
-        "1",
-        "--trainer.accelerator",
-        "cpu",
-        "--trainer.enable_progress_bar",
-        "false",
-        "--run.root",
-        str(tmp_path / "runs"),
-    ]
-    assert main(args) == 0
-    (result,) = (tmp_path / "runs").glob("*/vsepp/tiny/seed0-*/result.json")
-    return json.loads(result.read_text())
+    args = [*data, "--data.batch_size", "8", "--model", "methods.vsepp.VSEPP"]
+    return cli_fit(tmp_path / "runs", "vsepp", args, steps)[0]
 
 
 def test_cli_fit_and_test_on_synth_scenes(root: Path, tmp_path: Path) -> None:
