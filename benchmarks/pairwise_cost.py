@@ -29,11 +29,10 @@ from typing import Any
 import torch
 from _bench import RESULTS, device_label, fmt, log, render, versions, write_csv
 
+from experiments.leaderboard import HEADLINE
 from experiments.tune_rerank import load_run
 from fgbench.features import Features
 from fgbench.results import RESULT_FILE, read_result
-
-HEADLINE = ("rsum", "R1", "avg")  # the first of these the protocol reports
 
 
 def repeat_to(f: Features, n: int) -> Features:
@@ -71,7 +70,7 @@ def measure(run: Path, n: int, repeats: int) -> dict[str, str]:
         start = time.perf_counter()
         result = model.evaluate_features(q, g, spec)
         eval_s = time.perf_counter() - start
-    metric = next((m for m in HEADLINE if m in result.metrics), next(iter(result.metrics)))
+    metric = HEADLINE[spec.protocol][0]  # the protocol's headline metric, as the leaderboards chart it
     heads = getattr(getattr(model, "hp", None), "heads", None)
     value = result.metrics[metric]
     log(f"{run}: score {score_s:.2f} s per {n}x{n}, exact eval {eval_s:.2f} s, {metric} {value:.2f}")
