@@ -86,6 +86,7 @@ class ResultWriter(Callback):
             "global_step": trainer.global_step,
             "wall_time_s": time.perf_counter() - self.start,
             "speed_options": getattr(pl_module, "speed_options", {}),
+            "data": dm.loaded.record() if isinstance(dm, RetrievalDataModule) else {},
             **provenance(),
         }
         path = write_result(self.directory / RESULT_FILE, record)

@@ -11,6 +11,7 @@ DistributedSamplers under DDP; the evaluator de-duplicates the padded items by i
 from __future__ import annotations
 
 import functools
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,7 +25,10 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from fgbench.data import batches as B
 from fgbench.data.processor import BasicProcessor, Processor
 from fgbench.data.samplers import Resumable, ShuffleSampler
+from fgbench.data.validation import QuirkKind, QuirkLog
 from fgbench.evaluation.spec import EvalSpec
+
+log = logging.getLogger("fgbench.data")
 
 TRAIN_COLLATE: dict[str, Callable[..., Any]] = {
     "text-image": B.collate_pairs,
@@ -59,6 +63,16 @@ class LoadedData:
     train_vocab_texts: list[str] = field(default_factory=list)  # training captions (tiny tokenizers)
     warnings: list[str] = field(default_factory=list)
     missing: dict[str, list[str]] = field(default_factory=dict)  # split -> every missing path
+    quirks: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # QuirkLog.report()
+
+    def record(self) -> dict[str, Any]:
+        """The data section of result.json: counts, warnings, quirks and missing-file counts per split."""
+        return {
+            "stats": self.stats,
+            "warnings": list(self.warnings),
+            "quirks": self.quirks,
+            "n_missing": {split: len(paths) for split, paths in self.missing.items()},
+        }
 
 
 class StatefulLoader(DataLoader):
@@ -90,6 +104,8 @@ class RetrievalDataModule(L.LightningDataModule):
     expected: ClassVar[dict[str, dict[str, int | None]]] = {}
     # (height, width) the tiny profile resizes images to (METHODS.md, "Tiny profile")
     tiny_image_size: ClassVar[tuple[int, int]] = (32, 32)
+    # the irregular entries the authors' files contain, read as the official loader reads them
+    quirk_kinds: ClassVar[tuple[QuirkKind, ...]] = ()
 
     def __init__(
         self,
@@ -102,7 +118,9 @@ class RetrievalDataModule(L.LightningDataModule):
         test_split: str = "test",
         pin_memory: bool = False,
         persistent_workers: bool = False,
+        strict: bool = False,
     ) -> None:
+        """`strict=True` turns every quirk of the real files into an error (for curated data)."""
         super().__init__()
         self.root = Path(root)
         self.batch_size = batch_size
@@ -113,6 +131,8 @@ class RetrievalDataModule(L.LightningDataModule):
         self.test_split = test_split
         self.pin_memory = pin_memory
         self.persistent_workers = persistent_workers and num_workers > 0
+        self.strict = strict
+        self.quirks = QuirkLog(self.name, self.quirk_kinds, strict)
         self.processor: Processor = BasicProcessor()
         self.data: LoadedData | None = None
 
@@ -126,9 +146,18 @@ class RetrievalDataModule(L.LightningDataModule):
         """Attach a method's processor (tokenizer, image size, mean/std, augmentation) before fitting."""
         self.processor = processor
 
+    def quirk(self, split: str, kind: str, file: Path | str, where: str, field: str | None, value: Any) -> None:
+        """Record one quirky entry of the real files (an error under `strict=True`)."""
+        self.quirks.note(split, kind, file, where, field, value)
+
     def setup(self, stage: str | None = None) -> None:
         if self.data is None:
-            self.data = self.load()
+            self.quirks = QuirkLog(self.name, self.quirk_kinds, self.strict)
+            data = self.load()
+            data.quirks = self.quirks.report()
+            for line in self.quirks.summary_lines():
+                log.warning(line)
+            self.data = data
 
     @property
     def loaded(self) -> LoadedData:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,10 @@ class DatasetFormatError(DatasetError, ValueError):
             msg += f" (expected {expected})"
         super().__init__(msg)
         self.file, self.where, self.field, self.expected = str(file), where, field, expected
+
+
+class DatasetQuirkError(DatasetFormatError):
+    """A quirk of the real files, refused because the DataModule runs with `strict=True`."""
 
 
 class DatasetNotFoundError(DatasetError, FileNotFoundError):
@@ -164,3 +169,112 @@ def warn_counts(
             log.warning(msg)
             out.append(msg)
     return out
+
+
+# -- quirks of the real files ---------------------------------------------------------------------------
+MAX_EXAMPLES = 5  # first examples kept per split and kind
+
+
+@dataclass(frozen=True)
+class QuirkKind:
+    """One kind of irregular entry the authors' files contain, and how it is read.
+
+    `official`: what the dataset's reference loader does with it; `fgbench`: what fgbench does (the same,
+    unless the docs say why not). Both appear in the dataset's docs page ("Quirks") and in `data check`.
+    """
+
+    kind: str
+    description: str
+    official: str
+    fgbench: str
+
+
+@dataclass
+class QuirkExample:
+    """Where one quirky entry is: file, entry index or line, field, and its value (shortened)."""
+
+    file: str
+    where: str
+    field: str | None
+    value: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"file": self.file, "where": self.where, "field": self.field, "value": self.value}
+
+
+@dataclass
+class _Tally:
+    count: int = 0
+    examples: list[QuirkExample] = field(default_factory=list)
+
+
+class QuirkLog:
+    """Counts each kind of quirk per split and keeps its first examples; `strict` turns a quirk into an error.
+
+    Loaders call `note()` for every quirky entry they accept, so `data check`, the run log and result.json
+    say how many of each kind the data holds. Kinds must be declared by the DataModule (`quirk_kinds`), so
+    every reported kind is documented.
+    """
+
+    def __init__(self, dataset: str, kinds: Iterable[QuirkKind] = (), strict: bool = False) -> None:
+        self.dataset = dataset
+        self.kinds = {k.kind: k for k in kinds}
+        self.strict = strict
+        self._tallies: dict[str, dict[str, _Tally]] = {}
+
+    def note(
+        self, split: str, kind: str, file: Path | str, where: str, field: str | None, value: Any
+    ) -> None:
+        """Record one quirky entry (or raise DatasetQuirkError under strict)."""
+        if kind not in self.kinds:
+            raise KeyError(f"{self.dataset}: quirk kind {kind!r} is not declared in quirk_kinds")
+        shown = _short(value)
+        if self.strict:
+            raise DatasetQuirkError(
+                file,
+                f"{self.kinds[kind].description}: {shown} (strict=True refuses quirks of the real files; "
+                "without it this entry is read as the official code reads it)",
+                where=where,
+                field=field,
+            )
+        tally = self._tallies.setdefault(split, {}).setdefault(kind, _Tally())
+        tally.count += 1
+        if len(tally.examples) < MAX_EXAMPLES:
+            tally.examples.append(QuirkExample(str(file), where, field, shown))
+
+    def count(self, split: str, kind: str) -> int:
+        return self._tallies.get(split, {}).get(kind, _Tally()).count
+
+    def report(self) -> dict[str, dict[str, dict[str, Any]]]:
+        """{split: {kind: {"count", "description", "fgbench", "examples": [...]}}} (JSON-ready)."""
+        return {
+            split: {
+                kind: {
+                    "count": t.count,
+                    "description": self.kinds[kind].description,
+                    "fgbench": self.kinds[kind].fgbench,
+                    "examples": [e.as_dict() for e in t.examples],
+                }
+                for kind, t in kinds.items()
+            }
+            for split, kinds in self._tallies.items()
+        }
+
+    def summary_lines(self) -> list[str]:
+        """One line per split and kind: the count, what it is, what fgbench did and the first example."""
+        lines = []
+        for split, kinds in self._tallies.items():
+            for kind, t in kinds.items():
+                k = self.kinds[kind]
+                ex = t.examples[0]
+                at = f"{ex.file}, {ex.where}" + (f", field {ex.field!r}" if ex.field else "")
+                lines.append(
+                    f"{self.dataset} [{split}]: {t.count} x {kind} ({k.description}; {k.fgbench}); "
+                    f"first: {at}: {ex.value}"
+                )
+        return lines
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
