@@ -4,18 +4,43 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import pytest
 import torch
 
-from datamodules.person import CUHKPedesDataModule, ICFGPedesDataModule, RSTPReidDataModule
+from datamodules.person import (
+    CUHKPedesDataModule,
+    ICFGPedesDataModule,
+    PersonDataModule,
+    RSTPReidDataModule,
+)
 from fgbench.data.batches import PairBatch, TextBatch, VisualBatch
 from fgbench.data.samplers import PKSampler
-from fgbench.data.validation import DatasetFormatError, DatasetNotFoundError, MissingFilesError
+from fgbench.data.validation import (
+    DatasetFormatError,
+    DatasetNotFoundError,
+    DatasetQuirkError,
+    MissingFilesError,
+)
 from fgbench.registry import DATAMODULES
-from tests.fixtures.person import write_cuhk, write_icfg, write_person, write_rstpreid
+from tests.fixtures.person import (
+    QUIRK_INJECTORS,
+    PersonFixture,
+    inject_quirk,
+    write_cuhk,
+    write_icfg,
+    write_person,
+    write_rstpreid,
+)
+
+FORMATS: dict[str, tuple[Callable[..., PersonFixture], type[PersonDataModule]]] = {
+    "cuhk-pedes": (write_cuhk, CUHKPedesDataModule),
+    "icfg-pedes": (write_icfg, ICFGPedesDataModule),
+    "rstpreid": (write_rstpreid, RSTPReidDataModule),
+}
 
 
 def test_registered_by_name() -> None:
@@ -35,12 +60,11 @@ def test_rstpreid_end_to_end(tmp_path: Path) -> None:
             "queries": 10 * n,
             "gallery": 0 if s == "train" else 5 * n,
             "missing": 0,
-            "non_ascii_captions": 0,
-            "repeated_captions": 0,
         }
         for s, n in [("train", 3), ("val", 2), ("test", 2)]
     }
     assert dm.num_classes == 3
+    assert dm.loaded.quirks == {}  # the fixture holds none of the authors' irregular entries
     batches = list(dm.train_dataloader())
     assert len(batches) == 30 // 4
     b = batches[0]
@@ -76,17 +100,23 @@ def test_rstpreid_eval_spec_and_loaders(tmp_path: Path) -> None:
     assert dm.eval_spec("val").gallery_labels.tolist() == [3] * 5 + [4] * 5
 
 
-def test_rstpreid_counts_noisy_captions(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_rstpreid_reports_noisy_captions_and_keeps_them(tmp_path: Path) -> None:
     fx = write_rstpreid(tmp_path)
-    recs = fx.records
-    recs[0]["captions"] = ["a man in a red coat", "A man in a red coat "]  # repeat (case/space)
-    recs[1]["captions"] = ["一个男人 walks", "a man walks"]
-    fx.annotation.write_text(json.dumps(recs), encoding="utf-8")
-    with caplog.at_level(logging.INFO, logger="fgbench.data"):
-        stats = RSTPReidDataModule(root=str(tmp_path)).check()
-    assert stats["train"]["repeated_captions"] == 1 and stats["train"]["non_ascii_captions"] == 1
-    assert stats["train"]["captions"] == 30  # noisy captions are kept
-    assert "1 captions contain non-ASCII text, 1 repeat another caption" in caplog.text
+    fx.records[0]["captions"] = ["a man in a red coat", "A man in a red coat "]  # repeat (case/space)
+    fx.records[1]["captions"] = ["一个男人 walks", "a man walks"]
+    fx.rewrite()
+    dm = RSTPReidDataModule(root=str(tmp_path))
+    quirks = dm.loaded.quirks["train"]
+    assert quirks["repeated_caption"]["count"] == 1 and quirks["non_ascii_caption"]["count"] == 1
+    assert quirks["repeated_caption"]["examples"][0] == {
+        "file": str(fx.annotation),
+        "where": "entry 0",
+        "field": "captions[1]",
+        "value": "'A man in a red coat '",
+    }
+    assert dm.check()["train"]["captions"] == 30  # noisy captions are kept
+    ds = dm.loaded.train
+    assert ds is not None and ds.captions[:4] == fx.records[0]["captions"] + fx.records[1]["captions"]
 
 
 def test_count_mismatch_warns_per_split(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -121,30 +151,52 @@ def test_subclass_reads_its_own_folder(tmp_path: Path) -> None:
         SynthLike(root=str(tmp_path / "elsewhere")).setup()
 
 
-def test_cuhk_labels_val_and_unknown_split_values(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    fx = write_cuhk(tmp_path)  # ids train 1-3, val 4-5, test 6-7, 2 images x 2 captions
-    recs = fx.records
-    for r in recs:
-        if r["split"] == "val":
-            r["split"] = "validation"  # any value other than train/test is val
-    fx.annotation.write_text(json.dumps(recs), encoding="utf-8")
-    with caplog.at_level(logging.INFO, logger="fgbench.data"):
-        dm = CUHKPedesDataModule(root=str(tmp_path))
-        stats = dm.check()
-    assert "4 records with split 'validation' are read as val" in caplog.text
+def test_cuhk_labels_and_val(tmp_path: Path) -> None:
+    write_cuhk(tmp_path)  # ids train 1-3, val 4-5, test 6-7, 2 images x 2 captions
+    dm = CUHKPedesDataModule(root=str(tmp_path))
+    stats = dm.check()
     assert stats["val"]["images"] == 4 and stats["val"]["queries"] == 8
     ds = dm.loaded.train
     assert ds is not None
     assert sorted(set(ds.labels)) == [0, 1, 2]  # CUHK ids start at 1: label = id - 1
     assert dm.eval_spec("val").gallery_labels.tolist() == [4, 4, 5, 5]
+    assert dm.loaded.quirks == {}
 
 
-def test_non_contiguous_train_ids_warn(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("dataset", "bad", "valid"),
+    [
+        ("rstpreid", "validation", "'train' or 'val' or 'test'"),
+        ("cuhk-pedes", "Train", "'train' or 'val' or 'test'"),
+        ("icfg-pedes", "val", "'train' or 'test'"),  # ICFG-PEDES has no val split
+    ],
+)
+def test_undefined_split_value_is_an_error(tmp_path: Path, dataset: str, bad: str, valid: str) -> None:
+    writer, module = FORMATS[dataset]
+    fx = writer(tmp_path)
+    moved = [r for r in fx.records if r["split"] == "test"][:3]
+    for rec in moved:
+        rec["split"] = bad
+    fx.rewrite()
+    first = fx.records.index(moved[0])
+    with pytest.raises(DatasetFormatError) as err:
+        module(root=str(tmp_path)).setup()
+    msg = str(err.value)
+    assert f"{fx.annotation.name}, entry {first}, field 'split': split value {bad!r}" in msg
+    assert "(3 entries); values found: " in msg and f"{bad!r} x3" in msg and "'train' x" in msg
+    assert f"(expected {valid}; anosorae/IRRA would silently read every other value as val)" in msg
+
+
+def test_train_id_gaps_are_read_as_ranks_and_reported(tmp_path: Path) -> None:
     write_person(tmp_path / "RSTPReid", "data_captions.json", "img_path", {"train": [2, 7, 9], "test": [1]})
     dm = RSTPReidDataModule(root=str(tmp_path))
     ds = dm.loaded.train
-    assert ds is not None and sorted(set(ds.labels)) == [0, 1, 2]
-    assert any("not contiguous (range 2..9)" in w for w in dm.loaded.warnings)
+    assert ds is not None and ds.labels == [0] * 4 + [1] * 4 + [2] * 4  # ranks of 2, 7, 9
+    gaps = dm.loaded.quirks["train"]["train_id_gap"]
+    assert gaps["count"] == 3  # no 0..1, no 3..6, no 8
+    assert [e["value"] for e in gaps["examples"]] == ["'no id 0..1'", "'no id 3..6'", "'no id 8'"]
+    with pytest.raises(DatasetQuirkError, match=r"training ids, field 'id': training ids that are not"):
+        RSTPReidDataModule(root=str(tmp_path), strict=True).setup()
 
 
 def test_cuhk_caption_all_json_is_explained(tmp_path: Path) -> None:
@@ -236,9 +288,12 @@ def test_malformed_json_names_file_and_position(tmp_path: Path) -> None:
     ("field", "value", "match"),
     [
         ("img_path", None, r"entry 3, field 'img_path': missing field"),
-        ("id", "7", r"entry 3, field 'id': wrong type str \(expected int\)"),
+        ("id", "seven", r"entry 3, field 'id': id 'seven' is not a number \(expected int\)"),
+        ("id", 7.0, r"entry 3, field 'id': wrong type float \(expected int or str\)"),
+        ("id", True, r"entry 3, field 'id': wrong type bool"),
         ("captions", "a man", r"entry 3, field 'captions': wrong type str"),
-        ("captions", ["ok", " "], r"entry 3, field 'captions\[1\]'"),
+        ("captions", ["ok", None], r"entry 3, field 'captions\[1\]': caption is NoneType \(expected str\)"),
+        ("split", 1, r"entry 3, field 'split': wrong type int"),
     ],
 )
 def test_bad_entry_names_file_entry_and_field(tmp_path: Path, field: str, value: object, match: str) -> None:
@@ -263,3 +318,75 @@ def test_pk_sampler_option(tmp_path: Path) -> None:
         assert sorted(counts.tolist()) == [0, 0, 2, 2]  # P=2 identities x K=2
     with pytest.raises(ValueError, match="sampler must be one of"):
         RSTPReidDataModule(root=str(tmp_path), sampler="balanced")
+
+
+# -- the authors' irregular entries, read as anosorae/IRRA reads them ------------------------------------
+def irra_reading(fx: PersonFixture) -> tuple[list[tuple[int, int, str]], dict[str, dict[str, list[Any]]]]:
+    """What anosorae/IRRA's person loaders build from the records as written.
+
+    Train: (label, image index, caption) per caption, the image index counting every train entry; IRRA's
+    label is id - first id, which equals the rank below whenever its contiguity assertion holds. Eval
+    splits: one gallery item per entry (raw id, path) and one query per caption (text, raw id).
+    """
+    by_split: dict[str, list[dict[str, Any]]] = {"train": [], "test": [], "val": []}
+    for rec in fx.records:
+        by_split[rec["split"] if rec["split"] in ("train", "test") else "val"].append(rec)
+    ids = sorted({int(r["id"]) for r in by_split["train"]})
+    train = [(ids.index(int(r["id"])), n, c) for n, r in enumerate(by_split["train"]) for c in r["captions"]]
+    evals = {
+        split: {
+            "gallery": [int(r["id"]) for r in recs],
+            "paths": [fx.image(r) for r in recs],
+            "queries": [c for r in recs for c in r["captions"]],
+            "query_ids": [int(r["id"]) for r in recs for c in r["captions"]],
+        }
+        for split, recs in by_split.items()
+        if split != "train" and recs
+    }
+    return train, evals
+
+
+@pytest.mark.parametrize("kind", sorted(QUIRK_INJECTORS))
+@pytest.mark.parametrize("dataset", sorted(FORMATS))
+def test_quirk_is_read_as_irra_reads_it_and_reported(tmp_path: Path, dataset: str, kind: str) -> None:
+    writer, module = FORMATS[dataset]
+    fx = writer(tmp_path)
+    reports = inject_quirk(fx, kind)
+    dm = module(root=str(tmp_path))
+    found = {(s, k): v["count"] for s, kinds in dm.loaded.quirks.items() for k, v in kinds.items()}
+    assert found == reports
+    assert kind in {k.kind for k in module.quirk_kinds}
+    train, evals = irra_reading(fx)
+    ds = dm.loaded.train
+    assert ds is not None and list(zip(ds.labels, ds.image_index, ds.captions, strict=True)) == train
+    assert sorted(dm.loaded.eval_sets) == sorted(evals)
+    stats = dm.check()
+    for split, want in evals.items():
+        es = dm.evaluation_set(split)
+        assert es.spec.gallery_labels.tolist() == want["gallery"]
+        assert es.gallery.store.paths == want["paths"]  # type: ignore[attr-defined]
+        assert es.queries.captions == want["queries"]  # type: ignore[attr-defined]
+        assert es.spec.query_labels is not None and es.spec.query_labels.tolist() == want["query_ids"]
+        assert (stats[split]["gallery"], stats[split]["queries"]) == (
+            len(want["gallery"]),
+            len(want["queries"]),
+        )
+    assert stats["train"]["queries"] == len(train)
+    with pytest.raises(DatasetQuirkError, match=rf"{fx.annotation.name}, .*strict=True refuses quirks"):
+        module(root=str(tmp_path), strict=True).setup()
+
+
+def test_every_declared_quirk_kind_has_an_injector() -> None:
+    for _, module in FORMATS.values():
+        assert {k.kind for k in module.quirk_kinds} == set(QUIRK_INJECTORS)
+
+
+def test_quirks_survive_skip_missing_and_reach_the_record(tmp_path: Path) -> None:
+    fx = write_cuhk(tmp_path)
+    inject_quirk(fx, "caption_count")
+    fx.image(fx.split("test")[1]).unlink()
+    dm = CUHKPedesDataModule(root=str(tmp_path), skip_missing=True)
+    record = dm.loaded.record()
+    assert record["quirks"]["test"]["caption_count"]["count"] == 1
+    assert record["quirks"]["test"]["caption_count"]["examples"][0]["value"] == "'4 captions'"
+    assert dm.check()["test"]["queries"] == 4 + 2 + 2  # the 4-caption image is kept, the missing one dropped
