@@ -71,8 +71,16 @@ def test_settings_file_and_overrides_become_sbatch_lines(tmp_path: Path) -> None
         "module load cuda",
     ]:
         assert line in text, line
-    assert s.trainer_args() == ["--trainer.accelerator", "gpu", "--trainer.devices", "4",
-                                "--trainer.num_nodes", "2", "--trainer.strategy", "ddp"]  # fmt: skip
+    assert s.trainer_args() == [
+        "--trainer.accelerator",
+        "gpu",
+        "--trainer.devices",
+        "4",
+        "--trainer.num_nodes",
+        "2",
+        "--trainer.strategy",
+        "ddp",
+    ]
     assert s.record()["partition"] == "gpu" and s.record()["launcher"] == "slurm"
 
 
@@ -111,8 +119,17 @@ def test_sweep_refuses_bad_settings_before_anything_runs(
 ) -> None:
     configs = write_configs(tmp_path)
     runs = tmp_path / "runs"
-    argv = sweep_args(configs, "tiny_dual", "rstpreid", "--runs-root", str(runs), "--launcher", "slurm",
-                      "--slurm", "gpus_per_cell=two")  # fmt: skip
+    argv = sweep_args(
+        configs,
+        "tiny_dual",
+        "rstpreid",
+        "--runs-root",
+        str(runs),
+        "--launcher",
+        "slurm",
+        "--slurm",
+        "gpus_per_cell=two",
+    )
     assert sweep.main(argv) == 2
     assert "gpus_per_cell: expected an integer, got 'two'" in capsys.readouterr().err
     assert not runs.exists()
@@ -132,8 +149,10 @@ def test_cell_job_requeues_itself_without_its_process(tmp_path: Path) -> None:
 
 def test_cause_line_is_the_last_error_line(tmp_path: Path) -> None:
     log = tmp_path / "sweep.log"
-    log.write_text("$ python -m fgbench fit\nEpoch 0\nTraceback (most recent call last):\n  File x\n"
-                   "RuntimeError: No supported gpu backend found!\n\n")  # fmt: skip
+    log.write_text(
+        "$ python -m fgbench fit\nEpoch 0\nTraceback (most recent call last):\n  File x\n"
+        "RuntimeError: No supported gpu backend found!\n\n"
+    )
     assert slurm.cause_line(log) == "RuntimeError: No supported gpu backend found!"
     log.write_text("Epoch 0\nstill going\n")
     assert slurm.cause_line(log) == "still going"
@@ -168,8 +187,14 @@ def test_status_shows_done_running_pending_and_failed(
     assert states == ["done", "running", "failed", "pending", "pending"]
     rows = sweep_state.states(cells, runs)
     assert rows[2].detail == "ValueError: max_len must be an int" and rows[3].job_id == "77_3"
-    assert sweep.main(sweep_args(configs, "tiny_dual", "rstpreid", "--runs-root", str(runs), "--status",
-                                 seeds="0,1,2,3,4")) == 0  # fmt: skip
+    assert (
+        sweep.main(
+            sweep_args(
+                configs, "tiny_dual", "rstpreid", "--runs-root", str(runs), "--status", seeds="0,1,2,3,4"
+            )
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "5 cells: 1 done, 1 running, 2 pending, 1 failed" in out
 
@@ -215,8 +240,10 @@ def test_fit_saves_last_ckpt_on_sigterm_and_exits_143(tmp_path: Path) -> None:
     configs = write_configs(tmp_path)
     (configs / "method" / "signal.yaml").write_text("model:\n  class_path: test_slurm.SignalAtStep\n")
     cell = planned_cells(configs, tmp_path / "runs", "0")[0]
-    fit = [a if a != str(configs / "method" / "tiny_dual.yaml") else str(configs / "method" / "signal.yaml")
-           for a in cell.args] + ["--trainer.max_epochs", "3"]  # fmt: skip
+    fit = [
+        a if a != str(configs / "method" / "tiny_dual.yaml") else str(configs / "method" / "signal.yaml")
+        for a in cell.args
+    ] + ["--trainer.max_epochs", "3"]
     with pytest.raises(SystemExit) as stop:
         fgbench_main(fit)
     assert stop.value.code == EXIT_PREEMPTED
@@ -268,12 +295,37 @@ def test_slurm_sweep_equals_local(cluster: None, tmp_path: Path, monkeypatch: py
     monkeypatch.setenv("PYTHONPATH", job_env()["PYTHONPATH"])
     monkeypatch.chdir(tmp_path)
     common = ["--no-leaderboard", "--extra", "--trainer.max_epochs 2"]
-    slurm_args = ["--launcher", "slurm", "--slurm", "gpus_per_cell=0", "--slurm", "cpus_per_task=1",
-                  "--slurm", "time=10"]  # fmt: skip
-    assert sweep.main(sweep_args(configs, "tiny_dual", "rstpreid", "--runs-root", "slurm_runs", *common,
-                                 *slurm_args, seeds="0,1")) == 0  # fmt: skip
-    assert sweep.main(sweep_args(configs, "tiny_dual", "rstpreid", "--runs-root", "local_runs", *common,
-                                 seeds="0,1")) == 0  # fmt: skip
+    slurm_args = [
+        "--launcher",
+        "slurm",
+        "--slurm",
+        "gpus_per_cell=0",
+        "--slurm",
+        "cpus_per_task=1",
+        "--slurm",
+        "time=10",
+    ]
+    assert (
+        sweep.main(
+            sweep_args(
+                configs,
+                "tiny_dual",
+                "rstpreid",
+                "--runs-root",
+                "slurm_runs",
+                *common,
+                *slurm_args,
+                seeds="0,1",
+            )
+        )
+        == 0
+    )
+    assert (
+        sweep.main(
+            sweep_args(configs, "tiny_dual", "rstpreid", "--runs-root", "local_runs", *common, seeds="0,1")
+        )
+        == 0
+    )
     for seed in (0, 1):
         (s_dir,) = (tmp_path / "slurm_runs").glob(f"*/*/*/seed{seed}-*")
         (l_dir,) = (tmp_path / "local_runs").glob(f"*/*/*/seed{seed}-*")
@@ -284,8 +336,21 @@ def test_slurm_sweep_equals_local(cluster: None, tmp_path: Path, monkeypatch: py
     jobs = slurm.read_jobs(tmp_path / "slurm_runs")
     assert len({j["job_id"].split("_")[0] for j in jobs.values()}) == 1  # one array for the sweep
     # a second run of the same sweep submits nothing
-    assert sweep.main(sweep_args(configs, "tiny_dual", "rstpreid", "--runs-root", "slurm_runs", *common,
-                                 *slurm_args, seeds="0,1")) == 0  # fmt: skip
+    assert (
+        sweep.main(
+            sweep_args(
+                configs,
+                "tiny_dual",
+                "rstpreid",
+                "--runs-root",
+                "slurm_runs",
+                *common,
+                *slurm_args,
+                seeds="0,1",
+            )
+        )
+        == 0
+    )
     assert slurm.read_jobs(tmp_path / "slurm_runs") == jobs
 
 
@@ -305,10 +370,30 @@ def test_requeued_cell_resumes_from_its_checkpoint(
     monkeypatch.setenv("PYTHONPATH", job_env()["PYTHONPATH"])
     monkeypatch.chdir(tmp_path)
     extra = ["--no-leaderboard", "--extra", "--trainer.max_epochs 4"]
-    argv = sweep_args(configs, "slow", "rstpreid", "--runs-root", "runs", *extra, "--launcher", "slurm",
-                      "--slurm", "gpus_per_cell=0", "--slurm", "cpus_per_task=1", "--slurm", "time=10")  # fmt: skip
-    sweeper = subprocess.Popen([sys.executable, "-m", "experiments.sweep", *argv], cwd=tmp_path,
-                               env=job_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    argv = sweep_args(
+        configs,
+        "slow",
+        "rstpreid",
+        "--runs-root",
+        "runs",
+        *extra,
+        "--launcher",
+        "slurm",
+        "--slurm",
+        "gpus_per_cell=0",
+        "--slurm",
+        "cpus_per_task=1",
+        "--slurm",
+        "time=10",
+    )
+    sweeper = subprocess.Popen(
+        [sys.executable, "-m", "experiments.sweep", *argv],
+        cwd=tmp_path,
+        env=job_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         runs = tmp_path / "runs"
         wait_for(lambda: bool(slurm.read_jobs(runs)), 120, "the submission")
