@@ -425,3 +425,27 @@ def test_requeued_cell_resumes_from_its_checkpoint(
     (l_dir,) = (tmp_path / "local").glob("*/*/*/seed0-*")
     assert result(l_dir)["metrics"] == record["metrics"]
     assert result(l_dir)["global_step"] == record["global_step"]
+
+
+def test_reproduce_passes_the_launcher_to_the_sweep(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from experiments import reproduce
+
+    from fixtures.person import write_rstpreid
+
+    write_rstpreid(tmp_path / "data", n_train=8, n_val=3, n_test=3)
+    argv = [
+        "rstpreid",
+        "--data-root",
+        str(tmp_path / "data"),
+        "--runs-root",
+        str(tmp_path / "runs"),
+        "--launcher",
+        "slurm",
+        "--slurm",
+        "nodes=zero",
+    ]
+    assert reproduce.main(argv) == 2
+    assert "nodes: expected an integer, got 'zero'" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
