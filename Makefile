@@ -45,6 +45,8 @@ DATA_ROOT ?= ./data
 SEEDS ?= 0,1,2
 JOBS ?=
 DEVICES ?=
+LAUNCHER ?= local
+SLURM_CONFIG ?=
 RUNS ?= runs
 RESULTS ?= results
 REAL_DATASETS := rstpreid cuhk-pedes icfg-pedes cub flowers f30k coco fashioniq cirr fashion200k
@@ -63,7 +65,8 @@ leaderboard: install
 # paper profile, every registered method whose task fits; stops in seconds when DATA_ROOT lacks the dataset
 $(addprefix reproduce-,$(REAL_DATASETS)): reproduce-%: install
 	$(PY) -m experiments.reproduce $* --data-root $(DATA_ROOT) --seeds $(SEEDS) \
-		--runs-root $(RUNS) --out $(RESULTS) $(if $(JOBS),--jobs $(JOBS)) $(if $(DEVICES),--devices $(DEVICES))
+		--runs-root $(RUNS) --out $(RESULTS) $(if $(JOBS),--jobs $(JOBS)) $(if $(DEVICES),--devices $(DEVICES)) \
+		--launcher $(LAUNCHER) $(if $(SLURM_CONFIG),--slurm-config $(SLURM_CONFIG))
 
 synth-data: install
 	for d in $(SYNTH_DATASETS); do $(PY) -m datamodules.synthetic generate $$d || exit 1; done

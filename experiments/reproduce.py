@@ -55,6 +55,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--runs-root", default="runs")
     p.add_argument("--out", default="results")
     p.add_argument("--extra", default="", help="more fit arguments for every cell")
+    p.add_argument("--launcher", default="local", choices=["local", "slurm"], help="as in experiments.sweep")
+    p.add_argument("--slurm-config", default="", help="SLURM settings file (--launcher slurm)")
+    p.add_argument("--slurm", action="append", default=[], metavar="KEY=VALUE", help="a SLURM setting")
+    p.add_argument("--throttle", default=None, help="SLURM: at most N cells at once")
     args = p.parse_args(argv)
     root = Path(args.data_root)
     problem = data_problem(args.dataset, root)
@@ -72,6 +76,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     ]  # fmt: skip
     if args.jobs:
         sweep_args += ["--jobs", str(args.jobs)]
+    sweep_args += [
+        "--launcher",
+        args.launcher,
+        *(["--slurm-config", args.slurm_config] if args.slurm_config else []),
+    ]
+    sweep_args += [f"--slurm={item}" for item in args.slurm]
+    if args.throttle:
+        sweep_args += ["--throttle", str(args.throttle)]
     return sweep.main(sweep_args)
 
 

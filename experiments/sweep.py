@@ -47,6 +47,7 @@ CONFIGS = Path(__file__).resolve().parent / "configs"
 LOCK_FILE = ".sweep.lock"
 FAILURES_FILE = "sweep_failures.jsonl"
 LOG_FILE = "sweep.log"
+RUNNING_FILE = ".running"  # in a run directory while a local sweep's process runs it (holds its pid)
 TAIL_CHARS = 4000  # of a failed cell's log kept in the failures file
 EXIT_LOCKED = 3
 PARENT_ENV = "FGBENCH_SWEEP_PID"
@@ -381,32 +382,18 @@ class Runner:
             )
             with self._lock:
                 self._procs[proc.pid] = proc
+            (log.parent / RUNNING_FILE).write_text(str(proc.pid), encoding="utf-8")
             if self.stopping.is_set():  # stop() ran between the check in run_cell and the spawn
                 os.killpg(proc.pid, signal.SIGTERM)
             try:
                 return proc.wait()
             finally:
+                (log.parent / RUNNING_FILE).unlink(missing_ok=True)
                 with self._lock:
                     self._procs.pop(proc.pid, None)
 
     def _fail(self, p: Planned, code: int | None, log: Path | None, why: str) -> None:
-        record_failure(
-            self.runs_root,
-            {
-                "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                "cell": p.cell.label,
-                "dataset": p.cell.dataset.name,
-                "method": p.cell.method.name,
-                "profile": p.cell.profile.stem,
-                "seed": p.cell.seed,
-                "run_dir": str(p.run_dir) if p.run_dir else None,
-                "returncode": code,
-                "reason": why,
-                "command": shlex.join(["python", "-m", "fgbench", *p.args]),
-                "log": str(log) if log else None,
-                "stderr_tail": _tail(log) if log else why,
-            },
-        )
+        record_failure(self.runs_root, _failure_entry(p, code, log, why))
 
     def stop(self) -> None:
         """Stop every running cell (its whole process group) and start no new one."""
@@ -427,6 +414,24 @@ class Runner:
                     os.killpg(proc.pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
+
+
+def _failure_entry(p: Planned, code: int | None, log: Path | None, why: str) -> dict[str, Any]:
+    """One line of sweep_failures.jsonl."""
+    return {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "cell": p.cell.label,
+        "dataset": p.cell.dataset.name,
+        "method": p.cell.method.name,
+        "profile": p.cell.profile.stem,
+        "seed": p.cell.seed,
+        "run_dir": str(p.run_dir) if p.run_dir else None,
+        "returncode": code,
+        "reason": why,
+        "command": shlex.join(["python", "-m", "fgbench", *p.args]),
+        "log": str(log) if log else None,
+        "stderr_tail": _tail(log) if log else why,
+    }
 
 
 class _Stop(Exception):  # noqa: N818 - raised by the SIGTERM handler
@@ -527,6 +532,35 @@ def parser() -> argparse.ArgumentParser:
         help="continue an unfinished cell from its last.ckpt (only when the code has not changed since)",
     )
     p.add_argument("--no-leaderboard", action="store_true", help="do not build the leaderboards at the end")
+    p.add_argument(
+        "--launcher",
+        default="local",
+        choices=["local", "slurm"],
+        help="local: cells as processes on this machine (default); slurm: one SLURM job array (submitit)",
+    )
+    p.add_argument(
+        "--slurm-config", help="YAML file of SLURM settings (experiments/configs/launcher/slurm.yaml)"
+    )
+    p.add_argument(
+        "--slurm",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a SLURM setting, e.g. --slurm partition=gpu (repeatable; wins over --slurm-config)",
+    )
+    p.add_argument(
+        "--throttle", type=int, default=None, help="slurm: at most N cells at once (the array's %%N)"
+    )
+    p.add_argument(
+        "--status",
+        action="store_true",
+        help="print every cell as done / running / pending / failed; run nothing",
+    )
+    p.add_argument(
+        "--cancel",
+        action="store_true",
+        help="cancel the sweep's running and pending cells (SLURM jobs or local)",
+    )
     return p
 
 
@@ -537,6 +571,30 @@ def _jobs(args: argparse.Namespace, devices: list[str]) -> int:
     if devices and jobs > len(devices):
         raise GridError(f"--jobs {jobs} needs as many --devices (one GPU per cell), got {','.join(devices)}")
     return jobs
+
+
+def run_slurm(planned: Sequence[Planned], settings: Any, runs_root: Path) -> list[Outcome]:
+    """Run the unfinished cells as one SLURM job array and wait for them (experiments.slurm)."""
+    from experiments import slurm
+
+    start = time.perf_counter()
+    outcomes = [Outcome(p, "skipped") for p in planned if p.finished]
+    for p in planned:
+        if p.run_dir is None:
+            record_failure(runs_root, _failure_entry(p, None, None, p.error))
+            outcomes.append(Outcome(p, "failed"))
+    ended = slurm.run_cells(planned, settings, runs_root)
+    seconds = time.perf_counter() - start
+    for p in planned:
+        if p.run_dir is None or str(p.run_dir) not in ended:
+            continue
+        status, job, why = ended[str(p.run_dir)]
+        log = p.run_dir / LOG_FILE
+        if status == "failed":
+            entry = _failure_entry(p, None, log, why)
+            record_failure(runs_root, {**entry, "job_id": job, "launcher": "slurm"})
+        outcomes.append(Outcome(p, status, seconds, None, log))
+    return outcomes
 
 
 def dry_run(planned: Sequence[Planned]) -> None:
@@ -565,13 +623,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.dry_run:
         dry_run(plan(cells, runs_root, extra))
         return 0
+    if args.status or args.cancel:
+        from experiments import sweep_state
+
+        planned = plan(cells, runs_root, extra)
+        return sweep_state.cancel(planned, runs_root) if args.cancel else sweep_state.show(planned, runs_root)
+    settings = None
+    if args.launcher == "slurm":
+        from experiments import slurm
+
+        try:
+            overrides = [*args.slurm, *([f"throttle={args.throttle}"] if args.throttle is not None else [])]
+            settings = slurm.SlurmSettings.load(args.slurm_config, overrides)
+            slurm.require_slurm()
+        except slurm.LauncherError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
     start = time.perf_counter()
     try:
         with sweep_lock(runs_root):
             planned = plan(cells, runs_root, extra)
-            outcomes = run_all(
-                planned, Runner(runs_root, jobs, devices, resume_from_last=args.resume_from_last)
-            )
+            if settings is not None:
+                outcomes = run_slurm(planned, settings, runs_root)
+            else:
+                outcomes = run_all(
+                    planned, Runner(runs_root, jobs, devices, resume_from_last=args.resume_from_last)
+                )
     except SweepLocked as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_LOCKED

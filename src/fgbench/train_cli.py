@@ -9,6 +9,8 @@ PROTOCOLS.md §1 "Checkpoint: last epoch").
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,6 +27,7 @@ from rich.table import Table
 from fgbench.data.module import RetrievalDataModule
 from fgbench.io import check_checkpoint
 from fgbench.method import RetrievalMethod
+from fgbench.preemption import SaveOnSignal
 from fgbench.registry import load_plugins
 from fgbench.results import RESULT_FILE, config_hash, device_name, provenance, run_dir, write_result
 from fgbench.speed import CHANNELS_LAST, COMPILE, SpeedOptions
@@ -87,6 +90,7 @@ class ResultWriter(Callback):
             "wall_time_s": time.perf_counter() - self.start,
             "speed_options": getattr(pl_module, "speed_options", {}),
             "data": dm.loaded.record() if isinstance(dm, RetrievalDataModule) else {},
+            "launcher": json.loads(os.environ.get("FGBENCH_LAUNCHER", '{"launcher": "local"}')),
             **provenance(),
         }
         path = write_result(self.directory / RESULT_FILE, record)
@@ -186,6 +190,7 @@ class FgbenchCLI(LightningCLI):
                 save_top_k=0,
                 every_n_train_steps=run["ckpt_every_n_steps"] or None,
             ),
+            SaveOnSignal(directory / "checkpoints"),
             ResultWriter(directory, record),
             SpeedOptions(run["channels_last"], run["compile"]),
         ]
