@@ -406,6 +406,16 @@ def test_requeued_cell_resumes_from_its_checkpoint(
             return metrics.is_file() and len(metrics.read_text().splitlines()) > 4
 
         wait_for(trained_a_while, 180, "training steps")
+        status = subprocess.run(
+            [sys.executable, "-m", "experiments.sweep", *argv, "--status"],
+            cwd=tmp_path,
+            env=job_env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert "1 cells: 1 running" in status.stdout, status.stdout + status.stderr
+        assert entry["job_id"] in status.stdout
         subprocess.run(["scontrol", "requeue", entry["job_id"]], check=True, timeout=60)
         out, _ = sweeper.communicate(timeout=600)
     finally:
