@@ -1,4 +1,4 @@
-"""Class-level text-image retrieval on CUB-200-2011 and Oxford-102 Flowers (DATASETS.md §2, PROTOCOLS.md §2).
+"""Class-level text-image retrieval on CUB-200-2011 and Oxford-102 Flowers (docs/data/reed.md).
 
 Captions and class splits are Reed et al. (CVPR'16, reedscot/cvpr2016): `cvpr2016_cub` / `cvpr2016_flowers`
 hold `text_c10/<class>/<stem>.txt` (10 captions, one per line) and the class lists

@@ -1,4 +1,4 @@
-"""Flickr30K / COCO DataModules on tiny fixtures in the official formats (DATASETS.md §3, PROTOCOLS.md §3)."""
+"""Flickr30K / COCO DataModules on tiny fixtures in the official formats."""
 
 from __future__ import annotations
 

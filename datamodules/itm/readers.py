@@ -1,4 +1,4 @@
-"""Parsers of the official Flickr30K / COCO annotation files (DATASETS.md §3); errors name file, entry, field.
+"""Parsers of the official Flickr30K / COCO annotation files; errors name file, entry, field.
 
 - Karpathy's `dataset_{flickr30k,coco}.json` (`caption_datasets.zip`).
 - SCAN's precomp `{split}_caps.txt` / `{split}_ids.txt` (kuanghueilee/SCAN).
