@@ -1,4 +1,4 @@
-"""Class-level text-image retrieval on CUB-200-2011 and Oxford-102 Flowers (DATASETS.md §2, PROTOCOLS.md §2).
+"""Class-level text-image retrieval on CUB-200-2011 and Oxford-102 Flowers (docs/data/reed.md).
 
 Captions and class splits are Reed et al. (CVPR'16, reedscot/cvpr2016): `cvpr2016_cub` / `cvpr2016_flowers`
 hold `text_c10/<class>/<stem>.txt` (10 captions, one per line) and the class lists
@@ -10,6 +10,10 @@ Splits are class-disjoint (zero-shot): by default train on trainvalclasses and t
 among the sorted training classes; evaluation labels are the class number of the folder name (CUB `001.…`,
 Flowers `class_00001`). Torch7 files (`*.t7`), `manifest.txt`, `trainvalids.txt`, CUB's
 `train_test_split.txt` and Flowers' `setid.mat` are never read.
+
+Caption files are read as AttnGAN reads them (REED_QUIRKS: blank and word-less lines skipped, "\ufffd\ufffd"
+replaced with a space, at most 10 captions); each irregular line is reported as a quirk, and `strict=True`
+refuses them.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from fgbench.data.validation import (
     MAX_LISTED,
     DatasetFormatError,
     DatasetNotFoundError,
+    QuirkKind,
     find_missing,
     handle_missing,
     not_found,
@@ -40,6 +45,56 @@ from fgbench.registry import register_datamodule
 log = logging.getLogger("fgbench.data")
 
 CAPTIONS_PER_IMAGE = 10
+MOJIBAKE = "\ufffd\ufffd"  # two U+FFFD: how a mis-decoded character appears in Reed's caption files
+WORD = re.compile(r"\w")
+# How taoxugit/AttnGAN (code/datasets.py, `load_captions`), the reference reader of Reed's text_c10 files for
+# both datasets, reads a caption file: split on "\n", skip empty lines, replace "\ufffd\ufffd" with a space,
+# skip a line without any word token, keep at most 10 captions per file and only print an error when a file
+# has fewer. Reed's own Lua code reads Torch7 char tensors made from the same files, not the text.
+REED_QUIRKS = (
+    QuirkKind(
+        "blank_line",
+        "an empty or whitespace-only line inside a caption file",
+        "AttnGAN skips it (empty: silently; whitespace: no word tokens)",
+        "skipped; the file's other lines are its captions",
+    ),
+    QuirkKind(
+        "mojibake",
+        'a caption containing "\ufffd\ufffd" (a character mis-decoded when the captions were collected)',
+        'AttnGAN replaces each "\ufffd\ufffd" with a space',
+        'each "\ufffd\ufffd" replaced with a space, as AttnGAN',
+    ),
+    QuirkKind(
+        "no_word_caption",
+        "a line without any letter or digit (punctuation or symbols only)",
+        "AttnGAN's word tokeniser finds no token; the line is skipped with a printed message",
+        "skipped",
+    ),
+    QuirkKind(
+        "non_ascii_caption",
+        "a caption containing non-ASCII characters",
+        "kept; AttnGAN's tokeniser drops the non-ASCII characters from its word tokens",
+        "kept as written; the method's tokeniser reads it",
+    ),
+    QuirkKind(
+        "more_than_10_captions",
+        "a caption file with more than 10 captions",
+        "AttnGAN keeps the first 10 and stops reading the file",
+        "the first 10 kept, the rest ignored",
+    ),
+    QuirkKind(
+        "fewer_than_10_captions",
+        "a caption file with fewer than 10 captions (value: how many)",
+        "AttnGAN keeps them and prints an error; the image stays in the dataset",
+        "kept: fewer queries and training pairs for that image; an image with none stays a gallery item",
+    ),
+    QuirkKind(
+        "not_utf8",
+        "a caption file that is not valid UTF-8",
+        "not reached by AttnGAN on the released files (Python 3 would stop with a decode error)",
+        "decoded with U+FFFD for the invalid bytes, then read like any file (pairs become a space)",
+    ),
+)
 NO_CLASS_HINT = "These images have no caption file in any class folder, so their class is unknown."
 LISTS = ("allclasses", "trainclasses", "valclasses", "trainvalclasses", "testclasses")
 CUB_LAYOUT = """\
@@ -96,6 +151,7 @@ class ReedDataModule(RetrievalDataModule):
     """
 
     tasks: ClassVar[frozenset[str]] = frozenset({"text-image"})
+    quirk_kinds: ClassVar[tuple[QuirkKind, ...]] = REED_QUIRKS
     text_dir: ClassVar[str] = ""  # the caption archive under the dataset folder
     image_dir: ClassVar[str] = ""  # the image folder under the dataset folder
     class_pattern: ClassVar[str] = ""  # regex with one group: the class number in a folder name
@@ -205,23 +261,40 @@ class ReedDataModule(RetrievalDataModule):
             )
         return {c: {p.stem for p in (self.captions_root / c).glob("*.txt")} for c in classes}
 
-    def read_captions(self, file: Path) -> list[str]:
-        """Non-empty lines of a caption file; a count other than 10 is a warning."""
+    def read_captions(self, split: str, file: Path) -> list[str]:
+        """The captions of one file, read as AttnGAN reads Reed's text_c10 files (REED_QUIRKS); every
+        irregular line is reported as a quirk."""
+        data = file.read_bytes()
         try:
-            lines = file.read_text(encoding="utf-8").splitlines()
+            text = data.decode("utf-8")
         except UnicodeDecodeError as err:
-            raise DatasetFormatError(
-                file, f"not UTF-8 text ({err})", expected="plain-text captions"
-            ) from None
-        captions = [line.strip() for line in lines if line.strip()]
-        if not captions:
-            raise DatasetFormatError(
-                file, "no captions", where="line 1", expected="10 captions, one per line"
-            )
-        if len(captions) != CAPTIONS_PER_IMAGE:
-            log.warning(
-                "%s: %s has %d captions (expected %d)", self.name, file, len(captions), CAPTIONS_PER_IMAGE
-            )
+            self.quirk(split, "not_utf8", file, f"byte {err.start}", None, data[err.start : err.start + 8])
+            text = data.decode("utf-8", errors="replace")
+        lines = text.split("\n")
+        if lines and lines[-1] == "":
+            lines.pop()  # the newline that ends the last line
+        captions: list[str] = []
+        for n, line in enumerate(lines, 1):
+            if len(captions) == CAPTIONS_PER_IMAGE:
+                extra = sum(1 for rest in lines[n - 1 :] if WORD.search(rest.replace(MOJIBAKE, " ")))
+                if extra:
+                    self.quirk(split, "more_than_10_captions", file, f"line {n}", None, extra)
+                break
+            where = f"line {n}"
+            if not line.strip():
+                self.quirk(split, "blank_line", file, where, None, line)
+                continue
+            if MOJIBAKE in line:
+                self.quirk(split, "mojibake", file, where, None, line)
+                line = line.replace(MOJIBAKE, " ")
+            if not WORD.search(line):
+                self.quirk(split, "no_word_caption", file, where, None, line)
+                continue
+            if not line.isascii():
+                self.quirk(split, "non_ascii_caption", file, where, None, line)
+            captions.append(line.strip())
+        if len(captions) < CAPTIONS_PER_IMAGE:
+            self.quirk(split, "fewer_than_10_captions", file, "whole file", None, len(captions))
         return captions
 
     # -- load -----------------------------------------------------------------------------------------
@@ -269,7 +342,7 @@ class ReedDataModule(RetrievalDataModule):
                         self.class_number(cls),
                         self.image_path(cls, stem),
                         text,
-                        self.read_captions(text),
+                        self.read_captions(split, text),
                     )
                 )
         wanted = set(classes)

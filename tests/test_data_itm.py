@@ -1,9 +1,10 @@
-"""Flickr30K / COCO DataModules on tiny fixtures in the official formats (DATASETS.md §3, PROTOCOLS.md §3)."""
+"""Flickr30K / COCO DataModules on tiny fixtures in the official formats."""
 
 from __future__ import annotations
 
 import json
 import pickle
+import re
 from pathlib import Path
 from typing import ClassVar
 
@@ -13,7 +14,13 @@ import torch
 
 from datamodules.itm import COCODataModule, Flickr30KDataModule, load_relevances
 from datamodules.itm import readers as itm_readers
-from fgbench.data.validation import DatasetError, DatasetFormatError, DatasetNotFoundError, MissingFilesError
+from fgbench.data.validation import (
+    DatasetError,
+    DatasetFormatError,
+    DatasetNotFoundError,
+    DatasetQuirkError,
+    MissingFilesError,
+)
 from fgbench.registry import DATAMODULES
 from tests.fixtures import itm as fx
 
@@ -203,11 +210,7 @@ def test_malformed_json_names_position(tmp_path: Path) -> None:
     ("edit", "message"),
     [
         (lambda e: e.pop("split"), r"images\[2\], field 'split': missing field"),
-        (lambda e: e.update(split="dev"), r"images\[2\], field 'split': unknown split 'dev'"),
-        (
-            lambda e: e["sentences"][1].update(raw="  "),
-            r"images\[2\].sentences\[1\], field 'raw': empty value",
-        ),
+        (lambda e: e["sentences"][1].pop("raw"), r"images\[2\].sentences\[1\], field 'raw': missing field"),
         (lambda e: e.pop("cocoid"), r"images\[2\], field 'cocoid': missing field"),
     ],
 )
@@ -265,13 +268,6 @@ def test_precomp_caption_count_mismatch(tmp_path: Path) -> None:
     folder = fx.write_precomp(tmp_path, "f30k", {"train": 3, "dev": 2, "test": 2})
     (folder / "test_caps.txt").write_text("a\n" * 7, encoding="utf-8")
     with pytest.raises(DatasetFormatError, match=r"test_caps.txt: 7 lines for 2 images in .*test_ims.npy"):
-        Flickr30KDataModule(root=str(tmp_path), feature_source="precomp").setup()
-
-
-def test_precomp_ids_line_count_mismatch(tmp_path: Path) -> None:
-    folder = fx.write_precomp(tmp_path, "f30k", {"train": 3, "dev": 2, "test": 2})
-    (folder / "dev_ids.txt").write_text("1\n", encoding="utf-8")
-    with pytest.raises(DatasetFormatError, match=r"dev_ids.txt: 1 lines for 2 images"):
         Flickr30KDataModule(root=str(tmp_path), feature_source="precomp").setup()
 
 
@@ -377,3 +373,140 @@ def test_f30k_butd_sizes_pkl_needs_opt_in(tmp_path: Path, monkeypatch: pytest.Mo
     dm = Flickr30KDataModule(root=str(tmp_path), feature_source="butd", trust_sizes_pkl=True)
     assert dm.loaded.eval_sets["test"].gallery[0]["boxes"][0].tolist() == [0, 0, 1, 1]
     assert json.loads((base / "images" / "sizes.json").read_text())["img1.jpg"] == list(fx.image_size(1))
+
+
+# -- quirks of the real files -------------------------------------------------------------------------
+
+
+def quirk_counts(dm) -> dict[str, dict[str, int]]:
+    return {s: {k: v["count"] for k, v in q.items()} for s, q in dm.loaded.quirks.items()}
+
+
+def test_clean_files_report_only_the_six_caption_image(tmp_path: Path) -> None:
+    fx.write_f30k_images(tmp_path)
+    fx.write_coco_images(tmp_path)
+    f30k = Flickr30KDataModule(root=str(tmp_path))
+    assert quirk_counts(f30k) == {"val": {"more_than_5_captions": 1}}  # images[3] is a val image in F30K
+    coco = COCODataModule(root=str(tmp_path))
+    assert quirk_counts(coco) == {"test": {"more_than_5_captions": 1}}  # image 3: six sentences, as in COCO
+    assert coco.loaded.quirks["test"]["more_than_5_captions"]["examples"][0]["where"] == "images[3]"
+
+
+def karpathy_writer(source: str, dataset: str):
+    """(writer, DataModule, extra kwargs, Karpathy JSON path under root) of one Karpathy-based input."""
+    if source == "butd":
+        return fx.write_f30k_butd, Flickr30KDataModule, {"feature_source": "butd"}, "Flickr30K/annotations"
+    if dataset == "coco":
+        return fx.write_coco_images, COCODataModule, {}, "COCO"
+    return fx.write_f30k_images, Flickr30KDataModule, {}, "Flickr30K"
+
+
+def five(i: int) -> list[str]:
+    return [fx.caption(i, k) for k in range(5)]
+
+
+# kind -> (split reported under, count, training captions of images[2] as the official loaders read them)
+KARPATHY_EXPECT: dict[str, tuple[str, int, list[str] | None]] = {
+    "raw_whitespace": ("train", 1, five(2)),
+    "empty_caption": ("train", 1, [fx.caption(2, 0), "", *five(2)[2:]]),
+    "non_ascii_caption": ("train", 1, [fx.caption(2, 0), fx.caption(2, 1) + " café", *five(2)[2:]]),
+    "more_than_5_captions": ("train", 1, five(2)),  # first5
+    "fewer_than_5_captions": ("train", 1, five(2)[:3]),
+    "no_captions": ("train", 1, None),  # never seen by the official loaders
+    "duplicate_image": ("train", 1, five(2)),  # kept as a separate image
+    "unknown_split": ("all", 1, None),  # in no split
+}
+
+
+@pytest.mark.parametrize("kind", fx.KARPATHY_QUIRKS)
+@pytest.mark.parametrize(("source", "dataset"), [("images", "f30k"), ("images", "coco"), ("butd", "f30k")])
+def test_karpathy_quirks_read_as_vsepp_and_teran(
+    tmp_path: Path, source: str, dataset: str, kind: str
+) -> None:
+    writer, module, kwargs, folder = karpathy_writer(source, dataset)
+    writer(tmp_path)
+    json_path = next((tmp_path / folder).glob("dataset_*.json"))
+    fx.inject_karpathy_quirk(json_path, kind)
+    dm = module(root=str(tmp_path), **kwargs)
+    split, count, captions = KARPATHY_EXPECT[kind]
+    assert quirk_counts(dm)[split][kind] == count
+    assert dm.loaded.quirks[split][kind]["examples"][0]["file"] == str(json_path)
+    train = dm.loaded.train
+    if captions is None:
+        assert dm.check()["train"]["labels"] == 2 and all(image_of(c) != 2 for c in train.captions)
+    else:  # images[2] is the second training image in file order of both datasets
+        assert [c for c, lab in zip(train.captions, train.labels, strict=True) if lab == 1] == captions
+        assert dm.check()["train"]["labels"] == 3
+    with pytest.raises(DatasetQuirkError, match=re.escape(str(json_path))):
+        module(root=str(tmp_path), strict=True, **kwargs).setup()
+
+
+def test_caption_policy_all_keeps_extra_captions(tmp_path: Path) -> None:
+    base = fx.write_f30k_images(tmp_path)
+    fx.inject_karpathy_quirk(base / "dataset_flickr30k.json", "more_than_5_captions")
+    dm = Flickr30KDataModule(root=str(tmp_path), caption_policy="all")
+    assert dm.check()["train"]["captions"] == 17 and quirk_counts(dm)["train"]["more_than_5_captions"] == 1
+
+
+PRECOMP_LINE3 = {  # kind -> test caption 3 as SCAN reads it (None: unchanged)
+    "raw_whitespace": None,
+    "empty_caption": "",
+    "non_ascii_caption": "{} café",
+    "ids_mismatch": None,
+    "trailing_blank_lines": None,
+}
+
+
+@pytest.mark.parametrize("kind", fx.PRECOMP_QUIRKS)
+@pytest.mark.parametrize("dataset", ["f30k", "coco"])
+def test_precomp_quirks_read_as_scan(tmp_path: Path, dataset: str, kind: str) -> None:
+    module, test_file = (Flickr30KDataModule, "test") if dataset == "f30k" else (COCODataModule, "testall")
+    folder = fx.write_precomp(tmp_path, dataset, {"train": 3, "dev": 2, "test": 2, "testall": 2})
+    fx.inject_precomp_quirk(folder, test_file, kind)
+    dm = module(root=str(tmp_path), feature_source="precomp")
+    count = 2 if kind == "trailing_blank_lines" else 1
+    assert quirk_counts(dm) == {"test": {kind: count}}
+    original = f"{test_file} image 0 caption 2"
+    line3 = PRECOMP_LINE3[kind]
+    queries = dm.loaded.eval_sets["test"].queries.captions
+    assert len(queries) == 10 and queries[2] == (original if line3 is None else line3.format(original))
+    assert dm.eval_spec("test").gallery_labels.tolist() == [0] * 5 + [1] * 5
+    with pytest.raises(DatasetQuirkError, match=test_file):
+        module(root=str(tmp_path), feature_source="precomp", strict=True).setup()
+
+
+def test_precomp_ids_file_is_optional_and_extra_caption_lines_still_an_error(tmp_path: Path) -> None:
+    folder = fx.write_precomp(tmp_path, "f30k", {"train": 3, "dev": 2, "test": 2})
+    (folder / "dev_ids.txt").unlink()
+    dm = Flickr30KDataModule(root=str(tmp_path), feature_source="precomp")
+    assert quirk_counts(dm) == {"val": {"ids_mismatch": 1}}
+    assert dm.loaded.quirks["val"]["ids_mismatch"]["examples"][0]["value"] == "'absent for 2 images'"
+    (folder / "test_caps.txt").write_text("a\n" * 11, encoding="utf-8")  # not blank: unusable, not a quirk
+    with pytest.raises(DatasetFormatError, match=r"test_caps.txt: 11 lines for 2 images"):
+        Flickr30KDataModule(root=str(tmp_path), feature_source="precomp").setup()
+
+
+COCO_BUTD_CAPTIONS = {  # kind -> training captions of fixture image 0 as TERAN reads them
+    "raw_whitespace": five(0),
+    "empty_caption": [fx.caption(0, 0), "", *five(0)[2:]],
+    "non_ascii_caption": [fx.caption(0, 0), fx.caption(0, 1) + " café", *five(0)[2:]],
+    "fewer_than_5_captions": five(0)[1:],
+    "duplicate_caption_id": [*five(0), fx.caption(0, 0)],  # both kept: six captions for image 0
+}
+
+
+@pytest.mark.parametrize("kind", fx.COCO_BUTD_QUIRKS)
+def test_coco_butd_quirks_read_as_teran(tmp_path: Path, kind: str) -> None:
+    base = fx.write_coco_butd(tmp_path)
+    fx.inject_coco_butd_quirk(base, kind)
+    dm = COCODataModule(root=str(tmp_path), feature_source="butd", caption_policy="all")
+    counts = quirk_counts(dm)
+    assert counts["train"][kind] == 1
+    if kind == "duplicate_caption_id":
+        assert counts["train"]["more_than_5_captions"] == 1
+    train = dm.loaded.train
+    assert [c for c, lab in zip(train.captions, train.labels, strict=True) if lab == 0] == COCO_BUTD_CAPTIONS[
+        kind
+    ]
+    with pytest.raises(DatasetQuirkError):
+        COCODataModule(root=str(tmp_path), feature_source="butd", strict=True).setup()

@@ -3,15 +3,28 @@
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 import pytest
 
 from datamodules.reed import CUBDataModule, FlowersDataModule
 from fgbench.data.batches import PairBatch
-from fgbench.data.validation import DatasetFormatError, DatasetNotFoundError, MissingFilesError
+from fgbench.data.validation import (
+    DatasetFormatError,
+    DatasetNotFoundError,
+    DatasetQuirkError,
+    MissingFilesError,
+)
 from fgbench.registry import DATAMODULES
-from tests.fixtures.reed import captions_of, write_cub, write_flowers
+from tests.fixtures.reed import (
+    QUIRK_COUNTS,
+    QUIRK_KINDS,
+    captions_of,
+    inject_caption_quirk,
+    write_cub,
+    write_flowers,
+)
 
 # default fixture: classes 1-3 train, 4 val, 5-6 test; 2 images per class, 10 captions per image
 
@@ -98,21 +111,55 @@ def test_listed_class_needs_a_folder(tmp_path: Path) -> None:
         CUBDataModule(root=str(tmp_path)).setup()
 
 
-def test_caption_count_other_than_10_warns(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    fx = write_cub(tmp_path)
-    f = fx.captions["005.Bird_5"][0]
-    f.write_text("one\n\ntwo\nthree\n", encoding="utf-8")
-    with caplog.at_level(logging.WARNING, logger="fgbench.data"):
-        st = CUBDataModule(root=str(tmp_path)).check()
-    assert f"{f} has 3 captions (expected 10)" in caplog.text
-    assert st["test"]["captions"] == 33
+DATAMODULE = {"cub": (write_cub, CUBDataModule), "flowers": (write_flowers, FlowersDataModule)}
 
 
-def test_empty_caption_file_is_an_error(tmp_path: Path) -> None:
+def test_clean_files_report_no_quirks(tmp_path: Path) -> None:
+    write_cub(tmp_path)
+    assert CUBDataModule(root=str(tmp_path)).loaded.quirks == {}
+
+
+@pytest.mark.parametrize("kind", QUIRK_KINDS)
+@pytest.mark.parametrize("dataset", sorted(DATAMODULE))
+def test_each_caption_quirk_is_read_as_attngan_reads_it(tmp_path: Path, dataset: str, kind: str) -> None:
+    writer, module = DATAMODULE[dataset]
+    fx = writer(tmp_path)
+    cls = fx.classes["test"][0]
+    expected = inject_caption_quirk(fx, kind, cls)
+    dm = module(root=str(tmp_path))
+    test = dm.loaded.eval_sets["test"].queries.captions
+    assert test[: len(expected)] == expected  # the image's captions, as the reference reader yields them
+    assert len(test) == len(expected) + 30 and dm.check()["test"]["gallery"] == 4
+    report = dm.loaded.quirks["test"][kind]
+    assert report["count"] == QUIRK_COUNTS.get(kind, 1) and report["examples"][0]["file"] == str(
+        fx.captions[cls][0]
+    )
+    assert report["fgbench"] == next(k.fgbench for k in module.quirk_kinds if k.kind == kind)
+    assert "train" not in dm.loaded.quirks
+    with pytest.raises(DatasetQuirkError, match=re.escape(str(fx.captions[cls][0]))):
+        module(root=str(tmp_path), strict=True).setup()
+
+
+def test_all_caption_quirks_counted_together(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     fx = write_flowers(tmp_path)
-    fx.captions["class_00001"][1].write_text("\n \n", encoding="utf-8")
-    with pytest.raises(DatasetFormatError, match=r"image_00101\.txt, line 1: no captions"):
-        FlowersDataModule(root=str(tmp_path)).setup()
+    a, b = fx.classes["test"]
+    inject_caption_quirk(fx, "blank_line", a, 0)
+    inject_caption_quirk(fx, "fewer_than_10_captions", a, 1)
+    inject_caption_quirk(fx, "non_ascii_caption", b, 0)
+    inject_caption_quirk(fx, "not_utf8", b, 1)  # its U+FFFD is also non-ASCII
+    fx.captions[fx.classes["train"][0]][0].write_text("", encoding="utf-8")  # no caption at all
+    with caplog.at_level(logging.WARNING, logger="fgbench.data"):
+        dm = FlowersDataModule(root=str(tmp_path))
+        stats = dm.check()
+    counts = {s: {k: v["count"] for k, v in q.items()} for s, q in dm.loaded.quirks.items()}
+    assert counts == {
+        "test": {"blank_line": 2, "fewer_than_10_captions": 1, "non_ascii_caption": 2, "not_utf8": 1},
+        "train": {"fewer_than_10_captions": 1},
+    }
+    assert dm.loaded.quirks["train"]["fewer_than_10_captions"]["examples"][0]["value"] == "0"
+    assert stats["test"]["captions"] == 33 and stats["test"]["gallery"] == 4
+    assert stats["train"]["images"] == 8 and stats["train"]["captions"] == 70  # the image stays, no pairs
+    assert "flowers [test]: 2 x blank_line" in caplog.text
 
 
 def test_caption_without_image_and_image_without_caption(

@@ -1,4 +1,4 @@
-"""Flickr30K and MS-COCO image-text matching (DATASETS.md §3, PROTOCOLS.md §3): DataModules `f30k`, `coco`.
+"""Flickr30K and MS-COCO image-text matching (docs/data/itm.md): DataModules `f30k`, `coco`.
 
 Three inputs, chosen by `feature_source` and recorded in every EvalSpec's info:
 - `images`: Karpathy's split JSON (`dataset_{flickr30k,coco}.json` from `caption_datasets.zip`) + raw images.

@@ -85,7 +85,7 @@ def pair_dataset(index: SplitIndex) -> PairDataset:
 def eval_set(index: SplitIndex, protocol: str, info: dict[str, Any]) -> EvalSet:
     """Loaders: queries = captions, gallery = images. EvalSpec: rows = images, columns = captions.
 
-    The image-text protocols score images x captions (PROTOCOLS.md §3), so `query_labels` are the image
+    The image-text protocols score images x captions, so `query_labels` are the image
     indices 0..N-1 and `gallery_labels` the image index of each caption; the method scores the loaders'
     captions x images and the base method transposes.
     """
@@ -143,7 +143,7 @@ def normalise_boxes(boxes: np.ndarray, width: int, height: int) -> Tensor:
 def load_relevances(path: Path, n_captions: int, n_images: int) -> np.memmap:
     """TERAN relevance matrix: headerless float32 despite the `.npy` name, opened as a raw memory map.
 
-    Entry (c, i) = ROUGE-L or SPICE of caption c against the captions of image i (DATASETS.md §3.3).
+    Entry (c, i) = ROUGE-L or SPICE of caption c against the captions of image i.
     """
     size, want = path.stat().st_size, n_captions * n_images * 4
     if size != want:

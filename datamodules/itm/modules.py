@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 
 from fgbench.data.datasets import ImageFiles, VisualStore
 from fgbench.data.module import LoadedData, RetrievalDataModule
-from fgbench.data.validation import DatasetError, DatasetFormatError, not_found, warn_counts
+from fgbench.data.validation import DatasetError, DatasetFormatError, QuirkKind, not_found, warn_counts
 from fgbench.registry import register_datamodule
 
 from .common import (
@@ -21,9 +21,12 @@ from .common import (
     load_relevances,
     pair_dataset,
 )
+from .readers import KARPATHY_SPLITS as KNOWN_SPLITS
 from .readers import (
     KarpathyImage,
     caption_mapping,
+    caption_quirks,
+    count_quirk,
     flickr_sizes,
     read_annotation_ids,
     read_coco_captions,
@@ -62,6 +65,77 @@ butd:    <root>/{folder}/annotations/captions_{{train,val}}2014.json
          <root>/{folder}/features_36/bu_att/<image_id>.npz   bu_box/<image_id>.npy
          <root>/{folder}/relevances/coco-{{val,test}}-{{rougeL,spice}}.npy   (optional)
 """
+# The irregular entries of the released files, read as the reference loaders read them: fartashf/vsepp and
+# mesnico/TERAN `data.py` (Karpathy JSON, COCO captions JSON + id files), kuanghuei/SCAN `data.py` (precomp).
+ITM_QUIRKS = (
+    QuirkKind(
+        "raw_whitespace",
+        "a caption with leading or trailing whitespace or newline (Karpathy `raw`, COCO `caption`, precomp "
+        "line)",
+        "VSE++ and TERAN hand it to their tokenisers, which ignore it; SCAN strips each precomp line",
+        "stripped",
+    ),
+    QuirkKind(
+        "empty_caption",
+        "an empty or whitespace-only caption",
+        "kept: tokenised to the start and end tokens only (VSE++, SCAN) or [CLS] [SEP] (TERAN)",
+        "kept as an empty caption (a query without words)",
+    ),
+    QuirkKind(
+        "non_ascii_caption",
+        "a caption containing non-ASCII characters",
+        "kept as written",
+        "kept as written",
+    ),
+    QuirkKind(
+        "more_than_5_captions",
+        "an image with more than five captions (COCO: a few have 6 or 7)",
+        "the id files of VSE++, SCAN and TERAN hold five per image; VSE++'s Karpathy-JSON loader keeps all",
+        "caption_policy first5 (default) keeps the first five, all keeps every one",
+    ),
+    QuirkKind(
+        "fewer_than_5_captions",
+        "an image with fewer than five captions (at least one)",
+        "kept: VSE++ and TERAN enumerate the captions an image has",
+        "kept with the captions it has",
+    ),
+    QuirkKind(
+        "no_captions",
+        "an image with no caption",
+        "never seen: VSE++ and TERAN enumerate captions, so no item points at it",
+        "skipped (it would be a gallery image without any positive)",
+    ),
+    QuirkKind(
+        "duplicate_image",
+        "an image listed twice in a split (same file name or COCO id)",
+        "both entries kept as separate images",
+        "both kept as separate images",
+    ),
+    QuirkKind(
+        "unknown_split",
+        "a Karpathy entry whose split is none of train, val, test, restval",
+        "in no split: VSE++ and TERAN select entries by split name",
+        "in no split (reported under split 'all')",
+    ),
+    QuirkKind(
+        "duplicate_caption_id",
+        "a caption-annotation id listed twice in a TERAN/VSE++ coco_*_ids.npy",
+        "both positions kept as captions",
+        "both kept",
+    ),
+    QuirkKind(
+        "ids_mismatch",
+        "a precomp `_ids.txt` that is absent, has a non-integer line, or does not list one id per image",
+        "SCAN never reads the ids file",
+        "ignored: the row order of `_ims.npy` is the image order, as in SCAN",
+    ),
+    QuirkKind(
+        "trailing_blank_lines",
+        "blank lines after the last caption of a precomp `_caps.txt` (beyond 5 or 1 per image)",
+        "SCAN keeps them as captions of an image past the end of `_ims.npy` (an index error if reached)",
+        "dropped",
+    ),
+)
 COCO_TEST_SUBSET = (
     "coco_precomp/test_* is one 1,000-image subset of the Karpathy test split, not the 1K protocol: COCO 1K "
     "(five folds) and 5K are both computed from testall_* (the default, precomp_test_file=None). Pass "
@@ -77,6 +151,7 @@ class ITMDataModule(RetrievalDataModule):
     """
 
     tasks: ClassVar[frozenset[str]] = frozenset({"text-image", "image-text"})
+    quirk_kinds: ClassVar[tuple[QuirkKind, ...]] = ITM_QUIRKS
     layout_template: ClassVar[str] = F30K_LAYOUT  # formatted with `folder` into `layout`
     karpathy_json: ClassVar[str] = "dataset_flickr30k.json"
     coco_fields: ClassVar[bool] = False  # Karpathy entries carry filepath + cocoid
@@ -212,10 +287,33 @@ class ITMDataModule(RetrievalDataModule):
 
     # -- images: Karpathy JSON + raw images -----------------------------------------------------------
     def read_images(self, splits: list[str]) -> dict[str, SplitIndex]:
-        images = read_karpathy(self.require_file(self.base / self.karpathy_json), self.name, self.coco_fields)
-        return {
-            s: self.karpathy_index([im for im in images if im.split in KARPATHY_SPLITS[s]]) for s in splits
-        }
+        file = self.require_file(self.base / self.karpathy_json)
+        images = read_karpathy(file, self.name, self.coco_fields)
+        return {s: self.karpathy_index(self.karpathy_split(s, file, images)) for s in splits}
+
+    def karpathy_split(self, split: str, file: Path, images: list[KarpathyImage]) -> list[KarpathyImage]:
+        """The entries of a split in file order, their quirks reported; images without captions skipped."""
+        if split == "train":  # entries of no split, reported once
+            for im in images:
+                if im.split not in KNOWN_SPLITS:
+                    self.quirk("all", "unknown_split", file, f"images[{im.index}]", "split", im.split)
+        chosen, seen = [], set()
+        for im in (im for im in images if im.split in KARPATHY_SPLITS[split]):
+            where = f"images[{im.index}]"
+            for kind, at, field, value in im.quirks:
+                self.quirk(split, kind, file, at, field, value)
+            key = self.feature_id(im) if self.coco_fields else im.filename
+            if key in seen:
+                self.quirk(
+                    split, "duplicate_image", file, where, "cocoid" if self.coco_fields else "filename", key
+                )
+            seen.add(key)
+            kind = count_quirk(len(im.captions))
+            if kind:
+                self.quirk(split, kind, file, where, "sentences", len(im.captions))
+            if im.captions:
+                chosen.append(im)
+        return chosen
 
     def image_path(self, im: KarpathyImage) -> Path:
         return self.base / "flickr30k-images" / im.filename
@@ -247,22 +345,32 @@ class ITMDataModule(RetrievalDataModule):
         return None
 
     def read_precomp(self, splits: list[str]) -> dict[str, SplitIndex]:
-        return {s: self.precomp_index(self.precomp_file(s)) for s in splits}
+        return {s: self.precomp_index(s, self.precomp_file(s)) for s in splits}
 
-    def precomp_index(self, name: str) -> SplitIndex:
+    def precomp_index(self, split: str, name: str) -> SplitIndex:
+        """SCAN's files of one split: features memory-mapped, captions as SCAN reads them (stripped lines)."""
         folder, hint = self.root / self.precomp_folder, self.precomp_hint(name)
-        ims, caps, ids = (
-            self.require_file(folder / f"{name}_{x}", hint) for x in ("ims.npy", "caps.txt", "ids.txt")
-        )
+        ims, caps = (self.require_file(folder / f"{name}_{x}", hint) for x in ("ims.npy", "caps.txt"))
         store = PrecompStore(ims)
-        n, captions, image_ids = len(store), read_lines(caps), read_ids(ids)
-        if len(image_ids) != n:
-            raise DatasetFormatError(
-                ids, f"{len(image_ids)} lines for {n} images in {ims}", expected=f"{n} lines"
-            )
+        n, lines = len(store), read_lines(caps)
+        while len(lines) not in (n, 5 * n) and lines and not lines[-1].strip():
+            lines.pop()
+            self.quirk(split, "trailing_blank_lines", caps, f"line {len(lines) + 1}", None, "")
+        for k, line in enumerate(lines, 1):
+            for kind, at, field, value in caption_quirks(line, f"line {k}", None):
+                self.quirk(split, kind, caps, at, field, value)
+        captions = [line.strip() for line in lines]
+        self.check_precomp_ids(split, folder / f"{name}_ids.txt", n)
         owner = caption_mapping(caps, len(captions), ims, n)
         info = {"file_split": name, "precomp_files": str(folder / f"{name}_*")}
         return SplitIndex(store, list(range(n)), [() for _ in range(n)], captions, owner, info)
+
+    def check_precomp_ids(self, split: str, path: Path, n_images: int) -> None:
+        """SCAN never reads `_ids.txt`: one that is absent or does not list one id per image is a quirk."""
+        ids = read_ids(path) if path.is_file() else None
+        if ids is None or len(ids) != n_images:
+            found = "absent" if not path.is_file() else "not integers" if ids is None else f"{len(ids)} lines"
+            self.quirk(split, "ids_mismatch", path, "whole file", None, f"{found} for {n_images} images")
 
     # -- butd: TERAN per-image bottom-up features -----------------------------------------------------
     def read_butd(self, splits: list[str]) -> dict[str, SplitIndex]:
@@ -273,7 +381,7 @@ class ITMDataModule(RetrievalDataModule):
         sizes = flickr_sizes(images_dir, [im.filename for im in images], self.trust_sizes_pkl, self.name)
         out = {}
         for split in splits:
-            chosen = [im for im in images if im.split in KARPATHY_SPLITS[split]]
+            chosen = self.karpathy_split(split, file, images)
             unsized = [() if im.filename in sizes else (images_dir / im.filename,) for im in chosen]
             out[split] = self.butd_index(
                 [self.feature_id(im) for im in chosen],
@@ -412,11 +520,24 @@ class COCODataModule(ITMDataModule):
         out = {}
         for split in splits:
             by_image: dict[int, list[str]] = {}  # image order = first appearance in the id files
+            first: dict[int, str] = {}  # image id -> where its first caption is listed
+            seen: set[int] = set()
             for name in self.BUTD_IDS[split]:
                 file = self.require_file(ann_dir / f"coco_{name}_ids.npy")
                 for pos, ann_id in enumerate(read_annotation_ids(file)):
+                    where = f"position {pos}"
+                    if ann_id in seen:
+                        self.quirk(split, "duplicate_caption_id", file, where, None, ann_id)
+                    seen.add(ann_id)
                     image_id, caption = self.coco_caption(coco.captions, coco.sizes, ann_id, file, pos)
-                    by_image.setdefault(image_id, []).append(caption)
+                    for kind, _, _, value in caption_quirks(caption, where, "caption"):
+                        self.quirk(split, kind, file, f"{where} (caption id {ann_id})", "caption", value)
+                    by_image.setdefault(image_id, []).append(caption.strip())
+                    first.setdefault(image_id, f"{file.name}, {where}")
+            for image_id, caps in by_image.items():
+                kind = count_quirk(len(caps))
+                if kind:
+                    self.quirk(split, kind, ann_dir, f"image {image_id} ({first[image_id]})", None, len(caps))
             ids = list(by_image)
             out[split] = self.butd_index(
                 ids,

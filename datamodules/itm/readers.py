@@ -1,4 +1,4 @@
-"""Parsers of the official Flickr30K / COCO annotation files (DATASETS.md §3); errors name file, entry, field.
+"""Parsers of the official Flickr30K / COCO annotation files; errors name file, entry, field.
 
 - Karpathy's `dataset_{flickr30k,coco}.json` (`caption_datasets.zip`).
 - SCAN's precomp `{split}_caps.txt` / `{split}_ids.txt` (kuanghueilee/SCAN).
@@ -14,7 +14,7 @@ import logging
 import os
 import pickle
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,10 @@ SIZES_JSON = "sizes.json"
 SIZES_PKL = "sizes.pkl"
 
 
+# One quirky entry found while parsing: (kind, where, field, value); the DataModule reports it for its split.
+EntryQuirk = tuple[str, str, "str | None", Any]
+
+
 @dataclass
 class KarpathyImage:
     """One entry of Karpathy's `images[]`."""
@@ -42,6 +46,28 @@ class KarpathyImage:
     captions: list[str]  # `raw`, stripped, every sentence
     filepath: str = ""  # COCO: train2014 | val2014
     cocoid: int = -1  # COCO image id (the COCO bottom-up feature id)
+    quirks: list[EntryQuirk] = field(default_factory=list)  # of its captions (whitespace, empty, non-ASCII)
+
+
+def caption_quirks(text: str, where: str, field_name: str | None) -> list[EntryQuirk]:
+    """The quirks of one caption as written: empty, surrounding whitespace, non-ASCII characters."""
+    out: list[EntryQuirk] = []
+    if not text.strip():
+        out.append(("empty_caption", where, field_name, text))
+    elif text != text.strip():
+        out.append(("raw_whitespace", where, field_name, text))
+    if not text.isascii():
+        out.append(("non_ascii_caption", where, field_name, text))
+    return out
+
+
+def count_quirk(n_captions: int) -> str | None:
+    """The quirk of an image's caption count (five is the norm of both datasets)."""
+    if n_captions == 0:
+        return "no_captions"
+    if n_captions < 5:
+        return "fewer_than_5_captions"
+    return "more_than_5_captions" if n_captions > 5 else None
 
 
 def read_karpathy(file: Path, dataset: str, coco: bool) -> list[KarpathyImage]:
@@ -54,17 +80,14 @@ def read_karpathy(file: Path, dataset: str, coco: bool) -> list[KarpathyImage]:
 def parse_karpathy_image(entry: Any, file: Path, i: int, coco: bool) -> KarpathyImage:
     where = f"images[{i}]"
     filename = require(entry, "filename", str, file=file, where=where, nonempty=True)
-    split = require(entry, "split", str, file=file, where=where)
-    if split not in KARPATHY_SPLITS:
-        raise DatasetFormatError(
-            file, f"unknown split {split!r}", where=where, field="split", expected=" | ".join(KARPATHY_SPLITS)
-        )
-    sentences = require(entry, "sentences", list, file=file, where=where, nonempty=True)
-    captions = [
-        require(s, "raw", str, file=file, where=f"{where}.sentences[{j}]", nonempty=True).strip()
-        for j, s in enumerate(sentences)
-    ]
-    img = KarpathyImage(index=i, filename=filename, split=split, captions=captions)
+    split = require(entry, "split", str, file=file, where=where)  # an unknown one: the caller's quirk
+    sentences = require(entry, "sentences", list, file=file, where=where)
+    img = KarpathyImage(index=i, filename=filename, split=split, captions=[])
+    for j, sentence in enumerate(sentences):
+        at = f"{where}.sentences[{j}]"
+        raw = require(sentence, "raw", str, file=file, where=at)
+        img.captions.append(raw.strip())
+        img.quirks += caption_quirks(raw, at, "raw")
     if coco:
         img.filepath = require(entry, "filepath", str, file=file, where=where, nonempty=True)
         img.cocoid = require(entry, "cocoid", int, file=file, where=where)
@@ -80,7 +103,8 @@ def select_captions(captions: Sequence[str], policy: str) -> list[str]:
 
 
 def read_lines(path: Path) -> list[str]:
-    """One entry per line (split on '\\n' only: no Unicode separator splits a caption); no empty lines."""
+    """The lines of a text file as written (split on '\\n' only, as SCAN's binary read: no Unicode separator
+    splits a caption), without the newline that ends the last one."""
     try:
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as err:
@@ -88,24 +112,15 @@ def read_lines(path: Path) -> list[str]:
     lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()
-    out = [line.rstrip("\r").strip() for line in lines]
-    for n, line in enumerate(out, 1):
-        if not line:
-            raise DatasetFormatError(path, "empty line", where=f"line {n}", expected="one entry per line")
-    return out
+    return lines
 
 
-def read_ids(path: Path) -> list[int]:
-    """SCAN `{split}_ids.txt`: one integer image id per line."""
-    ids = []
-    for n, line in enumerate(read_lines(path), 1):
-        try:
-            ids.append(int(line))
-        except ValueError:
-            raise DatasetFormatError(
-                path, f"{line!r}", where=f"line {n}", expected="an integer image id"
-            ) from None
-    return ids
+def read_ids(path: Path) -> list[int] | None:
+    """SCAN `{split}_ids.txt`: one integer image id per line; None if any line is not an integer."""
+    try:
+        return [int(line) for line in read_lines(path)]
+    except ValueError:
+        return None
 
 
 def caption_mapping(caps_file: Path, n_captions: int, ims_file: Path, n_images: int) -> list[int]:
@@ -126,7 +141,7 @@ def caption_mapping(caps_file: Path, n_captions: int, ims_file: Path, n_images: 
 
 @dataclass
 class CocoAnnotations:
-    """COCO captions JSONs merged: caption-annotation id -> (image id, caption); image id -> (w, h)."""
+    """COCO captions JSONs merged: annotation id -> (image id, caption as written); image id -> (w, h)."""
 
     captions: dict[int, tuple[int, str]]
     sizes: dict[int, tuple[int, int]]
@@ -140,8 +155,8 @@ def read_coco_captions(files: Sequence[Path], dataset: str) -> CocoAnnotations:
             where = f"annotations[{k}]"
             ann_id = require(a, "id", int, file=file, where=where)
             image_id = require(a, "image_id", int, file=file, where=where)
-            caption = require(a, "caption", str, file=file, where=where, nonempty=True)
-            out.captions[ann_id] = (image_id, caption.strip())
+            caption = require(a, "caption", str, file=file, where=where)
+            out.captions[ann_id] = (image_id, caption)  # as written: the caller strips and reports quirks
         for k, im in enumerate(require(data, "images", list, file=file, where="top level")):
             where = f"images[{k}]"
             image_id = require(im, "id", int, file=file, where=where)
