@@ -1,4 +1,4 @@
-"""CIRR (Liu et al., ICCV'21): composed retrieval on real-life images (DATASETS.md §5, PROTOCOLS.md §4.2).
+"""CIRR (Liu et al., ICCV'21): composed retrieval on real-life images.
 
 Format from the `cirr_dataset` branch of Cuberick-Orion/CIRR: `cap.rc2.{split}.json` (pairid, reference,
 target_hard, target_soft, caption, img_set) and `split.rc2.{split}.json` (name -> "./dev/dev-….png").
@@ -6,7 +6,8 @@ Conventions follow ABaldrati/CLIP4Cir's CIRR loader: the gallery is every name o
 file order, the positive is `target_hard`, the caption is used as written. The query's reference is excluded
 from its candidates and `img_set.members` (reference included) gives Recall_subset's six images; `test1`
 has no targets, so its EvalSpec carries only pair ids and gallery names for the test-server submission
-that the evaluator writes.
+that the evaluator writes. Irregular entries of the real files are read as CLIP4Cir reads them and
+reported (`QUIRKS`).
 
 Every path is built from `self.root / self.folder`, so a dataset written in CIRR's exact format under another
 folder (synth-cir) subclasses this one overriding only `name`, `folder` and `expected`.

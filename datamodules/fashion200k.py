@@ -1,4 +1,4 @@
-"""Fashion200K (Han et al., ICCV'17) with the google/tirg composed-retrieval protocol (DATASETS.md §6).
+"""Fashion200K (Han et al., ICCV'17) with the google/tirg composed-retrieval protocol.
 
 Images and label files from xthan/fashion-200k (`{cat}_{split}_detect_all.txt`: image path, detection score,
 description, tab-separated); `test_queries.txt` (source and target image paths) from google/tirg's download

@@ -1,9 +1,9 @@
-"""FashionIQ (Wu et al., CVPR'21): composed retrieval of dresses, shirts and tops (DATASETS.md §4).
+"""FashionIQ (Wu et al., CVPR'21): composed retrieval of dresses, shirts and tops.
 
 Annotations from XiaoxiaoGuo/fashion-iq: `cap.{cat}.{split}.json` (candidate, target, two captions; test
 entries have no target) and `split.{cat}.{split}.json` (the category's gallery); images `<ASIN>.jpg`.
 
-Two evaluation protocols (PROTOCOLS.md §4.1), chosen by `protocol`:
+Two evaluation protocols, chosen by `protocol`:
 - `fiq_a` (ABaldrati/CLIP4Cir): one query per triplet, text = cap(strip(c1)) + " and " + strip(c2), the
   candidate stays in the gallery;
 - `fiq_b` (naver/artemis): two queries per triplet, strip(c1) + " and " + strip(c2) and the reverse, the
@@ -12,7 +12,8 @@ strip removes leading and trailing ".", "?", ",", " "; cap is `str.capitalize`. 
 against its own gallery only (`EvalSpec.groups`). Training texts follow CLIP4Cir: drawn per sample from
 "c1 and c2", "c2 and c1", "c1", "c2" (`train_text="random"`), or always "c1 and c2" (`train_text="concat"`),
 formatted as the protocol's queries. The test split has no targets: its EvalSpec has `query_labels=None`
-(not evaluated).
+(not evaluated). Irregular entries of the real files are read as CLIP4Cir reads them and reported (`QUIRKS`);
+`stats` has one row per "<split>/<category>" beside the split totals.
 """
 
 from __future__ import annotations
