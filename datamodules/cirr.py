@@ -1,4 +1,4 @@
-"""CIRR (Liu et al., ICCV'21): composed retrieval on real-life images (DATASETS.md §5, PROTOCOLS.md §4.2).
+"""CIRR (Liu et al., ICCV'21): composed retrieval on real-life images.
 
 Format from the `cirr_dataset` branch of Cuberick-Orion/CIRR: `cap.rc2.{split}.json` (pairid, reference,
 target_hard, target_soft, caption, img_set) and `split.rc2.{split}.json` (name -> "./dev/dev-….png").
@@ -6,7 +6,8 @@ Conventions follow ABaldrati/CLIP4Cir's CIRR loader: the gallery is every name o
 file order, the positive is `target_hard`, the caption is used as written. The query's reference is excluded
 from its candidates and `img_set.members` (reference included) gives Recall_subset's six images; `test1`
 has no targets, so its EvalSpec carries only pair ids and gallery names for the test-server submission
-that the evaluator writes.
+that the evaluator writes. Irregular entries of the real files are read as CLIP4Cir reads them and
+reported (`QUIRKS`).
 
 Every path is built from `self.root / self.folder`, so a dataset written in CIRR's exact format under another
 folder (synth-cir) subclasses this one overriding only `name`, `folder` and `expected`.
@@ -25,6 +26,7 @@ from fgbench.data.datasets import ComposedQueryDataset, ImageFiles, TripletDatas
 from fgbench.data.module import EvalSet, LoadedData, RetrievalDataModule
 from fgbench.data.validation import (
     DatasetFormatError,
+    QuirkKind,
     find_missing,
     handle_missing,
     not_found,
@@ -46,6 +48,39 @@ LAYOUT = """\
 """
 N_MEMBERS = 6
 UNLABELLED_SPLIT = "test1"  # the only split allowed to lack target_hard (targets are kept by the server)
+PAD = -1  # a repeated img_set member, so Recall_subset ranks each image once
+QUIRKS = (
+    QuirkKind(
+        "empty_caption",
+        "a caption that is empty or only white space",
+        "CLIP4Cir tokenizes the caption as written",
+        "kept as written",
+    ),
+    QuirkKind(
+        "reference_is_target",
+        "a training entry whose target_hard is its reference",
+        "CLIP4Cir's training loader keeps it (reference and target are the same image)",
+        "kept as a training triplet (in val/test1 it would leave the query without a positive: an error)",
+    ),
+    QuirkKind(
+        "train_img_set",
+        "a training img_set that is not six names of the split holding reference and target",
+        "CLIP4Cir never reads img_set when training",
+        "kept unread: training does not use img_set",
+    ),
+    QuirkKind(
+        "repeated_member",
+        "a name listed twice in an img_set's members",
+        "CLIP4Cir's Recall_subset tests membership, so a repeated name counts once",
+        "the repeat is left out of the query's subset, so it counts once",
+    ),
+    QuirkKind(
+        "duplicate_pairid",
+        "a pairid used by more than one entry",
+        "CLIP4Cir keeps every entry (one query each)",
+        "kept: one query each, both under that pairid in the test-server files",
+    ),
+)
 
 
 @dataclass
@@ -91,6 +126,7 @@ class CIRRDataModule(RetrievalDataModule):
         "val": {"queries": 4181, "images": 2297, "gallery": 2297, "image_sets": 503, "references": 2165},
         "test1": {"queries": 4148, "images": 2315, "gallery": 2315, "image_sets": 503},
     }
+    quirk_kinds: ClassVar[tuple[QuirkKind, ...]] = QUIRKS
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """Subclasses that override `folder` get the layout of their own folder in error messages."""
@@ -134,6 +170,7 @@ class CIRRDataModule(RetrievalDataModule):
         """Parse a split's image list and captions, check them, and stat its image files."""
         names, paths = self.read_image_split(split)
         known = set(names)
+        self._pairids: set[int] = set()
         file = self.annotation(f"captions/cap.rc2.{split}.json")
         entries = read_json(file, self.name)
         if not isinstance(entries, list):
@@ -141,15 +178,77 @@ class CIRRDataModule(RetrievalDataModule):
         labelled = split != UNLABELLED_SPLIT or any(
             isinstance(e, dict) and "target_hard" in e for e in entries
         )
-        triplets = [
-            parse_entry(e, file, f"entry {i}", known, labelled, split != "train")
-            for i, e in enumerate(entries)
-        ]
+        triplets = [self.read_entry(split, e, file, i, known, labelled) for i, e in enumerate(entries)]
         missing = find_missing(paths)
         if missing and split == "train" and self.resolve_by_name:
             paths, missing = self.resolve_train_paths(paths, missing)
         handle_missing(self.name, split, missing, len(paths), self.skip_missing, self.missing_hint(split))
         return SplitData(names, paths, triplets, labelled, missing)
+
+    def read_entry(
+        self, split: str, entry: Any, file: Path, i: int, known: set[str], labelled: bool
+    ) -> Triplet:
+        """Parse one caption entry, stop on what the protocol cannot use, note the quirks it can."""
+        train = split == "train"
+        t = parse_entry(entry, file, f"entry {i}", labelled, not train)
+        where = f"entry {i} (pairid {t.pairid})"
+        if not t.caption.strip():
+            self.quirk(split, "empty_caption", file, where, "caption", t.caption)
+        if t.pairid in self._pairids:
+            self.quirk(split, "duplicate_pairid", file, where, "pairid", t.pairid)
+        self._pairids.add(t.pairid)
+        for key, value in [("reference", t.reference), ("target_hard", t.target)]:
+            if value is not None and value not in known:
+                raise DatasetFormatError(
+                    file, f"image {value!r} is not in the split file", where=where, field=key
+                )
+        if t.target is not None and t.target == t.reference:
+            if not train:  # the reference is excluded from its candidates: no positive would remain
+                raise DatasetFormatError(
+                    file, f"target_hard equals the reference {t.reference!r}", where=where
+                )
+            self.quirk(split, "reference_is_target", file, where, "target_hard", t.target)
+        if train:
+            if t.members and not self.usable_set(t, known):
+                self.quirk(split, "train_img_set", file, where, "img_set.members", t.members)
+            t.members = []  # training never reads the image set
+            return t
+        distinct = list(dict.fromkeys(t.members))
+        if len(t.members) != N_MEMBERS:
+            raise DatasetFormatError(
+                file,
+                f"{t.members!r}",
+                where=where,
+                field="img_set.members",
+                expected=f"{N_MEMBERS} image names",
+            )
+        for key, value in [("reference", t.reference), ("target_hard", t.target)]:
+            if value is not None and value not in distinct:
+                raise DatasetFormatError(
+                    file,
+                    f"{key} {value!r} is not among the img_set members {t.members}",
+                    where=where,
+                    field=key,
+                )
+        for m in distinct:
+            if m not in known:
+                raise DatasetFormatError(
+                    file, f"image {m!r} is not in the split file", where=where, field="img_set.members"
+                )
+        if len(distinct) < len(t.members):
+            self.quirk(split, "repeated_member", file, where, "img_set.members", t.members)
+        return t
+
+    @staticmethod
+    def usable_set(t: Triplet, known: set[str]) -> bool:
+        """Six distinct names of the split holding the reference and the target."""
+        names = set(t.members)
+        return (
+            len(t.members) == N_MEMBERS == len(names)
+            and names <= known
+            and t.reference in names
+            and (t.target is None or t.target in names)
+        )
 
     def read_image_split(self, split: str) -> tuple[list[str], list[Path]]:
         """`split.rc2.{split}.json`: image name -> path relative to the dataset folder."""
@@ -237,7 +336,7 @@ class CIRRDataModule(RetrievalDataModule):
             else None,
             gallery_labels=torch.arange(len(names)),
             exclude=torch.tensor([gidx[t.reference] for t in queries], dtype=torch.long),
-            subsets=torch.tensor([[gidx[m] for m in t.members] for t in queries], dtype=torch.long).view(
+            subsets=torch.tensor([subset_row(t.members, gidx) for t in queries], dtype=torch.long).view(
                 len(queries), N_MEMBERS
             ),
             query_ids=[str(t.pairid) for t in queries],
@@ -265,35 +364,29 @@ class CIRRDataModule(RetrievalDataModule):
         return es, stats
 
 
-def parse_entry(
-    entry: Any, file: Path, where: str, known: set[str], labelled: bool, with_set: bool
-) -> Triplet:
-    """Read and check one caption entry (fields, types, names in the split, reference/target/members)."""
+def parse_entry(entry: Any, file: Path, where: str, labelled: bool, with_set: bool) -> Triplet:
+    """Read one caption entry's fields and types (reference, caption, target_hard, img_set.members)."""
     pairid = require(entry, "pairid", int, file=file, where=where)
     where = f"{where} (pairid {pairid})"
     reference = require(entry, "reference", str, file=file, where=where, nonempty=True)
-    caption = require(entry, "caption", str, file=file, where=where, nonempty=True)
+    caption = require(entry, "caption", str, file=file, where=where)
     target = require(entry, "target_hard", str, file=file, where=where, nonempty=True) if labelled else None
     members: list[str] = []
     if with_set or "img_set" in entry:
         img_set = require(entry, "img_set", dict, file=file, where=where)
         members = require(img_set, "members", list, file=file, where=f"{where}, img_set")
-        if len(members) != N_MEMBERS or not all(isinstance(m, str) for m in members):
+        if not all(isinstance(m, str) for m in members):
             raise DatasetFormatError(
-                file,
-                f"{members!r}",
-                where=where,
-                field="img_set.members",
-                expected=f"{N_MEMBERS} image names",
+                file, f"{members!r}", where=where, field="img_set.members", expected="image names"
             )
-    if target is not None and target == reference:
-        raise DatasetFormatError(file, f"target_hard equals the reference {reference!r}", where=where)
-    for key, value in [("reference", reference), ("target_hard", target)]:
-        if members and value is not None and value not in members:
-            raise DatasetFormatError(
-                file, f"{key} {value!r} is not among the img_set members {members}", where=where, field=key
-            )
-    for value in [reference, target, *members]:
-        if value is not None and value not in known:
-            raise DatasetFormatError(file, f"image {value!r} is not in the split file", where=where)
     return Triplet(pairid, reference, caption, target, members)
+
+
+def subset_row(members: list[str], gidx: dict[str, int]) -> list[int]:
+    """Gallery indices of an img_set's members; a repeated name is padding (each image ranked once)."""
+    seen: set[str] = set()
+    row = []
+    for m in members:
+        row.append(PAD if m in seen else gidx[m])
+        seen.add(m)
+    return row

@@ -1,4 +1,4 @@
-"""Fashion200K (Han et al., ICCV'17) with the google/tirg composed-retrieval protocol (DATASETS.md §6).
+"""Fashion200K (Han et al., ICCV'17) with the google/tirg composed-retrieval protocol.
 
 Images and label files from xthan/fashion-200k (`{cat}_{split}_detect_all.txt`: image path, detection score,
 description, tab-separated); `test_queries.txt` (source and target image paths) from google/tirg's download
@@ -7,13 +7,14 @@ script. Conventions re-implemented from google/tirg's `datasets.py`:
   "*" -> "starmark"; captions are compared on the normalised text;
 - modification text "replace X with Y": X = first source word absent from the target caption, Y = first
   target word absent from the source caption (TIRG falls back to the last word when there is none);
-- training pairs are drawn on the fly: a caption's parents are the caption minus one word; an image is
+- training pairs are drawn on the fly: a caption's parents are the caption minus one word, removed as TIRG
+  removes it (`str.replace` of every matching substring, one pass folding double spaces, strip); an image is
   modifiable when one of its parents has at least two child captions; its target is an image of another
-  child of a random parent (TIRG's rejection sampling). Unlike TIRG's `str.replace`, the word is removed as
-  a token, not as every matching substring;
+  child of a random parent (TIRG's rejection sampling);
 - evaluation (protocol `f200k`): gallery = every test image, the source excluded; a hit is any retrieved image
   with the target's caption, so labels are caption ids.
 Fashion200K has no val split: `val_split` defaults to "test", as in the papers (recorded in `info["split"]`).
+Irregular lines of the real files are read as TIRG reads them and reported (`QUIRKS`).
 """
 
 from __future__ import annotations
@@ -29,7 +30,14 @@ from torch.utils.data import Dataset
 
 from fgbench.data.datasets import ComposedQueryDataset, ImageFiles, Transform, VisualDataset
 from fgbench.data.module import EvalSet, LoadedData, RetrievalDataModule
-from fgbench.data.validation import DatasetFormatError, find_missing, handle_missing, not_found, warn_counts
+from fgbench.data.validation import (
+    DatasetFormatError,
+    QuirkKind,
+    find_missing,
+    handle_missing,
+    not_found,
+    warn_counts,
+)
 from fgbench.evaluation.spec import EvalSpec
 from fgbench.registry import register_datamodule
 
@@ -41,6 +49,38 @@ LAYOUT = """\
 """
 LABEL_FORMAT = "image_path<TAB>detection_score<TAB>description"
 MARKS = {".": "dotmark", "?": "questionmark", "&": "andmark", "*": "starmark"}
+QUIRKS = (
+    QuirkKind(
+        "empty_caption",
+        "a label line whose description is empty",
+        "TIRG keeps the image with an empty caption (no words: never a training source or target)",
+        "kept the same way; a test query on such an image stops (TIRG cannot build its text either)",
+    ),
+    QuirkKind(
+        "extra_fields",
+        "a label line with more than three tab-separated fields",
+        "TIRG takes the description from the third field and ignores the rest",
+        "the same",
+    ),
+    QuirkKind(
+        "score_not_a_number",
+        "a detection score that is not a number",
+        "TIRG stores the score as text and never uses it",
+        "kept unread",
+    ),
+    QuirkKind(
+        "duplicate_image",
+        "an image path listed on more than one label line of a split",
+        "TIRG keeps every line as an image; a test query's path means its last line",
+        "the same: each line is a gallery item, queries use the last one",
+    ),
+    QuirkKind(
+        "blank_line",
+        "a blank line inside a label file or test_queries.txt",
+        "TIRG stops on it (too few fields to unpack)",
+        "skipped",
+    ),
+)
 
 
 def normalise(description: str) -> str:
@@ -60,9 +100,9 @@ def modification_text(source: str, target: str) -> str:
 
 
 def parents(caption: str) -> list[str]:
-    """The caption minus one word, for each word position (distinct values, in order)."""
-    words = caption.split()
-    return list(dict.fromkeys(" ".join(words[:i] + words[i + 1 :]) for i in range(len(words))))
+    """TIRG's parents: for each word, the caption with every occurrence of that word's text removed (also
+    inside longer words), double spaces folded once, stripped (distinct values, in order)."""
+    return list(dict.fromkeys(caption.replace(w, "").replace("  ", " ").strip() for w in caption.split()))
 
 
 @dataclass
@@ -149,6 +189,7 @@ class Fashion200KDataModule(RetrievalDataModule):
         "train": {"images": 172049, "captions": 53099, "queries": 106464},
         "test": {"images": 29789, "gallery": 29789, "queries": 33480},
     }
+    quirk_kinds: ClassVar[tuple[QuirkKind, ...]] = QUIRKS
 
     def __init__(
         self, root: str = "data", val_split: str = "test", test_split: str = "test", **kwargs: Any
@@ -181,14 +222,52 @@ class Fashion200KDataModule(RetrievalDataModule):
     def read_labels(self, split: str) -> Labelled:
         """All five label files of a split, in category order."""
         out = Labelled([], [])
+        seen: set[str] = set()
         for cat in CATEGORIES:
             file = self.annotation(f"labels/{cat}_{split}_detect_all.txt")
-            for n, line in enumerate(read_lines(file), start=1):
-                if line.strip():
-                    path, caption = parse_label_line(line, file, n)
-                    out.paths.append(path)
-                    out.captions.append(caption)
+            for n, line in self.numbered_lines(split, file):
+                path, caption = self.parse_label_line(split, line, file, n)
+                if path in seen:
+                    self.quirk(split, "duplicate_image", file, f"line {n}", "image_path", path)
+                seen.add(path)
+                out.paths.append(path)
+                out.captions.append(caption)
         return out
+
+    def numbered_lines(self, split: str, file: Path) -> list[tuple[int, str]]:
+        """The file's non-blank lines with their numbers; a blank line before the last one is a quirk."""
+        lines = read_lines(file)
+        if lines and not lines[-1].strip():
+            lines = lines[:-1]  # the newline that ends the file
+        out = []
+        for n, line in enumerate(lines, start=1):
+            if line.strip():
+                out.append((n, line))
+            else:
+                self.quirk(split, "blank_line", file, f"line {n}", None, line)
+        return out
+
+    def parse_label_line(self, split: str, line: str, file: Path, n: int) -> tuple[str, str]:
+        """One label line -> (image path, normalised caption), as TIRG splits it on tabs."""
+        where = f"line {n}"
+        parts = line.split("\t")
+        if len(parts) < 3:
+            raise DatasetFormatError(
+                file, f"{len(parts)} tab-separated field(s)", where=where, expected=LABEL_FORMAT
+            )
+        if len(parts) > 3:
+            self.quirk(split, "extra_fields", file, where, None, parts[3:])
+        path, score, description = parts[0].strip(), parts[1].strip(), parts[2]
+        if not path:
+            raise DatasetFormatError(file, "empty value", where=where, field="image_path")
+        try:
+            float(score)
+        except ValueError:
+            self.quirk(split, "score_not_a_number", file, where, "detection_score", score)
+        caption = normalise(description)
+        if not caption:
+            self.quirk(split, "empty_caption", file, where, "description", description)
+        return path, caption
 
     def apply_missing(self, split: str, paths: list[str]) -> set[str]:
         """Apply the missing-file rule to a split's images; return the missing relative paths."""
@@ -223,7 +302,7 @@ class Fashion200KDataModule(RetrievalDataModule):
         gallery = [labels.paths[i] for i in kept]
         index = CaptionIndex.build([labels.captions[i] for i in kept])
         position = {p: j for j, p in enumerate(gallery)}
-        queries = self.read_queries(set(labels.paths))
+        queries = self.read_queries(dict(zip(labels.paths, labels.captions, strict=True)))
         queries = [(s, t) for s, t in queries if s not in absent and t not in absent]
         store = ImageFiles([self.base / p for p in gallery])
         src = [position[s] for s, _ in queries]
@@ -253,22 +332,28 @@ class Fashion200KDataModule(RetrievalDataModule):
             "missing": len(absent),
         }
 
-    def read_queries(self, test_paths: set[str]) -> list[tuple[str, str]]:
-        """test_queries.txt: "source_path target_path" per line, both among the test images."""
+    def read_queries(self, caption_of: dict[str, str]) -> list[tuple[str, str]]:
+        """test_queries.txt: "source_path target_path" per line, both among the test images (path -> the
+        caption of its last label line, as TIRG maps it), both with a caption to build the text from."""
         file = self.annotation("test_queries.txt")
         out = []
-        for n, line in enumerate(read_lines(file), start=1):
+        for n, line in self.numbered_lines("test", file):
             fields = line.split()
-            if not fields:
-                continue
             if len(fields) != 2:
                 raise DatasetFormatError(
                     file, f"{len(fields)} fields", where=f"line {n}", expected="source and target image paths"
                 )
             for key, path in zip(("source", "target"), fields, strict=True):
-                if path not in test_paths:
+                if path not in caption_of:
                     raise DatasetFormatError(
                         file, f"{path!r} is not in the test label files", where=f"line {n}", field=key
+                    )
+                if not caption_of[path]:
+                    raise DatasetFormatError(
+                        file,
+                        f"{path!r} has an empty caption: no modification text can be built",
+                        where=f"line {n}",
+                        field=key,
                     )
             out.append((fields[0], fields[1]))
         return out
@@ -280,26 +365,3 @@ def read_lines(file: Path) -> list[str]:
         return file.read_text(encoding="utf-8").split("\n")
     except UnicodeDecodeError as err:
         raise DatasetFormatError(file, f"not UTF-8 text ({err})", expected="a UTF-8 text file") from None
-
-
-def parse_label_line(line: str, file: Path, n: int) -> tuple[str, str]:
-    """One label line -> (image path, normalised caption)."""
-    where = f"line {n}"
-    parts = line.split("\t", 2)
-    if len(parts) != 3:
-        raise DatasetFormatError(
-            file, f"{len(parts)} tab-separated field(s)", where=where, expected=LABEL_FORMAT
-        )
-    path, score, description = (p.strip() for p in parts)
-    if not path:
-        raise DatasetFormatError(file, "empty value", where=where, field="image_path")
-    try:
-        float(score)
-    except ValueError:
-        raise DatasetFormatError(
-            file, f"{score!r}", where=where, field="detection_score", expected="a number"
-        ) from None
-    caption = normalise(description)
-    if not caption:
-        raise DatasetFormatError(file, "empty value", where=where, field="description", expected="a caption")
-    return path, caption

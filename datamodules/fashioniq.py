@@ -1,9 +1,9 @@
-"""FashionIQ (Wu et al., CVPR'21): composed retrieval of dresses, shirts and tops (DATASETS.md §4).
+"""FashionIQ (Wu et al., CVPR'21): composed retrieval of dresses, shirts and tops.
 
 Annotations from XiaoxiaoGuo/fashion-iq: `cap.{cat}.{split}.json` (candidate, target, two captions; test
 entries have no target) and `split.{cat}.{split}.json` (the category's gallery); images `<ASIN>.jpg`.
 
-Two evaluation protocols (PROTOCOLS.md §4.1), chosen by `protocol`:
+Two evaluation protocols, chosen by `protocol`:
 - `fiq_a` (ABaldrati/CLIP4Cir): one query per triplet, text = cap(strip(c1)) + " and " + strip(c2), the
   candidate stays in the gallery;
 - `fiq_b` (naver/artemis): two queries per triplet, strip(c1) + " and " + strip(c2) and the reverse, the
@@ -12,7 +12,8 @@ strip removes leading and trailing ".", "?", ",", " "; cap is `str.capitalize`. 
 against its own gallery only (`EvalSpec.groups`). Training texts follow CLIP4Cir: drawn per sample from
 "c1 and c2", "c2 and c1", "c1", "c2" (`train_text="random"`), or always "c1 and c2" (`train_text="concat"`),
 formatted as the protocol's queries. The test split has no targets: its EvalSpec has `query_labels=None`
-(not evaluated).
+(not evaluated). Irregular entries of the real files are read as CLIP4Cir reads them and reported (`QUIRKS`);
+`stats` has one row per "<split>/<category>" beside the split totals.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from fgbench.data.datasets import ComposedQueryDataset, ImageFiles, TripletDatas
 from fgbench.data.module import EvalSet, LoadedData, RetrievalDataModule
 from fgbench.data.validation import (
     DatasetFormatError,
+    QuirkKind,
     find_missing,
     handle_missing,
     not_found,
@@ -48,12 +50,64 @@ LAYOUT = """\
 <root>/fashionIQ_dataset/image_splits/split.{dress,shirt,toptee}.{train,val,test}.json
 <root>/fashionIQ_dataset/images/<ASIN>.jpg
 """
-# DATASETS.md §4: (triplets, images) per category and split
+# (triplets, images) per category and split, from the FashionIQ paper's dataset statistics
 COUNTS = {
     "dress": {"train": (5985, 11452), "val": (2017, 3817), "test": (2024, 3818)},
     "shirt": {"train": (5988, 19036), "val": (2038, 6346), "test": (2038, 6346)},
     "toptee": {"train": (6027, 16121), "val": (1961, 5373), "test": (2056, 5374)},
 }
+
+
+def expected_counts(categories: Sequence[str], protocol: str) -> dict[str, dict[str, int | None]]:
+    """The published counts per "<split>/<category>" and their totals over the loaded categories."""
+    out: dict[str, dict[str, int | None]] = {}
+    for split in ("train", "val", "test"):
+        total: dict[str, int] = {}
+        for cat in categories:
+            t, n = COUNTS[cat][split]
+            row = {"triplets": t, "images": n, "captions": 2 * t}
+            row["queries"] = t if split == "train" or protocol == "fiq_a" else 2 * t
+            if split != "train":
+                row["gallery"] = n
+            out[f"{split}/{cat}"] = dict(row)
+            for k, v in row.items():
+                total[k] = total.get(k, 0) + v
+        out[split] = dict(total)
+    return out
+
+
+QUIRKS = (
+    QuirkKind(
+        "empty_caption",
+        "a caption that is empty once '.?, ' are stripped",
+        'CLIP4Cir keeps it: the query text joins an empty string ("Cap(\'\') and c2" = " and c2")',
+        "kept and joined the same way",
+    ),
+    QuirkKind(
+        "candidate_is_target",
+        "an entry whose candidate is its own target",
+        "CLIP4Cir keeps it (the target stays in the gallery); ARTEMIS excludes the candidate: always a miss",
+        "kept; under fiq_b its candidate is not excluded (the query's only positive)",
+    ),
+    QuirkKind(
+        "duplicate_entry",
+        "an entry repeated verbatim in a caption file",
+        "CLIP4Cir keeps every entry (one query each)",
+        "kept: one query (fiq_a) or two (fiq_b) per entry",
+    ),
+    QuirkKind(
+        "duplicate_asin",
+        "an ASIN listed more than once in a split file",
+        "CLIP4Cir keeps every listed entry in the gallery (the gallery count includes the repeat)",
+        "kept in the gallery; the copies share one label, so either copy is the target",
+    ),
+    QuirkKind(
+        "candidate_outside_split",
+        "a val/test candidate that is not in the category's split file",
+        "CLIP4Cir's test loader reads the candidate image from images/ by ASIN",
+        "the candidate image is read from images/ as a query image, not added to the gallery",
+    ),
+)
 
 
 def strip(caption: str) -> str:
@@ -104,12 +158,10 @@ class FashionIQDataModule(RetrievalDataModule):
     tasks: ClassVar[frozenset[str]] = frozenset({"composed"})
     layout: ClassVar[str] = LAYOUT
     folder: ClassVar[str] = "fashionIQ_dataset"
-    # per "<split>/<category>"; the split totals depend on the categories loaded
-    expected: ClassVar[dict[str, dict[str, int | None]]] = {
-        f"{split}/{cat}": {"triplets": t, "images": n}
-        for cat, splits in COUNTS.items()
-        for split, (t, n) in splits.items()
-    }
+    # per split and "<split>/<category>" for the defaults (all categories, fiq_a); an instance holds the
+    # counts of its own categories and protocol (the split totals and fiq_b's queries differ)
+    expected: ClassVar[dict[str, dict[str, int | None]]] = expected_counts(CATEGORIES, "fiq_a")
+    quirk_kinds: ClassVar[tuple[QuirkKind, ...]] = QUIRKS
 
     def __init__(
         self,
@@ -135,6 +187,7 @@ class FashionIQDataModule(RetrievalDataModule):
         self.categories = list(dict.fromkeys(cats))
         self.protocol = protocol
         self.train_text = train_text
+        self.expected = expected_counts(self.categories, protocol)
 
     @property
     def base(self) -> Path:
@@ -153,18 +206,16 @@ class FashionIQDataModule(RetrievalDataModule):
         eval_splits = [s for s in dict.fromkeys([self.val_split, self.test_split]) if s]
         for split in ["train", *eval_splits]:
             parts = [self.read(cat, split) for cat in self.categories]
-            for part in parts:
-                key = f"{split}/{part.category}"
-                out.stats[key] = {"triplets": len(part.triplets), "images": len(part.gallery)}
-                out.warnings += warn_counts(self.name, key, out.stats[key], self.expected.get(key, {}))
             if split == "train":
                 self.build_train(parts, out)
             else:
                 self.build_eval(split, parts, out)
+            for key in [split, *(f"{split}/{p.category}" for p in parts)]:
+                out.warnings += warn_counts(self.name, key, out.stats[key], self.expected.get(key, {}))
         return out
 
     def read(self, cat: str, split: str) -> CategorySplit:
-        """Parse one category's captions and split file and check them against each other."""
+        """Parse one category's captions and split file, check them against each other, note quirks."""
         gallery = self.read_image_split(cat, split)
         file = self.annotation(f"captions/cap.{cat}.{split}.json")
         entries = read_json(file, self.name)
@@ -172,20 +223,32 @@ class FashionIQDataModule(RetrievalDataModule):
             raise DatasetFormatError(file, f"top level is {type(entries).__name__}", expected="a JSON list")
         labelled = split != "test" or any(isinstance(e, dict) and "target" in e for e in entries)
         triplets = [parse_entry(e, file, f"entry {i}", labelled) for i, e in enumerate(entries)]
-        if split != "train":
-            known = set(gallery)
-            for i, t in enumerate(triplets):
-                for key, asin in [("candidate", t.candidate), ("target", t.target)]:
-                    if asin is not None and asin not in known:
-                        raise DatasetFormatError(
-                            file,
-                            f"{asin!r} is not in split.{cat}.{split}.json",
-                            where=f"entry {i}",
-                            field=key,
-                        )
+        known = set(gallery)
+        seen: set[tuple[str, str | None, tuple[str, str]]] = set()
+        for i, t in enumerate(triplets):
+            where = f"entry {i}"
+            for c in t.captions:
+                if not strip(c):
+                    self.quirk(split, "empty_caption", file, where, "captions", c)
+            if t.candidate == t.target:
+                self.quirk(split, "candidate_is_target", file, where, "target", t.target)
+            key = (t.candidate, t.target, t.captions)
+            if key in seen:
+                self.quirk(split, "duplicate_entry", file, where, None, entries[i])
+            seen.add(key)
+            if split == "train":
+                continue  # training reads images by ASIN; the train split file plays no part
+            if t.target is not None and t.target not in known:
+                # the query would have no positive: the reference evaluation asserts exactly one
+                raise DatasetFormatError(
+                    file, f"{t.target!r} is not in split.{cat}.{split}.json", where=where, field="target"
+                )
+            if t.candidate not in known:
+                self.quirk(split, "candidate_outside_split", file, where, "candidate", t.candidate)
         return CategorySplit(cat, triplets, gallery)
 
     def read_image_split(self, cat: str, split: str) -> list[str]:
+        """`split.{cat}.{split}.json`: the category's gallery, every listed entry kept (repeats included)."""
         file = self.annotation(f"image_splits/split.{cat}.{split}.json")
         names = read_json(file, self.name)
         if not isinstance(names, list):
@@ -199,7 +262,7 @@ class FashionIQDataModule(RetrievalDataModule):
                     file, f"value {asin!r}", where=f"entry {i}", expected="an ASIN string"
                 )
             if asin in seen:
-                raise DatasetFormatError(file, f"duplicate ASIN {asin!r}", where=f"entry {i}")
+                self.quirk(split, "duplicate_asin", file, f"entry {i}", None, asin)
             seen.add(asin)
         return names
 
@@ -249,7 +312,10 @@ class FashionIQDataModule(RetrievalDataModule):
         triplets = [t for p in parts for t in p.triplets]
         asins = [a for t in triplets for a in (t.candidate, str(t.target))]
         absent = self.check_images("train", asins)
-        kept = [t for t in triplets if not ({t.candidate, str(t.target)} & absent)]
+        kept_by_cat = {
+            p.category: [t for t in p.triplets if not ({t.candidate, str(t.target)} & absent)] for p in parts
+        }
+        kept = [t for p in parts for t in kept_by_cat[p.category]]
         images = list(dict.fromkeys(a for t in kept for a in (t.candidate, str(t.target))))
         index = {a: i for i, a in enumerate(images)}
         out.train = TripletDataset(
@@ -261,7 +327,20 @@ class FashionIQDataModule(RetrievalDataModule):
         out.num_classes = len(images)
         out.train_vocab_texts = [text for t in kept for text in self.texts(*t.captions)]
         out.missing["train"] = [str(self.image_path(a)) for a in sorted(absent)]
+        for p in parts:
+            cat_kept = kept_by_cat[p.category]
+            cat_asins = {a for t in p.triplets for a in (t.candidate, str(t.target))}
+            out.stats[f"train/{p.category}"] = {
+                "triplets": len(p.triplets),
+                "images": len(p.gallery),
+                "captions": 2 * len(p.triplets),
+                "labels": len({t.target for t in cat_kept}),
+                "queries": len(cat_kept),
+                "gallery": 0,
+                "missing": len(cat_asins & absent),
+            }
         out.stats["train"] = {
+            "triplets": len(triplets),
             "images": sum(len(p.gallery) for p in parts),
             "captions": 2 * len(triplets),
             "labels": len({t.target for t in kept}),
@@ -271,34 +350,64 @@ class FashionIQDataModule(RetrievalDataModule):
         }
 
     def build_eval(self, split: str, parts: list[CategorySplit], out: LoadedData) -> None:
-        """Concatenated category galleries; each category's queries are scored against its own block."""
-        absent = self.check_images(split, [a for p in parts for a in p.gallery])
+        """Concatenated category galleries; each category's queries are scored against its own block.
+
+        Copies of an ASIN repeated in a split file share one label (the first copy's index). Candidates
+        outside their split file are read from images/ as query images placed after the gallery in the
+        image store, so they are never gallery items."""
+        outside = list(
+            dict.fromkeys(t.candidate for p in parts for t in p.triplets if t.candidate not in p.gallery)
+        )
+        absent = self.check_images(split, [a for p in parts for a in p.gallery] + outside)
         labelled = all(t.target is not None for p in parts for t in p.triplets)
         gallery: list[str] = []
+        gallery_labels: list[int] = []
+        blocks: list[dict[str, int]] = []
+        for part in parts:
+            offset = len(gallery)
+            block = [a for a in part.gallery if a not in absent]
+            first: dict[str, int] = {}
+            for j, a in enumerate(block):
+                first.setdefault(a, offset + j)
+                gallery_labels.append(first[a])
+            gallery += block
+            blocks.append(first)
+        extra = {a: len(gallery) + k for k, a in enumerate(a for a in outside if a not in absent)}
         ref_ids: list[int] = []
         texts: list[str] = []
         labels: list[int] = []
         exclude: list[int] = []
         groups: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        for part in parts:
-            offset, q0 = len(gallery), len(texts)
-            block = [a for a in part.gallery if a not in absent]
-            gidx = {a: offset + j for j, a in enumerate(block)}
-            gallery += block
-            for t in part.triplets:
-                if t.candidate in absent or t.target in absent:
-                    continue
+        offset = 0
+        for part, gidx in zip(parts, blocks, strict=True):
+            q0, n_block = len(texts), sum(1 for a in part.gallery if a not in absent)
+            kept = [t for t in part.triplets if t.candidate not in absent and t.target not in absent]
+            for t in kept:
+                ref = gidx.get(t.candidate, extra.get(t.candidate, -1))
+                excluded = gidx.get(t.candidate, -1) if t.candidate != t.target else -1
                 for text in self.texts(*t.captions):
-                    ref_ids.append(gidx[t.candidate])
+                    ref_ids.append(ref)
                     texts.append(text)
                     labels.append(gidx[t.target] if t.target is not None else -1)
-                    exclude.append(gidx[t.candidate] if self.protocol == "fiq_b" else -1)
-            groups[part.category] = (torch.arange(q0, len(texts)), torch.arange(offset, len(gallery)))
-        store = ImageFiles([self.image_path(a) for a in gallery])
+                    exclude.append(excluded if self.protocol == "fiq_b" else -1)
+            groups[part.category] = (torch.arange(q0, len(texts)), torch.arange(offset, offset + n_block))
+            cat_absent = {a for a in part.gallery if a in absent}
+            cat_absent |= {t.candidate for t in part.triplets if t.candidate in absent}
+            out.stats[f"{split}/{part.category}"] = {
+                "triplets": len(part.triplets),
+                "images": len(part.gallery),
+                "captions": 2 * len(part.triplets),
+                "labels": len({t.target for t in kept if t.target is not None}),
+                "queries": len(texts) - q0,
+                "gallery": n_block,
+                "missing": len(cat_absent),
+            }
+            offset += n_block
+        store = ImageFiles([self.image_path(a) for a in [*gallery, *extra]])
         spec = EvalSpec(
             protocol=self.protocol,
             query_labels=torch.tensor(labels, dtype=torch.long) if labelled else None,
-            gallery_labels=torch.arange(len(gallery)),
+            gallery_labels=torch.tensor(gallery_labels, dtype=torch.long),
             exclude=torch.tensor(exclude, dtype=torch.long),
             groups=groups,
             info={
@@ -309,10 +418,14 @@ class FashionIQDataModule(RetrievalDataModule):
             },
         )
         out.eval_sets[split] = EvalSet(
-            ComposedQueryDataset(store, ref_ids, texts), VisualDataset(store), spec, query_kind="composed"
+            ComposedQueryDataset(store, ref_ids, texts),
+            VisualDataset(store, range(len(gallery))),
+            spec,
+            query_kind="composed",
         )
         out.missing[split] = [str(self.image_path(a)) for a in sorted(absent)]
         out.stats[split] = {
+            "triplets": sum(len(p.triplets) for p in parts),
             "images": sum(len(p.gallery) for p in parts),
             "captions": 2 * sum(len(p.triplets) for p in parts),
             "labels": len({lb for lb in labels if lb >= 0}),
@@ -323,14 +436,15 @@ class FashionIQDataModule(RetrievalDataModule):
 
 
 def parse_entry(entry: Any, file: Path, where: str, labelled: bool) -> Triplet:
-    """Read and check one caption entry: candidate, target (absent in test), exactly two captions."""
+    """Read one caption entry: candidate, target (absent in test), exactly two caption strings.
+
+    Only the structure is checked here; empty captions and candidate == target are quirks the caller notes.
+    """
     candidate = require(entry, "candidate", str, file=file, where=where, nonempty=True)
     target = require(entry, "target", str, file=file, where=where, nonempty=True) if labelled else None
     captions = require(entry, "captions", list, file=file, where=where)
-    if len(captions) != 2 or not all(isinstance(c, str) and strip(c) for c in captions):
+    if len(captions) != 2 or not all(isinstance(c, str) for c in captions):
         raise DatasetFormatError(
-            file, f"{captions!r}", where=where, field="captions", expected="two non-empty captions"
+            file, f"{captions!r}", where=where, field="captions", expected="two caption strings"
         )
-    if candidate == target:
-        raise DatasetFormatError(file, f"candidate equals target {target!r}", where=where)
     return Triplet(candidate, target, (captions[0], captions[1]))

@@ -1,4 +1,5 @@
-"""CIRR DataModule on a fixture in the official format: batches, EvalSpec definitions, stats, bad input."""
+"""CIRR DataModule on a fixture in the official format: batches, EvalSpec definitions, stats, quirks of the
+real files, bad input."""
 
 from __future__ import annotations
 
@@ -7,11 +8,18 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from datamodules.cirr import CIRRDataModule
 from fgbench.data.batches import ComposedQueryBatch, TripletBatch, VisualBatch
-from fgbench.data.validation import DatasetFormatError, DatasetNotFoundError, MissingFilesError
-from tests.fixtures.composed import cirr_name, write_cirr
+from fgbench.data.validation import (
+    DatasetFormatError,
+    DatasetNotFoundError,
+    DatasetQuirkError,
+    MissingFilesError,
+)
+from fgbench.evaluation import evaluate
+from tests.fixtures.composed import CIRR_QUIRKS, cirr_name, write_cirr
 
 
 @pytest.fixture
@@ -181,3 +189,56 @@ def test_name_outside_the_split_file(root: Path) -> None:
         DatasetFormatError, match=r"entry 0 .*image 'test1-99-0-img1' is not in the split file"
     ):
         CIRRDataModule(root=str(root)).setup()
+
+
+def test_val_target_equal_to_reference_has_no_positive(root: Path) -> None:
+    """The reference leaves its own candidates (CLIP4Cir asserts one positive): unusable in val."""
+    edit_captions(root, "val", lambda e: e[0].update(target_hard=e[0]["reference"]))
+    with pytest.raises(DatasetFormatError, match=r"entry 0 \(pairid 10\): target_hard equals the reference"):
+        CIRRDataModule(root=str(root)).setup()
+
+
+@pytest.fixture
+def quirky(tmp_path: Path) -> Path:
+    write_cirr(tmp_path, quirks=CIRR_QUIRKS)
+    return tmp_path
+
+
+def test_quirks_are_read_as_clip4cir_reads_them(quirky: Path) -> None:
+    dm = CIRRDataModule(root=str(quirky))
+    train = dm.loaded.train
+    assert (train.ref_ids, train.tgt_ids) == ([0, 2, 5], [1, 2, 2])  # reference = target stays a triplet
+    spec = dm.eval_spec("val")
+    es = dm.loaded.eval_sets["val"]
+    assert es.queries.texts[1] == " "  # the caption as written
+    # members 2, 3, 3, 5, 6, 7 -> the repeated 3 is padding; 2, 3, 5, 6, 7 sit at 4, 0, 7, 5, 2
+    assert spec.subsets.tolist()[2] == [4, 0, -1, 7, 5, 2]
+    assert dm.eval_spec("test1").query_ids == ["20", "20"]
+    stats = dm.check()
+    assert (stats["train"]["queries"], stats["val"]["queries"], stats["test1"]["queries"]) == (3, 3, 2)
+    assert (stats["val"]["gallery"], stats["test1"]["gallery"]) == (8, 7)
+    counts = {split: {k: q["count"] for k, q in kinds.items()} for split, kinds in dm.loaded.quirks.items()}
+    assert counts == {
+        "train": {"reference_is_target": 1, "train_img_set": 1},
+        "val": {"empty_caption": 1, "repeated_member": 1},
+        "test1": {"duplicate_pairid": 1},
+    }
+    assert dm.loaded.quirks["train"]["train_img_set"]["examples"][0]["where"] == "entry 0 (pairid 100)"
+    scores = torch.zeros(spec.n_query, spec.n_gallery)
+    scores[torch.arange(spec.n_query), spec.query_labels] = 1.0
+    metrics = evaluate(scores, spec).metrics
+    assert metrics["R1"] == 100.0 and metrics["Rsub1"] == 100.0
+
+
+@pytest.mark.parametrize("kind", CIRR_QUIRKS)
+def test_each_quirk_is_an_error_under_strict(tmp_path: Path, kind: str) -> None:
+    write_cirr(tmp_path, quirks=[kind])
+    assert (
+        sum(
+            kinds.get(kind, {}).get("count", 0)
+            for kinds in CIRRDataModule(root=str(tmp_path)).loaded.quirks.values()
+        )
+        == 1
+    )
+    with pytest.raises(DatasetQuirkError, match="strict=True refuses"):
+        CIRRDataModule(root=str(tmp_path), strict=True).setup()

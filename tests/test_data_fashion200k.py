@@ -1,4 +1,5 @@
-"""Fashion200K DataModule on a fixture in the official format: TIRG texts, parent pairs, caption labels."""
+"""Fashion200K DataModule on a fixture in the official format: TIRG texts, parent pairs, caption labels,
+quirks of the real files."""
 
 from __future__ import annotations
 
@@ -8,8 +9,13 @@ import pytest
 
 from datamodules.fashion200k import Fashion200KDataModule, modification_text, normalise, parents
 from fgbench.data.batches import TripletBatch
-from fgbench.data.validation import DatasetFormatError, DatasetNotFoundError, MissingFilesError
-from tests.fixtures.composed import write_fashion200k
+from fgbench.data.validation import (
+    DatasetFormatError,
+    DatasetNotFoundError,
+    DatasetQuirkError,
+    MissingFilesError,
+)
+from tests.fixtures.composed import F200K_EMPTY, F200K_QUIRKS, write_fashion200k
 
 DRESS = "women/dresses/casual_and_day_dresses"
 
@@ -30,6 +36,8 @@ def test_tirg_text_rules() -> None:
     assert modification_text("blue midi dress", "green midi dress") == "replace blue with green"
     assert modification_text("red dress", "red long dress") == "replace dress with long"  # TIRG: last word
     assert parents("red floral dress") == ["floral dress", "red dress", "red floral"]
+    # TIRG removes a word with str.replace: its text goes from inside longer words too
+    assert parents("red shredded top") == ["shded top", "red top", "red shredded"]
 
 
 def test_train_pairs_differ_by_one_word(root: Path) -> None:
@@ -97,12 +105,6 @@ def test_unparsable_label_line(root: Path) -> None:
         Fashion200KDataModule(root=str(root)).setup()
 
 
-def test_bad_detection_score(root: Path) -> None:
-    append(root, "labels/top_test_detect_all.txt", "women/tops/x/1.jpeg\thigh\tred top\n")
-    with pytest.raises(DatasetFormatError, match=r"line 2, field 'detection_score': 'high'"):
-        Fashion200KDataModule(root=str(root)).setup()
-
-
 def test_bad_query_lines(root: Path) -> None:
     append(root, "test_queries.txt", f"{DRESS}/5001/5001_0.jpeg women/dresses/unknown.jpeg\n")
     with pytest.raises(
@@ -112,3 +114,50 @@ def test_bad_query_lines(root: Path) -> None:
     (root / "fashion200k" / "test_queries.txt").write_text("a b c\n")
     with pytest.raises(DatasetFormatError, match=r"line 1: 3 fields"):
         Fashion200KDataModule(root=str(root)).setup()
+
+
+def test_quirks_are_read_as_tirg_reads_them(tmp_path: Path) -> None:
+    write_fashion200k(tmp_path, quirks=F200K_QUIRKS)
+    append(tmp_path, "test_queries.txt", "\n")  # a blank line, then the file's last line
+    append(tmp_path, "test_queries.txt", f"{DRESS}/5002/5002_1.jpeg {DRESS}/5001/5001_0.jpeg\n")
+    dm = Fashion200KDataModule(root=str(tmp_path))
+    spec = dm.eval_spec("test")
+    # gallery: dress 5001_0, 5002_0, 5002_1, 5003_0 (score "n/a"); top 6001_0, 6002_0 (empty caption),
+    # 5001_0 again (its last line: queries on 5001_0 mean index 6)
+    assert spec.gallery_labels.tolist() == [0, 1, 1, 2, 3, 4, 0]
+    assert dm.loaded.eval_sets["test"].queries.ref_ids == [6, 3, 2]
+    assert spec.exclude.tolist() == [6, 3, 2] and spec.query_labels.tolist() == [1, 0, 0]
+    stats = dm.check()
+    assert stats["test"] == {
+        "images": 7,
+        "captions": 5,
+        "labels": 5,
+        "queries": 3,
+        "gallery": 7,
+        "missing": 0,
+    }
+    assert stats["train"]["queries"] == 5 and stats["train"]["images"] == 7  # train reads as before
+    counts = {split: {k: q["count"] for k, q in kinds.items()} for split, kinds in dm.loaded.quirks.items()}
+    assert counts == {
+        "train": {"extra_fields": 1, "blank_line": 1},
+        "test": {"score_not_a_number": 1, "empty_caption": 1, "duplicate_image": 1, "blank_line": 1},
+    }
+    assert dm.loaded.quirks["train"]["blank_line"]["examples"][0]["where"] == "line 3"
+
+
+def test_query_on_an_image_without_caption_stops(tmp_path: Path) -> None:
+    write_fashion200k(tmp_path, quirks=["empty_caption"])
+    append(tmp_path, "test_queries.txt", f"{F200K_EMPTY} {DRESS}/5001/5001_0.jpeg\n")
+    with pytest.raises(
+        DatasetFormatError, match=r"test_queries\.txt, line 3, field 'source': .* empty caption"
+    ):
+        Fashion200KDataModule(root=str(tmp_path)).setup()
+
+
+@pytest.mark.parametrize("kind", F200K_QUIRKS)
+def test_each_quirk_is_an_error_under_strict(tmp_path: Path, kind: str) -> None:
+    write_fashion200k(tmp_path, quirks=[kind])
+    quirks = Fashion200KDataModule(root=str(tmp_path)).loaded.quirks
+    assert sum(kinds[kind]["count"] for kinds in quirks.values() if kind in kinds) == 1
+    with pytest.raises(DatasetQuirkError, match="strict=True refuses"):
+        Fashion200KDataModule(root=str(tmp_path), strict=True).setup()

@@ -1,4 +1,5 @@
-"""FashionIQ DataModule on a fixture in the official format: fiq_a/fiq_b queries, groups, stats, bad input."""
+"""FashionIQ DataModule on a fixture in the official format: fiq_a/fiq_b queries, groups, stats, quirks of the
+real files, bad input."""
 
 from __future__ import annotations
 
@@ -7,11 +8,18 @@ import random
 from pathlib import Path
 
 import pytest
+import torch
 
 from datamodules.fashioniq import FashionIQDataModule
 from fgbench.data.batches import ComposedQueryBatch, TripletBatch
-from fgbench.data.validation import DatasetFormatError, DatasetNotFoundError, MissingFilesError
-from tests.fixtures.composed import write_fashioniq
+from fgbench.data.validation import (
+    DatasetFormatError,
+    DatasetNotFoundError,
+    DatasetQuirkError,
+    MissingFilesError,
+)
+from fgbench.evaluation import evaluate
+from tests.fixtures.composed import FIQ_QUIRKS, write_fashioniq
 
 TEXTS_A = ["Is red and has short sleeves", "Darker navy and more casual"]
 TEXTS_B = [
@@ -104,8 +112,17 @@ def test_test_split_has_no_labels(root: Path) -> None:
 def test_check_stats_and_count_warnings(root: Path) -> None:
     dm = FashionIQDataModule(root=str(root), categories=["dress", "toptee"])
     stats = dm.check()
-    assert stats["val"] == {"images": 9, "captions": 8, "labels": 4, "queries": 4, "gallery": 9, "missing": 0}
+    assert stats["val"] == {
+        "triplets": 4,
+        "images": 9,
+        "captions": 8,
+        "labels": 4,
+        "queries": 4,
+        "gallery": 9,
+        "missing": 0,
+    }
     assert stats["train"] == {
+        "triplets": 4,
         "images": 8,
         "captions": 8,
         "labels": 4,
@@ -114,6 +131,7 @@ def test_check_stats_and_count_warnings(root: Path) -> None:
         "missing": 0,
     }
     assert stats["test"] == {
+        "triplets": 2,
         "images": 6,
         "captions": 4,
         "labels": 0,
@@ -121,8 +139,35 @@ def test_check_stats_and_count_warnings(root: Path) -> None:
         "gallery": 6,
         "missing": 0,
     }
-    assert stats["val/toptee"] == {"triplets": 2, "images": 5}
+    # per-category rows beside the totals
+    assert stats["val/toptee"] == {
+        "triplets": 2,
+        "images": 5,
+        "captions": 4,
+        "labels": 2,
+        "queries": 2,
+        "gallery": 5,
+        "missing": 0,
+    }
+    assert stats["train/dress"]["queries"] == 2 and stats["test/dress"]["gallery"] == 3
     assert "fashioniq [val/dress]: expected 2017 triplets, found 2" in dm.loaded.warnings
+    # totals over the loaded categories: dress + toptee val = 2017 + 1961 queries under fiq_a
+    assert "fashioniq [val]: expected 3978 queries, found 4" in dm.loaded.warnings
+
+
+def test_expected_counts_follow_categories_and_protocol() -> None:
+    a = FashionIQDataModule(categories="shirt").expected
+    b = FashionIQDataModule(protocol="fiq_b").expected
+    assert a["val/shirt"] == {
+        "triplets": 2038,
+        "images": 6346,
+        "captions": 4076,
+        "queries": 2038,
+        "gallery": 6346,
+    }
+    assert a["val"]["gallery"] == 6346 and "val/dress" not in a
+    assert b["val"]["queries"] == 2 * (2017 + 2038 + 1961) and b["val"]["gallery"] == 3817 + 6346 + 5373
+    assert b["train"]["queries"] == 5985 + 5988 + 6027 and "gallery" not in b["train"]
 
 
 def test_bad_parameters() -> None:
@@ -177,13 +222,83 @@ def test_val_target_outside_the_split(root: Path) -> None:
         FashionIQDataModule(root=str(root)).setup()
 
 
-def test_candidate_equal_to_target(root: Path) -> None:
+def test_target_outside_a_split_has_no_positive(root: Path) -> None:
+    """CLIP4Cir asserts one positive per val query: a target outside the split file stops the run."""
+    edit_json(root, "captions/cap.toptee.val.json", lambda e: e[0].update(target="dress_val_1"))
+    with pytest.raises(DatasetFormatError, match=r"entry 0, field 'target': 'dress_val_1' is not in split"):
+        FashionIQDataModule(root=str(root)).setup()
+
+
+def test_wrong_number_of_captions_stops(root: Path) -> None:
+    edit_json(root, "captions/cap.dress.train.json", lambda e: e[1]["captions"].append("third"))
+    with pytest.raises(DatasetFormatError, match=r"entry 1, field 'captions'.*expected two caption strings"):
+        FashionIQDataModule(root=str(root)).setup()
+
+
+@pytest.fixture
+def quirky(tmp_path: Path) -> Path:
+    write_fashioniq(tmp_path, quirks=FIQ_QUIRKS)
+    return tmp_path
+
+
+def test_quirks_are_read_as_clip4cir_reads_them(quirky: Path) -> None:
+    dm = FashionIQDataModule(root=str(quirky))
+    spec = dm.eval_spec("val")
+    es = dm.loaded.eval_sets["val"]
+    # gallery: dress 0-4 (dress_val_1 listed twice: 1 and 4 share label 1), shirt 5-8, toptee 9-13;
+    # shirt_extra_0 (outside its split) is store item 14, a query image only
+    assert spec.gallery_labels.tolist() == [0, 1, 2, 3, 1, *range(5, 14)]
+    assert len(es.gallery) == 14 and len(es.queries.store) == 15
+    assert es.queries.ref_ids == [0, 2, 3, 5, 7, 5, 14, 9, 11]
+    assert spec.query_labels.tolist() == [1, 3, 3, 6, 8, 6, 8, 10, 12]
+    assert es.queries.texts[0] == "Is red and "  # CLIP4Cir's join of an empty second caption
+    assert es.queries.texts[2] == "Is the same and same dress"
+    stats = dm.check()
+    assert stats["val/dress"] == {
+        "triplets": 3,
+        "images": 5,
+        "captions": 6,
+        "labels": 2,
+        "queries": 3,
+        "gallery": 5,
+        "missing": 0,
+    }
+    assert stats["val/shirt"]["queries"] == 4 and stats["val/shirt"]["gallery"] == 4
+    assert stats["val"]["queries"] == 9 and stats["val"]["gallery"] == 14
+    counts = {kind: q["count"] for kind, q in dm.loaded.quirks["val"].items()}
+    assert counts == {kind: 1 for kind in FIQ_QUIRKS}
+    example = dm.loaded.quirks["val"]["duplicate_asin"]["examples"][0]
+    assert example["where"] == "entry 4" and example["file"].endswith("split.dress.val.json")
+    # the evaluator scores every query: each has its positive among its candidates
+    scores = torch.zeros(spec.n_query, spec.n_gallery)
+    scores[torch.arange(spec.n_query), spec.query_labels] = 1.0
+    assert evaluate(scores, spec).metrics["avg_R10"] == 100.0
+
+
+def test_fiq_b_keeps_the_candidate_that_is_its_own_target(quirky: Path) -> None:
+    spec = FashionIQDataModule(root=str(quirky), protocol="fiq_b").eval_spec("val")
+    assert spec.exclude.tolist() == [0, 0, 2, 2, -1, -1, 5, 5, 7, 7, 5, 5, -1, -1, 9, 9, 11, 11]
+    scores = torch.zeros(spec.n_query, spec.n_gallery)
+    scores[torch.arange(spec.n_query), spec.query_labels] = 1.0
+    assert evaluate(scores, spec).metrics["avg_R10"] == 100.0
+
+
+@pytest.mark.parametrize("kind", FIQ_QUIRKS)
+def test_each_quirk_is_an_error_under_strict(tmp_path: Path, kind: str) -> None:
+    write_fashioniq(tmp_path, quirks=[kind])
+    dm = FashionIQDataModule(root=str(tmp_path))
+    assert dm.loaded.quirks["val"][kind]["count"] == 1
+    with pytest.raises(DatasetQuirkError, match="strict=True refuses"):
+        FashionIQDataModule(root=str(tmp_path), strict=True).setup()
+
+
+def test_train_quirks_are_reported_per_split(root: Path) -> None:
     edit_json(root, "captions/cap.dress.train.json", lambda e: e[1].update(target=e[1]["candidate"]))
-    with pytest.raises(DatasetFormatError, match=r"entry 1: candidate equals target"):
-        FashionIQDataModule(root=str(root)).setup()
-
-
-def test_duplicate_in_split_file(root: Path) -> None:
-    edit_json(root, "image_splits/split.dress.val.json", lambda e: e.append(e[0]))
-    with pytest.raises(DatasetFormatError, match=r"entry 4: duplicate ASIN 'dress_val_0'"):
-        FashionIQDataModule(root=str(root)).setup()
+    edit_json(root, "image_splits/split.toptee.train.json", lambda e: e.append(e[0]))
+    dm = FashionIQDataModule(root=str(root))
+    assert len(dm.loaded.train) == 6  # the triplet stays a training sample
+    assert {k: q["count"] for k, q in dm.loaded.quirks["train"].items()} == {
+        "candidate_is_target": 1,
+        "duplicate_asin": 1,
+    }
+    assert dm.check()["train/toptee"]["images"] == 5  # the split file's length, repeat included
