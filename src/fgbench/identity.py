@@ -104,13 +104,17 @@ def resolve_class(class_path: str) -> type:
     return getattr(importlib.import_module(mod), name)
 
 
-@lru_cache(maxsize=64)
 def _signature_defaults(class_path: str) -> dict[str, Any]:
     """Defaults of a class's `__init__` parameters, subclass first (parents fill what `**kwargs` passes)."""
     try:
         cls = resolve_class(class_path)
     except (ImportError, AttributeError, ValueError):
         return {}
+    return _class_defaults(cls)
+
+
+@lru_cache(maxsize=64)
+def _class_defaults(cls: type) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for klass in cls.__mro__:
         init = klass.__dict__.get("__init__")
