@@ -37,6 +37,7 @@ from typing import Any
 import lightning as L
 import torch
 import yaml
+from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, RichProgressBar
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger, Logger
@@ -119,6 +120,7 @@ class RunLogger(CSVLogger):
         self._filename, self._keep = filename, keep
 
     @property
+    @rank_zero_experiment
     def experiment(self) -> _KeepingWriter:  # type: ignore[override]
         if self._experiment is None:
             self._fs.makedirs(self.root_dir, exist_ok=True)
@@ -486,7 +488,8 @@ class FgbenchCLI(LightningCLI):
         if ckpt and (owner is not None or trained is not None):
             if trained is None or ckpt.get("global_step") != trained.get("global_step"):
                 step = ckpt.get("global_step")  # not the state the trained result was measured at
-        untrained = not ckpt and trained is not None and getattr(model_cls, "trains", True)
+        # no checkpoint at all: the initial weights, not the trained ones (evaluation-only methods aside)
+        untrained = not cfg.get("ckpt_path") and trained is not None and getattr(model_cls, "trains", True)
         if not variant and (diff or step is not None or untrained):
             variant = "init" if untrained and not diff else _variant_name(diff, step)
         mode = "test" if variant or trained is None else "retest"
