@@ -7,7 +7,9 @@ run x metric, with provenance), and each dataset gets `<out>/leaderboards/<datas
 - columns = the protocol's headline metrics (PROTOCOLS.md §5), each as mean ± std over seeds with n. The std
   is the sample standard deviation (ddof=1), left blank for n=1. A row with fewer seeds than the most complete
   row of its table is flagged `n=2*`. When one seed was run more than once (e.g. different extra options),
-  only its most recent result counts and the table says how many older ones were set aside;
+  only its most recent trained result counts (a test-only result never displaces a trained one) and the
+  table says how many others were set aside. A test-time variant filed beside a run
+  (`result.<variant>.json`) is its own row, `method[variant]`;
 - beside each measured number, the published one from `published.csv` and the delta (measured − published,
   points), only where dataset, split and protocol match (PROTOCOLS.md §7) and only for the `paper` profile:
   a tiny-profile model is not the paper's model. Synthetic datasets are labelled and never compared.
@@ -30,7 +32,7 @@ from typing import Any
 import pandas as pd
 
 from fgbench.io import atomic_write_bytes, atomic_write_text
-from fgbench.results import RESULT_FILE, read_result
+from fgbench.results import RESULT_GLOB, is_result_file, read_result
 
 # protocol id -> the metrics its published tables report (PROTOCOLS.md §5); the first is the chart's metric
 HEADLINE: dict[str, tuple[str, ...]] = {
@@ -109,9 +111,11 @@ REQUIRED_KEYS = ("dataset", "method", "profile", "seed", "metrics")
 
 
 def collect(runs_root: str | Path) -> Collected:
-    """Read every result.json under `runs_root` (sorted paths); a broken one is skipped with its reason."""
+    """Read every result.json and result.<variant>.json under `runs_root` (sorted paths); a broken one is
+    skipped with its reason. A variant file's record carries its variant (shown as `method[variant]`)."""
     out = Collected()
-    for path in sorted(Path(runs_root).rglob(RESULT_FILE)):
+    paths = (p for p in Path(runs_root).rglob(RESULT_GLOB) if is_result_file(p.name) and p.is_file())
+    for path in sorted(paths):
         try:
             rec = read_result(path)
         except (OSError, ValueError) as err:
@@ -123,6 +127,7 @@ def collect(runs_root: str | Path) -> Collected:
             continue
         rec.setdefault("run_dir", str(path.parent))
         rec["_mtime"] = path.stat().st_mtime
+        rec["_file"] = str(path)
         out.records.append(rec)
     return out
 
@@ -155,19 +160,36 @@ def runs_frame(records: Sequence[dict[str, Any]]) -> pd.DataFrame:
             "run_dir": rec["run_dir"],
             "provenance_note": rec.get("provenance_note", ""),
             "_mtime": rec.get("_mtime", 0.0),
+            "_trained": trained(rec),
+            "_file": rec.get("_file", rec["run_dir"]),
         }
         rows += [{**base, "metric": m, "value": float(v)} for m, v in rec["metrics"].items()]
-    return pd.DataFrame(rows, columns=[*RUN_COLUMNS, "_mtime"])
+    return pd.DataFrame(rows, columns=[*RUN_COLUMNS, "_mtime", "_trained", "_file"])
+
+
+def trained(rec: dict[str, Any]) -> bool:
+    """Whether a record is a trained run's result rather than a test-only one.
+
+    Records say so (`origin`); older ones without it count as trained unless they are the test-only copies
+    earlier versions filed in a run folder of their own (a `test` command: no steps, no epochs).
+    """
+    if "origin" in rec:
+        return rec["origin"] == "fit"
+    return bool(rec.get("global_step")) or bool(rec.get("epochs"))
 
 
 def latest_per_seed(runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series]:
-    """Keep, per group and seed, the most recent run; also count the older runs set aside per group."""
+    """Keep, per group and seed, one result: a trained one before a test-only one, then the most recent.
+
+    Also counts the results set aside per group.
+    """
     keys = [*GROUP, "seed"]
-    newest = runs.groupby(keys)["_mtime"].transform("max")
-    latest_dir = runs[runs["_mtime"] == newest].groupby(keys)["run_dir"].max().rename("_keep")
-    runs = runs.join(latest_dir, on=keys)
-    kept = runs[runs["run_dir"] == runs["_keep"]].drop(columns="_keep")
-    dropped = runs[runs["run_dir"] != runs["_keep"]].groupby(GROUP)["run_dir"].nunique()
+    rank = runs["_trained"].astype(int) * 1e12 + runs["_mtime"]  # trained first, then by time
+    best = rank.groupby([runs[k] for k in keys]).transform("max")
+    chosen = runs[rank == best].groupby(keys)["_file"].max().rename("_keep")
+    runs = runs.join(chosen, on=keys)
+    kept = runs[runs["_file"] == runs["_keep"]].drop(columns="_keep")
+    dropped = runs[runs["_file"] != runs["_keep"]].groupby(GROUP)["_file"].nunique()
     return kept, dropped
 
 
@@ -309,7 +331,10 @@ def board_markdown(board: Board) -> str:
         )
         notes.append(f"Paper numbers from results/published.csv ({names}); † = not verified there.")
     if board.set_aside:
-        notes.append(f"{board.set_aside} older run(s) of an already counted seed set aside (latest kept).")
+        notes.append(
+            f"{board.set_aside} older run(s) of an already counted seed set aside "
+            "(latest trained result kept)."
+        )
     return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
 
 

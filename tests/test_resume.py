@@ -100,3 +100,7 @@ def test_killed_mid_epoch_run_resumes_to_the_same_metrics(tmp_path: Path) -> Non
     a, b = json.loads(ra.read_text()), json.loads(rb.read_text())
     assert a["global_step"] == b["global_step"] == 24
     assert a["metrics"] == b["metrics"]
+    # the log continues across the kill, and the wall time is the sum of both segments
+    assert (rb.parent / "metrics.csv").read_text() == (ra.parent / "metrics.csv").read_text()
+    assert [(s["from_step"], s["to_step"]) for s in b["wall_segments"]] == [(0, 5), (5, 24)]
+    assert b["wall_time_s"] == sum(s["seconds"] for s in b["wall_segments"])

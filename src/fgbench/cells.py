@@ -1,9 +1,10 @@
 """Where a `fit` run will write, resolved from its command line without training (the sweep's resume test).
 
-A sweep cell is finished when its run directory holds result.json. The directory is named by the resolved
-config's hash (train_cli.FgbenchCLI._run_identity), so the only way to know it without drifting from
-train_cli is to let the same LightningCLI parse the same arguments and stop right before any class is
-instantiated: `resolve_run` does exactly that, so it costs a config parse (no model, no data, no trainer).
+A sweep cell is finished when its run directory holds result.json. The directory is named by the hash of
+the resolved config's identity (fgbench.identity, through train_cli.FgbenchCLI._run_identity, which also
+finds a folder named by the first scheme), so the only way to know it without drifting from train_cli is to
+let the same LightningCLI parse the same arguments and stop right before any class is instantiated:
+`resolve_run` does exactly that, so it costs a config parse (no model, no data, no trainer).
 """
 
 from __future__ import annotations

@@ -19,7 +19,18 @@ import torch
 from fgbench.io import atomic_write_json
 
 SUITE_ROOT = Path(__file__).resolve().parents[2]
-RESULT_FILE = "result.json"
+RESULT_FILE = "result.json"  # the run's own result (written by `fit`, confirmed by a plain re-test)
+RESULT_GLOB = "result*.json"  # with the variants a test files beside it: result.<variant>.json
+
+
+def result_file(variant: str = "") -> str:
+    """The file of a run's result: result.json, or result.<variant>.json for a test-time variant."""
+    return f"result.{variant}.json" if variant else RESULT_FILE
+
+
+def is_result_file(name: str) -> bool:
+    """result.json or result.<variant>.json (not the hidden temp files of an atomic write)."""
+    return name == RESULT_FILE or (name.startswith("result.") and name.endswith(".json"))
 
 
 def config_hash(config: Any) -> str:
