@@ -164,7 +164,10 @@ class ImageCheck:
                 self._collect(chunks, results, None)
 
     def _collect(
-        self, chunks: list[list[Path]], results: Iterable[list[str | None]], advance: Callable[[int], None] | None
+        self,
+        chunks: list[list[Path]],
+        results: Iterable[list[str | None]],
+        advance: Callable[[int], None] | None,
     ) -> None:
         for chunk, verdicts in zip(chunks, results, strict=True):
             self.verdicts.update(zip(chunk, verdicts, strict=True))

@@ -23,10 +23,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from fgbench.data import batches as B
+from fgbench.data.images import ImageCheck
 from fgbench.data.processor import BasicProcessor, Processor
 from fgbench.data.samplers import Resumable, ShuffleSampler
-from fgbench.data.images import ImageCheck
-from fgbench.data.validation import IMAGE_CHECK, QuirkKind, QuirkLog
+from fgbench.data.validation import EXPECTED_LOG, IMAGE_CHECK, QuirkKind, QuirkLog
 from fgbench.evaluation.spec import EvalSpec
 
 log = logging.getLogger("fgbench.data")
@@ -67,9 +67,11 @@ class LoadedData:
     quirks: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # QuirkLog.report()
     # split -> {path: reason} of images that exist but cannot be decoded (verify_images=True)
     unreadable: dict[str, dict[str, str]] = field(default_factory=dict)
+    # split (or row, e.g. "val/dress") -> the expected counts its found counts were compared with
+    expected: dict[str, dict[str, int | None]] = field(default_factory=dict)
 
     def record(self) -> dict[str, Any]:
-        """The data section of result.json: counts, warnings, quirks, missing and unreadable files per split."""
+        """result.json's data section: counts, warnings, quirks, missing and unreadable files per split."""
         return {
             "stats": self.stats,
             "warnings": list(self.warnings),
@@ -170,7 +172,9 @@ class RetrievalDataModule(L.LightningDataModule):
         """Attach a method's processor (tokenizer, image size, mean/std, augmentation) before fitting."""
         self.processor = processor
 
-    def quirk(self, split: str, kind: str, file: Path | str, where: str, field: str | None, value: Any) -> None:
+    def quirk(
+        self, split: str, kind: str, file: Path | str, where: str, field: str | None, value: Any
+    ) -> None:
         """Record one quirky entry of the real files (an error under `strict=True`)."""
         self.quirks.note(split, kind, file, where, field, value)
 
@@ -178,11 +182,14 @@ class RetrievalDataModule(L.LightningDataModule):
         if self.data is None:
             self.quirks = QuirkLog(self.name, self.quirk_kinds, self.strict)
             check = ImageCheck(self.name, progress=self.image_progress) if self.verify_images else None
-            token = IMAGE_CHECK.set(check)
+            expected: dict[str, dict[str, int | None]] = {}
+            token, token_exp = IMAGE_CHECK.set(check), EXPECTED_LOG.set(expected)
             try:
                 data = self.load()
             finally:
                 IMAGE_CHECK.reset(token)
+                EXPECTED_LOG.reset(token_exp)
+            data.expected = {**expected, **data.expected}
             if check is not None:
                 data.split_unreadable(check.by_split)
             data.quirks = self.quirks.report()

@@ -9,8 +9,8 @@ import json
 import logging
 import os
 import stat
-from contextvars import ContextVar
 from collections.abc import Iterable, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -90,7 +90,8 @@ class UnreadableFilesError(MissingFilesError):
         bad = list(unreadable.items())
         shown = "\n  ".join(f"{p} ({why})" for p, why in bad[:MAX_LISTED])
         more = f"\n  ... and {len(bad) - MAX_LISTED} more" if len(bad) > MAX_LISTED else ""
-        msg = f"{dataset} [{split}]: {len(bad)} of {total} referenced images cannot be decoded:\n  {shown}{more}\n"
+        msg = f"{dataset} [{split}]: {len(bad)} of {total} referenced images cannot be decoded:\n  "
+        msg += f"{shown}{more}\n"
         if absent:
             listed = "\n  ".join(str(p) for p in absent[:MAX_LISTED])
             msg += f"and {len(absent)} are missing:\n  {listed}\n"
@@ -117,6 +118,11 @@ class ImageVerifier(Protocol):
 # set by RetrievalDataModule.setup (verify_images=True) around load(): find_missing then also returns the
 # files that exist but cannot be decoded, so every loader drops or refuses them like missing ones
 IMAGE_CHECK: ContextVar[ImageVerifier | None] = ContextVar("fgbench_image_check", default=None)
+# set by RetrievalDataModule.setup around load(): warn_counts records there the expected counts each split
+# was compared with (they can depend on the configuration, e.g. feature_source), for `data check`
+EXPECTED_LOG: ContextVar[dict[str, dict[str, int | None]] | None] = ContextVar(
+    "fgbench_expected_log", default=None
+)
 
 
 def not_found(dataset: str, path: Path, layout: str, hint: str | None = None) -> DatasetNotFoundError:
@@ -247,6 +253,9 @@ def warn_counts(
     dataset: str, split: str, found: Mapping[str, int], expected: Mapping[str, int | None]
 ) -> list[str]:
     """Compare found counts with DATASETS.md's; warn for each difference and return the warnings."""
+    record = EXPECTED_LOG.get()
+    if record is not None:
+        record.setdefault(split, {}).update(expected)
     out = []
     for key, exp in expected.items():
         if exp is None or key not in found:
