@@ -15,7 +15,7 @@ Timed per dataset, each in a fresh process where it says so:
 - `verify_cold`: `setup()` with verification and an empty verdict cache (every image decoded once);
 - `verify_warm`: the same again with the cache filled (what every later run pays).
 
-    .venv/bin/python benchmarks/data_check_scale.py                 # real sizes -> results/data_check_scale.csv
+    .venv/bin/python benchmarks/data_check_scale.py              # real sizes -> results/data_check_scale.csv
     .venv/bin/python benchmarks/data_check_scale.py --quick         # 5% sizes, CSV under the temp folder
     .venv/bin/python benchmarks/data_check_scale.py --only coco --profile   # cProfile of setup(), top lines
 """
@@ -153,8 +153,13 @@ def gen_fashioniq(root: Path, ph: Placeholders, scale: float) -> None:
                 ph.put(base / "images" / f"{a}.jpg")
 
 
-F200K = {"dress": (0.3, "dresses"), "jacket": (0.15, "jackets"), "pants": (0.15, "pants"), "skirt": (0.1, "skirts"),
-         "top": (0.3, "tops")}  # fmt: skip
+F200K = {  # category -> (share of the images, folder)
+    "dress": (0.3, "dresses"),
+    "jacket": (0.15, "jackets"),
+    "pants": (0.15, "pants"),
+    "skirt": (0.1, "skirts"),
+    "top": (0.3, "tops"),
+}
 
 
 def gen_fashion200k(root: Path, ph: Placeholders, scale: float) -> None:
@@ -257,6 +262,12 @@ def main() -> None:
     env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT}", "OMP_NUM_THREADS": "1"}
     ph = Placeholders(tmp)
     ms = decode_ms(tmp)
+    # what `check_s` spends before reading anything: interpreter start-up and the plugin imports
+    imp = [sys.executable, "-c", "from fgbench.registry import DATAMODULES; DATAMODULES.list()"]
+    imports_s, _ = timed(lambda: subprocess.run(imp, env=env, check=True))
+    from fgbench.registry import DATAMODULES
+
+    DATAMODULES.list()  # imported here too, so setup() times hold no import
     rows = []
     for name in args.only.split(","):
         root = tmp / name
@@ -275,16 +286,28 @@ def main() -> None:
         ]
         check_s, proc = timed(lambda: subprocess.run(cmd, env=env, capture_output=True, text=True))  # noqa: B023
         if proc.returncode != 0:  # type: ignore[attr-defined]
-            raise SystemExit(f"{name}: data check exited {proc.returncode}:\n{proc.stdout}{proc.stderr}")  # type: ignore[attr-defined]
+            msg = f"{name}: data check exited {proc.returncode}:\n{proc.stdout}{proc.stderr}"  # type: ignore[attr-defined]
+            raise SystemExit(msg)
         report = json.loads((root / "c.json").read_text())
         found = {k: sum(r["found"].get(k, 0) for row, r in report["rows"].items() if "/" not in row)
                  for k in ("images", "captions", "queries", "gallery")}  # fmt: skip
         setup_s, _ = timed(lambda: setup_once(name, root, False))  # noqa: B023
         cold_s, _ = timed(lambda: setup_once(name, root, True))  # noqa: B023
         warm_s, _ = timed(lambda: setup_once(name, root, True))  # noqa: B023
-        row = {"dataset": name, "scale": scale, **found, "generate_s": round(gen_s, 1), "check_s": round(check_s, 2),
-               "setup_s": round(setup_s, 2), "verify_cold_s": round(cold_s, 2), "verify_warm_s": round(warm_s, 2),
-               "decode_ms_640x480": round(ms, 2), "cpus": os.cpu_count(), "load1": round(os.getloadavg()[0], 1)}  # fmt: skip
+        row = {
+            "dataset": name,
+            "scale": scale,
+            **found,
+            "generate_s": round(gen_s, 1),
+            "check_s": round(check_s, 2),
+            "imports_s": round(imports_s, 2),
+            "setup_s": round(setup_s, 2),
+            "verify_cold_s": round(cold_s, 2),
+            "verify_warm_s": round(warm_s, 2),
+            "decode_ms_640x480": round(ms, 2),
+            "cpus": os.cpu_count(),
+            "load1": round(os.getloadavg()[0], 1),
+        }
         rows.append(row)
         print(json.dumps(row), flush=True)
         if args.profile:
