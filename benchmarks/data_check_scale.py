@@ -53,12 +53,17 @@ def caption(i: int, n: int = 12) -> str:
 class Placeholders:
     """Hard links to one tiny JPEG; creates the folders as needed."""
 
+    MAX_LINKS = 60000  # ext4 allows 65,000 links per inode: a new source file after this many
+
     def __init__(self, tmp: Path) -> None:
-        self.source = tmp / "placeholder.jpg"
-        Image.new("RGB", (8, 8), (120, 80, 40)).save(self.source, format="JPEG")
+        self.tmp, self.n = tmp, 0
         self.dirs: set[Path] = set()
 
     def put(self, path: Path) -> None:
+        if self.n % self.MAX_LINKS == 0:
+            self.source = self.tmp / f"placeholder{self.n // self.MAX_LINKS}.jpg"
+            Image.new("RGB", (8, 8), (120, 80, 40)).save(self.source, format="JPEG")
+        self.n += 1
         if path.parent not in self.dirs:
             path.parent.mkdir(parents=True, exist_ok=True)
             self.dirs.add(path.parent)
