@@ -26,10 +26,25 @@ class VisualStore(Protocol):
     def get(self, i: int, transform: Transform | None) -> dict[str, Tensor]: ...
 
 
+class ImageReadError(OSError):
+    """An image file that cannot be read or decoded; the message names the file and PIL's reason."""
+
+
 def load_image(path: Path) -> Image.Image:
-    """Open an image and convert it to RGB (COCO and others contain greyscale images)."""
-    with Image.open(path) as img:
-        return img.convert("RGB")
+    """Open an image and convert it to RGB (COCO and others contain greyscale images).
+
+    A file that cannot be decoded raises ImageReadError naming it (not PIL's bare traceback): with
+    `verify_images=False` a corrupt file is met only here, mid-run.
+    """
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except Exception as err:  # OSError, SyntaxError, ValueError, DecompressionBombError...
+        raise ImageReadError(
+            f"{path}: cannot decode the image ({type(err).__name__}: {err}); run `python -m fgbench data "
+            "check NAME --root ROOT --verify-images` to list every unreadable file, or keep "
+            "verify_images=True (the default) so a run finds them before training"
+        ) from None
 
 
 class ImageFiles:

@@ -23,9 +23,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from fgbench.data import batches as B
+from fgbench.data.images import ImageCheck
 from fgbench.data.processor import BasicProcessor, Processor
 from fgbench.data.samplers import Resumable, ShuffleSampler
-from fgbench.data.validation import QuirkKind, QuirkLog
+from fgbench.data.validation import EXPECTED_LOG, IMAGE_CHECK, QuirkKind, QuirkLog
 from fgbench.evaluation.spec import EvalSpec
 
 log = logging.getLogger("fgbench.data")
@@ -64,15 +65,32 @@ class LoadedData:
     warnings: list[str] = field(default_factory=list)
     missing: dict[str, list[str]] = field(default_factory=dict)  # split -> every missing path
     quirks: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # QuirkLog.report()
+    # split -> {path: reason} of images that exist but cannot be decoded (verify_images=True)
+    unreadable: dict[str, dict[str, str]] = field(default_factory=dict)
+    # split (or row, e.g. "val/dress") -> the expected counts its found counts were compared with
+    expected: dict[str, dict[str, int | None]] = field(default_factory=dict)
 
     def record(self) -> dict[str, Any]:
-        """The data section of result.json: counts, warnings, quirks and missing-file counts per split."""
+        """result.json's data section: counts, warnings, quirks, missing and unreadable files per split."""
         return {
             "stats": self.stats,
             "warnings": list(self.warnings),
             "quirks": self.quirks,
             "n_missing": {split: len(paths) for split, paths in self.missing.items()},
+            "n_unreadable": {split: len(paths) for split, paths in self.unreadable.items()},
         }
+
+    def split_unreadable(self, by_split: dict[str, dict[str, str]]) -> None:
+        """Move the unreadable images the loaders counted as missing into `unreadable` (and the stats)."""
+        for split, bad in by_split.items():
+            self.unreadable[split] = dict(bad)
+            if split in self.missing:
+                self.missing[split] = [p for p in self.missing[split] if p not in bad]
+            counts = self.stats.get(split)
+            if counts is not None:
+                if "missing" in counts:
+                    counts["missing"] = max(0, int(counts["missing"]) - len(bad))
+                counts["unreadable"] = len(bad)
 
 
 class StatefulLoader(DataLoader):
@@ -119,8 +137,14 @@ class RetrievalDataModule(L.LightningDataModule):
         pin_memory: bool = False,
         persistent_workers: bool = False,
         strict: bool = False,
+        verify_images: bool = True,
     ) -> None:
-        """`strict=True` turns every quirk of the real files into an error (for curated data)."""
+        """`strict=True` turns every quirk of the real files into an error (for curated data).
+
+        `verify_images=True` decodes every referenced image once in setup (cached per file; see
+        `fgbench.data.images`): an unreadable one stops the run before training, or is dropped and counted
+        (n_unreadable) under `skip_missing=True`.
+        """
         super().__init__()
         self.root = Path(root)
         self.batch_size = batch_size
@@ -132,6 +156,8 @@ class RetrievalDataModule(L.LightningDataModule):
         self.pin_memory = pin_memory
         self.persistent_workers = persistent_workers and num_workers > 0
         self.strict = strict
+        self.verify_images = verify_images
+        self.image_progress = False  # a progress bar while decoding (the `data check` command sets it)
         self.quirks = QuirkLog(self.name, self.quirk_kinds, strict)
         self.processor: Processor = BasicProcessor()
         self.data: LoadedData | None = None
@@ -146,14 +172,26 @@ class RetrievalDataModule(L.LightningDataModule):
         """Attach a method's processor (tokenizer, image size, mean/std, augmentation) before fitting."""
         self.processor = processor
 
-    def quirk(self, split: str, kind: str, file: Path | str, where: str, field: str | None, value: Any) -> None:
+    def quirk(
+        self, split: str, kind: str, file: Path | str, where: str, field: str | None, value: Any
+    ) -> None:
         """Record one quirky entry of the real files (an error under `strict=True`)."""
         self.quirks.note(split, kind, file, where, field, value)
 
     def setup(self, stage: str | None = None) -> None:
         if self.data is None:
             self.quirks = QuirkLog(self.name, self.quirk_kinds, self.strict)
-            data = self.load()
+            check = ImageCheck(self.name, progress=self.image_progress) if self.verify_images else None
+            expected: dict[str, dict[str, int | None]] = {}
+            token, token_exp = IMAGE_CHECK.set(check), EXPECTED_LOG.set(expected)
+            try:
+                data = self.load()
+            finally:
+                IMAGE_CHECK.reset(token)
+                EXPECTED_LOG.reset(token_exp)
+            data.expected = {**expected, **data.expected}
+            if check is not None:
+                data.split_unreadable(check.by_split)
             data.quirks = self.quirks.report()
             for line in self.quirks.summary_lines():
                 log.warning(line)

@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import stat
 from collections.abc import Iterable, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 log = logging.getLogger("fgbench.data")
 
@@ -71,6 +74,57 @@ class MissingFilesError(DatasetError, FileNotFoundError):
         self.missing = [str(p) for p in missing]
 
 
+class UnreadableFilesError(MissingFilesError):
+    """Referenced images that exist but cannot be decoded (with any missing ones of the same split)."""
+
+    def __init__(
+        self,
+        dataset: str,
+        split: str,
+        missing: Sequence[Path | str],
+        unreadable: Mapping[str, str],
+        total: int,
+        hint: str = "",
+    ):
+        absent = [p for p in missing if str(p) not in unreadable]
+        bad = list(unreadable.items())
+        shown = "\n  ".join(f"{p} ({why})" for p, why in bad[:MAX_LISTED])
+        more = f"\n  ... and {len(bad) - MAX_LISTED} more" if len(bad) > MAX_LISTED else ""
+        msg = f"{dataset} [{split}]: {len(bad)} of {total} referenced images cannot be decoded:\n  "
+        msg += f"{shown}{more}\n"
+        if absent:
+            listed = "\n  ".join(str(p) for p in absent[:MAX_LISTED])
+            msg += f"and {len(absent)} are missing:\n  {listed}\n"
+        msg += (
+            "Replace the files, or pass skip_missing=True to drop the affected samples, queries and gallery "
+            "items (results are then not comparable with the papers; n_unreadable and n_missing go into "
+            "result.json)."
+        )
+        if hint and absent:
+            msg += f"\n{hint}"
+        DatasetError.__init__(self, msg)
+        self.missing = [str(p) for p in missing]
+        self.unreadable = dict(unreadable)
+
+
+class ImageVerifier(Protocol):
+    """What `find_missing` consults while a DataModule verifies its images (fgbench.data.images)."""
+
+    def unreadable(self, present: Mapping[Path, os.stat_result]) -> set[Path]: ...
+
+    def claim(self, split: str, missing: Iterable[Path | str]) -> dict[str, str]: ...
+
+
+# set by RetrievalDataModule.setup (verify_images=True) around load(): find_missing then also returns the
+# files that exist but cannot be decoded, so every loader drops or refuses them like missing ones
+IMAGE_CHECK: ContextVar[ImageVerifier | None] = ContextVar("fgbench_image_check", default=None)
+# set by RetrievalDataModule.setup around load(): warn_counts records there the expected counts each split
+# was compared with (they can depend on the configuration, e.g. feature_source), for `data check`
+EXPECTED_LOG: ContextVar[dict[str, dict[str, int | None]] | None] = ContextVar(
+    "fgbench_expected_log", default=None
+)
+
+
 def not_found(dataset: str, path: Path, layout: str, hint: str | None = None) -> DatasetNotFoundError:
     """Build the error for a missing root or annotation file, with the expected tree."""
     msg = f"{dataset}: {path} not found.\nExpected layout under the dataset root:\n{layout.rstrip()}"
@@ -125,41 +179,83 @@ def _names(types: type | tuple[type, ...]) -> str:
 
 
 def find_missing(paths: Iterable[Path]) -> list[Path]:
-    """Stat every path; return those that do not exist (in input order, de-duplicated)."""
-    seen: set[Path] = set()
+    """Stat every path; return those that do not exist (in input order, de-duplicated).
+
+    While an image check is active (IMAGE_CHECK), images that exist but cannot be decoded are returned too.
+    """
+    check = IMAGE_CHECK.get()
+    seen: dict[Path, None] = {}
     missing = []
+    present: dict[Path, os.stat_result] = {}
     for p in paths:
         if p in seen:
             continue
-        seen.add(p)
-        if not p.is_file():
+        seen[p] = None
+        try:
+            st = os.stat(p)
+        except (OSError, ValueError):
             missing.append(p)
-    return missing
+            continue
+        if not stat.S_ISREG(st.st_mode):
+            missing.append(p)
+        elif check is not None:
+            present[p] = st
+    if check is None or not present:
+        return missing
+    bad = check.unreadable(present)
+    if not bad:
+        return missing
+    lost = bad.union(missing)
+    return [p for p in seen if p in lost]
 
 
 def handle_missing(
     dataset: str, split: str, missing: Sequence[Path], total: int, skip_missing: bool, hint: str = ""
 ) -> None:
-    """Apply the missing-file rule: raise, or (skip_missing) warn with the counts."""
+    """Apply the missing-file rule: raise, or (skip_missing) warn with the counts.
+
+    Unreadable images (returned by find_missing under an active image check) are named as such.
+    """
     if not missing:
         return
+    check = IMAGE_CHECK.get()
+    bad = check.claim(split, missing) if check is not None else {}
     if not skip_missing:
+        if bad:
+            raise UnreadableFilesError(dataset, split, missing, bad, total, hint)
         raise MissingFilesError(dataset, split, missing, total, hint)
-    log.warning(
-        "%s [%s]: skip_missing=True drops %d of %d referenced files (first: %s); "
-        "results are not comparable with the papers",
-        dataset,
-        split,
-        len(missing),
-        total,
-        missing[0],
-    )
+    absent = [p for p in missing if str(p) not in bad]
+    if absent:
+        log.warning(
+            "%s [%s]: skip_missing=True drops %d of %d referenced files (first: %s); "
+            "results are not comparable with the papers",
+            dataset,
+            split,
+            len(absent),
+            total,
+            absent[0],
+        )
+    if bad:
+        first, why = next(iter(bad.items()))
+        log.warning(
+            "%s [%s]: skip_missing=True drops %d of %d referenced images that cannot be decoded "
+            "(first: %s: %s); results are not comparable with the papers",
+            dataset,
+            split,
+            len(bad),
+            total,
+            first,
+            why,
+        )
 
 
 def warn_counts(
     dataset: str, split: str, found: Mapping[str, int], expected: Mapping[str, int | None]
 ) -> list[str]:
     """Compare found counts with DATASETS.md's; warn for each difference and return the warnings."""
+    record = EXPECTED_LOG.get()
+    if record is not None:
+        record.setdefault(split, {}).update(expected)
     out = []
     for key, exp in expected.items():
         if exp is None or key not in found:
