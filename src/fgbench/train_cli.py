@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 from fgbench.data.module import RetrievalDataModule
+from fgbench.errors import new_run_dir
 from fgbench.io import check_checkpoint
 from fgbench.method import RetrievalMethod
 from fgbench.registry import load_plugins
@@ -165,7 +166,7 @@ class FgbenchCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
         directory, record = self._run_identity()
-        directory.mkdir(parents=True, exist_ok=True)
+        new_run_dir(directory)  # removed again if the command fails before a checkpoint or result exists
         loggers: list[Logger] = [CSVLogger(save_dir=str(directory), name="", version="")]
         run = self.config[self.subcommand]["run"]
         mode = run["wandb"]
@@ -236,7 +237,7 @@ def cli_kwargs(args: Sequence[str]) -> dict[str, Any]:
         "save_config_kwargs": {"overwrite": True},
         "seed_everything_default": 0,  # deterministic by default; the run directory names the seed
         "args": list(args),
-        "parser_kwargs": {"default_env": False},
+        "parser_kwargs": {"default_env": False, "exit_on_error": False},  # errors: fgbench.errors
     }
 
 

@@ -22,7 +22,7 @@ KEYS = ("images", "captions", "labels", "queries", "gallery", "missing")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("data", help="dataset tools")
+    p = sub.add_parser("data", help="check a dataset folder: data check NAME --root DIR")
     dsub = p.add_subparsers(dest="data_command", required=True)
     c = dsub.add_parser("check", help="validate a dataset folder and print its counts")
     c.add_argument("name", help="registered dataset name, e.g. rstpreid")
@@ -52,7 +52,10 @@ def _overrides(items: list[str]) -> dict[str, Any]:
 def check(args: argparse.Namespace) -> int:
     console = Console()
     cls = DATAMODULES.get(args.name)
-    dm = cls(root=args.root, skip_missing=True, **_overrides(args.overrides))
+    try:
+        dm = cls(root=args.root, skip_missing=True, **_overrides(args.overrides))
+    except TypeError as err:  # an unknown --set KEY: one message, not a traceback
+        raise SystemExit(f"error: {args.name}: --set {err}") from None
     try:
         stats = dm.check()
     except (DatasetError, FileNotFoundError, ValueError) as err:
