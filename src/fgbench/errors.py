@@ -72,9 +72,41 @@ def message(err: BaseException) -> str:
         text = str(err.args[0])
     else:
         text = str(err).strip()
+    if "Does not validate against any of the Union subtypes" in text:
+        text = _union_reasons(text)
     if "No supported gpu backend found" in text:
         text += " This machine has no usable GPU: use --trainer.accelerator cpu (or auto)."
     return text or type(err).__name__
+
+
+_UNION_NOISE = ("Does not validate against any of the Union subtypes", "Subtypes:", "Errors:", "Given value type:")
+
+
+def _union_reasons(text: str) -> str:
+    """jsonargparse's report for a value no Union member accepts, cut to the key, the reasons and the value.
+
+    `Parser key "trainer.max_epochs": Expected a <class 'int'> (given: banana)` instead of nine lines
+    listing every member of `int | None`.
+    """
+    head, reasons, given = "", [], ""
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or any(line.startswith(n) for n in _UNION_NOISE) or "<class 'NoneType'>" in line:
+            continue
+        if line.startswith("Given value:"):
+            given = line.split(":", 1)[1].strip()
+        elif line.startswith("- "):
+            reasons.append(line[2:])
+        elif reasons:
+            reasons[-1] += " " + line  # a reason continued on the next line
+        elif not head:
+            head = line
+    out = "; ".join(reasons) or text.strip()
+    if "Parser key" in head:
+        out = f"{head} {out}"
+    if given and not given.startswith("Namespace("):
+        out += f" (given: {given})"
+    return out
 
 
 def debug_requested(argv: Sequence[str]) -> bool:
