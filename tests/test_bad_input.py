@@ -141,7 +141,14 @@ CASES = [
     c(
         "eval-bool-labels",
         "fgbench",
-        [*EVAL, "{w}/ok.npy", "--query-labels", "{w}/bool_labels.npy", "--gallery-labels", "{w}/bool_labels.npy"],
+        [
+            *EVAL,
+            "{w}/ok.npy",
+            "--query-labels",
+            "{w}/bool_labels.npy",
+            "--gallery-labels",
+            "{w}/bool_labels.npy",
+        ],
         r"--query-labels: \S*bool_labels\.npy holds torch\.bool values",
     ),
     c(
@@ -153,7 +160,14 @@ CASES = [
     c(
         "eval-labels-too-short",
         "fgbench",
-        [*EVAL, "{w}/ok.npy", "--query-labels", "{w}/short_labels.npy", "--gallery-labels", "{w}/short_labels.npy"],
+        [
+            *EVAL,
+            "{w}/ok.npy",
+            "--query-labels",
+            "{w}/short_labels.npy",
+            "--gallery-labels",
+            "{w}/short_labels.npy",
+        ],
         r"labels have 3 entries but the scores have 4 score (rows|columns)",
     ),
     c(
@@ -209,9 +223,24 @@ CASES = [
     c("fgbench-no-command", "fgbench", [], r"required: COMMAND|the following arguments are required"),
     c("fgbench-unknown-command", "fgbench", ["frobnicate"], r"invalid choice: 'frobnicate'"),
     c("data-no-subcommand", "fgbench", ["data"], r"the following arguments are required: data_command"),
-    c("data-unknown-dataset", "fgbench", ["data", "check", "rstpreidd", "--root", "{w}/data"], r"'rstpreidd'"),
-    c("data-root-missing", "fgbench", ["data", "check", "rstpreid", "--root", "{w}/none"], r"RSTPReid not found"),
-    c("data-malformed", "fgbench", ["data", "check", "rstpreid", "--root", "{w}/broken"], r"data_captions\.json"),
+    c(
+        "data-unknown-dataset",
+        "fgbench",
+        ["data", "check", "rstpreidd", "--root", "{w}/data"],
+        r"'rstpreidd'",
+    ),
+    c(
+        "data-root-missing",
+        "fgbench",
+        ["data", "check", "rstpreid", "--root", "{w}/none"],
+        r"RSTPReid not found",
+    ),
+    c(
+        "data-malformed",
+        "fgbench",
+        ["data", "check", "rstpreid", "--root", "{w}/broken"],
+        r"data_captions\.json",
+    ),
     c(
         "data-set-no-equals",
         "fgbench",
@@ -275,7 +304,12 @@ CASES = [
         ["validate", *FIT, "--data.root", "{w}/none"],
         r"RSTPReid not found",
     ),
-    c("test-ckpt-missing", "fgbench", ["test", *FIT, "--ckpt_path", "{w}/no.ckpt"], r"checkpoint \S*no\.ckpt not"),
+    c(
+        "test-ckpt-missing",
+        "fgbench",
+        ["test", *FIT, "--ckpt_path", "{w}/no.ckpt"],
+        r"checkpoint \S*no\.ckpt not",
+    ),
     c(
         "test-ckpt-damaged",
         "fgbench",
@@ -290,8 +324,18 @@ CASES = [
     ),
     c("test-ckpt-empty", "fgbench", ["test", *FIT, "--ckpt_path", "{w}/empty.ckpt"], r"empty\.ckpt is empty"),
     # -- python -m experiments.sweep ---------------------------------------------------------------------
-    c("sweep-unknown-method", "sweep", ["--methods", "clipft", "--datasets", "rstpreid", *SWEEP], r"'clipft'"),
-    c("sweep-unknown-dataset", "sweep", ["--methods", "clip_ft", "--datasets", "rstpreidd", *SWEEP], r"rstpreidd"),
+    c(
+        "sweep-unknown-method",
+        "sweep",
+        ["--methods", "clipft", "--datasets", "rstpreid", *SWEEP],
+        r"'clipft'",
+    ),
+    c(
+        "sweep-unknown-dataset",
+        "sweep",
+        ["--methods", "clip_ft", "--datasets", "rstpreidd", *SWEEP],
+        r"rstpreidd",
+    ),
     c(
         "sweep-unknown-profile",
         "sweep",
@@ -304,7 +348,12 @@ CASES = [
         ["--methods", "tirg", "--datasets", "rstpreid", *SWEEP],
         r"tirg supports composed; rstpreid is",
     ),
-    c("sweep-seeds-not-ints", "sweep", ["--methods", "clip_ft", "--datasets", "rstpreid", "--seeds", "a,b"], r"a,b"),
+    c(
+        "sweep-seeds-not-ints",
+        "sweep",
+        ["--methods", "clip_ft", "--datasets", "rstpreid", "--seeds", "a,b"],
+        r"a,b",
+    ),
     c(
         "sweep-jobs-negative",
         "sweep",
@@ -345,7 +394,12 @@ CASES = [
         r"no cell's arguments parse.*max_epochs",
     ),
     # -- python -m experiments.reproduce -----------------------------------------------------------------
-    c("reproduce-unknown-dataset", "reproduce", ["rstpreidd", "--profile", "tiny", *SWEEP[2:]], r"'rstpreidd'"),
+    c(
+        "reproduce-unknown-dataset",
+        "reproduce",
+        ["rstpreidd", "--profile", "tiny", *SWEEP[2:]],
+        r"'rstpreidd'",
+    ),
     c(
         "reproduce-no-data",
         "reproduce",
@@ -365,7 +419,12 @@ CASES = [
         r"ask for a GPU .*profile paper",
         skip=HAS_GPU,
     ),
-    c("reproduce-jobs-not-int", "reproduce", ["rstpreid", "--jobs", "x"], r"argument --jobs: invalid int value"),
+    c(
+        "reproduce-jobs-not-int",
+        "reproduce",
+        ["rstpreid", "--jobs", "x"],
+        r"argument --jobs: invalid int value",
+    ),
     # -- python -m experiments.leaderboard ---------------------------------------------------------------
     c(
         "leaderboard-runs-root-missing",
@@ -487,7 +546,11 @@ def test_there_are_at_least_sixty_cases_across_every_command() -> None:
 
 @pytest.mark.parametrize("case", CASES, ids=[k.id for k in CASES])
 def test_bad_input_gets_one_clean_error(
-    case: Case, world: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    case: Case,
+    world: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     if case.skip:
         pytest.skip("this machine has a GPU")
@@ -544,7 +607,9 @@ def test_a_failed_cell_shows_its_cause_in_the_sweep_summary(
 
     def failing(self: sweep.Runner, fit_args: list[str], device: str | None, log: Path) -> int:
         log.parent.mkdir(parents=True, exist_ok=True)
-        log.write_text("$ python -m fgbench fit ...\nSeed set to 0\nerror: rstpreid: data/RSTPReid not found.\n")
+        log.write_text(
+            "$ python -m fgbench fit ...\nSeed set to 0\nerror: rstpreid: data/RSTPReid not found.\n"
+        )
         return 2
 
     monkeypatch.setattr(sweep.Runner, "_spawn", failing)
@@ -556,9 +621,8 @@ def test_a_failed_cell_shows_its_cause_in_the_sweep_summary(
 
 
 def test_override_types_follow_the_profile_dataclass() -> None:
-    from methods.clip_ft import ClipFT
-
     from fgbench.errors import ConfigError
+    from methods.clip_ft import ClipFT
 
     assert ClipFT(overrides={"image_size": [64, 32], "max_len": 8}).cfg.image_size == (64, 32)
     for bad in ({"max_len": 8.5}, {"pretrained": 1}, {"mean": [0.5, 0.5]}, {"tiny_image": 3}):
@@ -573,13 +637,19 @@ def run(*args: str, env: dict[str, str] | None = None, cwd: Path = REPO) -> subp
     path = os.pathsep.join([str(REPO / "src"), str(REPO), str(TESTS), os.environ.get("PYTHONPATH", "")])
     full = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", **(env or {})}
     full.pop("FGBENCH_DEBUG", None) if not env or "FGBENCH_DEBUG" not in env else None
-    return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=full, cwd=cwd, timeout=300)
+    return subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, env=full, cwd=cwd, timeout=300
+    )
 
 
 def test_end_to_end_exit_status_and_one_line(world: Path) -> None:
     got = run("-m", "fgbench", "evaluate", "--protocol", "person_t2i", "--scores", str(world / "trunc.npy"))
     assert got.returncode == 2 and got.stdout == ""
-    assert got.stderr.count("\n") == 1 and got.stderr.startswith("error: --scores:") and "truncated" in got.stderr
+    assert (
+        got.stderr.count("\n") == 1
+        and got.stderr.startswith("error: --scores:")
+        and "truncated" in got.stderr
+    )
     debug = run("-m", "fgbench", "evaluate", "--protocol", "person_t2i", "--scores", str(world / "trunc.npy"),
                 "--debug")  # fmt: skip
     assert debug.returncode == 1 and "Traceback (most recent call last)" in debug.stderr

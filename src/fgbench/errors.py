@@ -79,7 +79,12 @@ def message(err: BaseException) -> str:
     return text or type(err).__name__
 
 
-_UNION_NOISE = ("Does not validate against any of the Union subtypes", "Subtypes:", "Errors:", "Given value type:")
+_UNION_NOISE = (
+    "Does not validate against any of the Union subtypes",
+    "Subtypes:",
+    "Errors:",
+    "Given value type:",
+)
 
 
 def _union_reasons(text: str) -> str:

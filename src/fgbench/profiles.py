@@ -44,7 +44,9 @@ def _fits(value: Any, hint: Any) -> bool:
             return False
         if len(args) == 2 and args[1] is Ellipsis:
             return all(_fits(v, args[0]) for v in value)
-        return not args or (len(value) == len(args) and all(_fits(v, a) for v, a in zip(value, args)))
+        if not args:
+            return True
+        return len(value) == len(args) and all(_fits(v, a) for v, a in zip(value, args, strict=True))
     if origin in (list, cabc.Sequence):
         return isinstance(value, (list, tuple)) and (not args or all(_fits(v, args[0]) for v in value))
     if origin in (dict, cabc.Mapping):

@@ -81,8 +81,8 @@ def check_scores(scores: torch.Tensor, path: str) -> None:
         if bad.any():
             r, c = (int(x) for x in bad.nonzero()[0])
             raise UserError(
-                f"--scores: {path} holds {int(bad.sum())} NaN or infinite score(s), first {float(scores[r, c])} "
-                f"at query {r}, column {c}; every score must be a finite number"
+                f"--scores: {path} holds {int(bad.sum())} NaN or infinite score(s), first "
+                f"{float(scores[r, c])} at query {r}, column {c}; every score must be a finite number"
             )
 
 
@@ -196,7 +196,8 @@ def warn_degenerate(details: dict, protocol: str, shape: tuple[int, int]) -> Non
         queries = g if protocol in ITM and not key.startswith("i2t") else q  # image-text: captions query
         if value * 2 > queries:
             Console(stderr=True).print(
-                f"[yellow]warning: {value} of {queries} queries ({key}) have their relevant item tied with other items; "
+                f"[yellow]warning: {value} of {queries} queries ({key}) have their relevant item tied with "
+                "other items; "
                 "the scores barely rank the gallery (constant or heavily rounded?), so these metrics say "
                 "little[/yellow]"
             )
