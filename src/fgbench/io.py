@@ -95,10 +95,10 @@ def _torch_reason(err: BaseException) -> tuple[str, bool]:
     import pickle
 
     text = str(err)
-    for line in text.splitlines():
-        if "WeightsUnpickler error:" in line:
-            reason = line.split("WeightsUnpickler error:", 1)[1].strip()
-            return reason.split(". ")[0].rstrip("."), True
+    if "WeightsUnpickler error:" in text:
+        after = text.split("WeightsUnpickler error:", 1)[1].strip()
+        reason = next((ln.strip() for ln in after.splitlines() if ln.strip()), "refused by torch.load")
+        return reason.split(". ")[0].rstrip("."), True
     first = next((ln.strip() for ln in text.splitlines() if ln.strip()), type(err).__name__)
     refused = isinstance(err, pickle.UnpicklingError) and "weights_only" in text.lower()
     if "weights_only" in first.lower() or "weights only" in first.lower():  # the advice line, not a reason
