@@ -63,16 +63,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not profile.is_file():
         known = ", ".join(sorted(f.stem for f in profile.parent.glob("*.yaml")))
         raise GridError(f"unknown profile {args.profile!r}: no {profile}; available: {known}")
-    devices = [d.strip() for d in args.devices.split(",") if d.strip()]
-    problem = accelerator_problem(profile, shlex.split(args.extra), devices)  # before the data check
-    if problem:
-        raise GridError(problem)
     problem = data_problem(args.dataset, root)
     if problem:
         print(f"error: cannot reproduce {args.dataset}: the data is not readable under {root}\n{problem}")
         print(f"\nPut the dataset there (DATA_ROOT={root}), then check it with:")
         print(f"    python -m fgbench data check {args.dataset} --root {shlex.quote(str(root))}")
         return EXIT_NO_DATA
+    devices = [d.strip() for d in args.devices.split(",") if d.strip()]
+    problem = accelerator_problem(profile, shlex.split(args.extra), devices)  # before any cell starts
+    if problem:
+        raise GridError(problem)
     from experiments import sweep
 
     sweep_args = [
