@@ -31,6 +31,7 @@ from typing import Any
 
 import pandas as pd
 
+from fgbench.errors import UserError, cli_entry
 from fgbench.io import atomic_write_bytes, atomic_write_text
 from fgbench.results import RESULT_GLOB, is_result_file, read_result
 
@@ -458,6 +459,7 @@ def print_boards(report: BuildReport) -> None:
             console.print(table)
 
 
+@cli_entry()
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m experiments.leaderboard", description=__doc__.split("\n")[0]
@@ -474,6 +476,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-png", action="store_true", help="skip the bar charts")
     parser.add_argument("--quiet", action="store_true", help="do not print the tables")
     args = parser.parse_args(argv)
+    if not Path(args.runs_root).is_dir():
+        raise UserError(
+            f"--runs-root {args.runs_root} is not a folder; pass the folder the runs were written to"
+        )
+    if args.published is not None:
+        if not Path(args.published).is_file():
+            raise UserError(f"--published {args.published} not found")
+        load_published(args.published)  # a malformed table is refused before anything is written
     report = build(args.runs_root, args.out, args.published, png=not args.no_png)
     for reason in report.skipped:
         print(f"skipped: {reason}", file=sys.stderr)

@@ -15,7 +15,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from experiments.sweep import CONFIGS, config_class
+from experiments.sweep import CONFIGS, GridError, accelerator_problem, config_class
+from fgbench.errors import cli_entry
 
 EXIT_NO_DATA = 2
 
@@ -44,13 +45,14 @@ def data_problem(name: str, data_root: Path, configs: Path = CONFIGS) -> str | N
     return None
 
 
+@cli_entry()
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m experiments.reproduce", description=__doc__.split("\n")[0])
     p.add_argument("dataset", help="registry name, e.g. rstpreid")
     p.add_argument("--data-root", default="data", help="folder holding the dataset's folder (default data)")
     p.add_argument("--profile", default="paper")
     p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--jobs", default=None)
+    p.add_argument("--jobs", type=int, default=None)
     p.add_argument("--devices", default="")
     p.add_argument("--runs-root", default="runs")
     p.add_argument("--out", default="results")
@@ -61,12 +63,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--throttle", default=None, help="SLURM: at most N cells at once")
     args = p.parse_args(argv)
     root = Path(args.data_root)
+    profile = CONFIGS / "profile" / f"{args.profile}.yaml"
+    if not profile.is_file():
+        known = ", ".join(sorted(f.stem for f in profile.parent.glob("*.yaml")))
+        raise GridError(f"unknown profile {args.profile!r}: no {profile}; available: {known}")
     problem = data_problem(args.dataset, root)
     if problem:
         print(f"error: cannot reproduce {args.dataset}: the data is not readable under {root}\n{problem}")
         print(f"\nPut the dataset there (DATA_ROOT={root}), then check it with:")
         print(f"    python -m fgbench data check {args.dataset} --root {shlex.quote(str(root))}")
         return EXIT_NO_DATA
+    devices = [d.strip() for d in args.devices.split(",") if d.strip()]
+    problem = accelerator_problem(profile, shlex.split(args.extra), devices)  # before any cell starts
+    if problem:
+        raise GridError(problem)
     from experiments import sweep
 
     sweep_args = [

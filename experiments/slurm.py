@@ -432,9 +432,7 @@ def run_cells(
     }
     new = [p for p in todo if str(p.run_dir) not in waiting]
     if waiting:
-        print(
-            f"{len(waiting)} cell(s) already queued by an earlier submission: waiting for them"
-        )
+        print(f"{len(waiting)} cell(s) already queued by an earlier submission: waiting for them")
     if new:
         ids = submit(
             [(p.args, p.run_dir, p.cell.label) for p in new], settings, runs_root.resolve() / ".slurm"

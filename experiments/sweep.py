@@ -43,6 +43,8 @@ from pathlib import Path
 from queue import Queue
 from typing import Any
 
+from fgbench.errors import cli_entry
+
 CONFIGS = Path(__file__).resolve().parent / "configs"
 LOCK_FILE = ".sweep.lock"
 FAILURES_FILE = "sweep_failures.jsonl"
@@ -204,6 +206,53 @@ def build_grid(args: argparse.Namespace) -> list[Cell]:
     return expand_grid(methods, datasets, args.seeds, profile, named)
 
 
+def _option(extra: Sequence[str], name: str) -> str | None:
+    """The value of `--name V` or `--name=V` in a list of fit arguments (the last one wins)."""
+    value = None
+    for i, tok in enumerate(extra):
+        if tok == name and i + 1 < len(extra):
+            value = extra[i + 1]
+        elif tok.startswith(name + "="):
+            value = tok.split("=", 1)[1]
+    return value
+
+
+def accelerator_problem(profile: Path, extra: Sequence[str], devices: Sequence[str]) -> str | None:
+    """Why the cells cannot run on this machine (a GPU asked for, none usable), or None.
+
+    Checked before any cell starts: otherwise every cell fails alike, its cause in its own log.
+    """
+    import yaml
+
+    cfg = yaml.safe_load(profile.read_text(encoding="utf-8")) or {}
+    from_profile = str((cfg.get("trainer") or {}).get("accelerator", "auto"))
+    given = _option(extra, "--trainer.accelerator")
+    accelerator = (given or from_profile).lower()
+    source = "--extra" if given else f"profile {profile.stem} ({profile})"
+    wants_gpu = accelerator in ("gpu", "cuda")
+    if not (wants_gpu or devices or accelerator == "mps"):
+        return None
+    import torch
+
+    if accelerator == "mps":
+        if torch.backends.mps.is_available():
+            return None
+        return f"--trainer.accelerator mps (from {source}) but this machine has no usable MPS device"
+    if torch.cuda.is_available():
+        if devices and len(devices) > torch.cuda.device_count():
+            return f"--devices {','.join(devices)} names more GPUs than the {torch.cuda.device_count()} found"
+        return None
+    why = (
+        f"--trainer.accelerator {accelerator} (from {source})"
+        if wants_gpu
+        else f"--devices {','.join(devices)}"
+    )
+    return (
+        f"the cells ask for a GPU ({why}) but this machine has none that PyTorch can use; "
+        'add --extra "--trainer.accelerator cpu" (and drop --devices), or run on a GPU machine'
+    )
+
+
 # -- resolving run directories ---------------------------------------------------------------------------
 
 
@@ -297,6 +346,22 @@ def _tail(path: Path, chars: int = TAIL_CHARS) -> str:
             return f.read().decode("utf-8", errors="replace")
     except OSError:
         return ""
+
+
+def cause_line(log: Path) -> str:
+    """The line of a failed cell's log that says why: its `error: ...` line, else the exception line."""
+    import re
+
+    lines = [ln.strip() for ln in _tail(log).splitlines() if ln.strip()]
+    for pattern in (
+        r"^(\S+: )?error: ",
+        r"^[\w.]*(Error|Exception)(\[\w+\])?: ",
+        r"^[\w.]*(Error|Exception)\b",
+    ):
+        for line in reversed(lines):
+            if re.search(pattern, line):
+                return line[:300]
+    return lines[-1][:300] if lines else ""
 
 
 # -- running cells ---------------------------------------------------------------------------------------
@@ -606,6 +671,7 @@ def dry_run(planned: Sequence[Planned]) -> None:
     print(f"{len(planned)} cells: {n_done} finished, {len(planned) - n_done} to run")
 
 
+@cli_entry()
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--exec-child"]:
@@ -614,35 +680,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     devices = [d.strip() for d in args.devices.split(",") if d.strip()]
     runs_root = Path(args.runs_root)
     try:
-        jobs = _jobs(args, devices)
-        cells = build_grid(args)
-    except GridError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    extra = shlex.split(args.extra)
+        extra = shlex.split(args.extra)
+    except ValueError as err:
+        raise GridError(f"--extra {args.extra!r} cannot be split into arguments ({err})") from None
+    jobs = _jobs(args, devices)
+    cells = build_grid(args)
+    settings = None
+    if args.launcher == "slurm" and not (args.status or args.cancel or args.dry_run):
+        from experiments import slurm
+
+        overrides = [*args.slurm, *([f"throttle={args.throttle}"] if args.throttle is not None else [])]
+        settings = slurm.SlurmSettings.load(args.slurm_config, overrides)  # LauncherError: one message
+        slurm.require_slurm()
+    # local cells run here, so this machine must have what they ask for; SLURM cells run on compute nodes
+    if not (args.dry_run or args.status or args.cancel) and settings is None:
+        problem = accelerator_problem(cells[0].profile, extra, devices)
+        if problem:
+            raise GridError(problem)
+    planned = plan(cells, runs_root, extra)
     if args.dry_run:
-        dry_run(plan(cells, runs_root, extra))
+        dry_run(planned)
         return 0
     if args.status or args.cancel:
         from experiments import sweep_state
 
-        planned = plan(cells, runs_root, extra)
         return sweep_state.cancel(planned, runs_root) if args.cancel else sweep_state.show(planned, runs_root)
-    settings = None
-    if args.launcher == "slurm":
-        from experiments import slurm
-
-        try:
-            overrides = [*args.slurm, *([f"throttle={args.throttle}"] if args.throttle is not None else [])]
-            settings = slurm.SlurmSettings.load(args.slurm_config, overrides)
-            slurm.require_slurm()
-        except slurm.LauncherError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
+    if all(p.run_dir is None for p in planned):  # the arguments themselves are wrong: nothing can run
+        raise GridError(f"no cell's arguments parse; the first says: {planned[0].error}")
     start = time.perf_counter()
     try:
         with sweep_lock(runs_root):
-            planned = plan(cells, runs_root, extra)
             if settings is not None:
                 outcomes = run_slurm(planned, settings, runs_root)
             else:
@@ -658,7 +725,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(summary(outcomes, time.perf_counter() - start))
     for o in outcomes:
         if o.status == "failed":
-            print(f"  failed: {o.planned.cell.label}: see {o.log or runs_root / FAILURES_FILE}")
+            cause = o.planned.error or (cause_line(o.log) if o.log else "") or f"exit {o.returncode}"
+            print(f"  failed: {o.planned.cell.label}: {cause}")
+            print(f"          see {o.log or runs_root / FAILURES_FILE}")
     if not args.no_leaderboard:
         from experiments.leaderboard import build, print_boards
 

@@ -32,6 +32,7 @@ from rich.table import Table
 
 from fgbench.data.module import RetrievalDataModule
 from fgbench.ensemble import Ensemble
+from fgbench.errors import UserError, cli_entry
 from fgbench.io import atomic_write_bytes, atomic_write_text
 from fgbench.method import RetrievalMethod
 
@@ -154,6 +155,7 @@ def print_summary(stats: pd.DataFrame, names: list[str], metric: str, split: str
     console.print(table)
 
 
+@cli_entry()
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m experiments.tune_rerank", description=__doc__.split("\n")[0])
     ap.add_argument("runs", nargs="+", type=Path, help="run directories (config.yaml, checkpoints/last.ckpt)")
@@ -163,6 +165,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, required=True, help="output stem: <out>.csv, <out>.png")
     ap.add_argument("--test", action="store_true", help="then score the best point and the run's own on test")
     args = ap.parse_args(argv)
+    for run in args.runs:
+        if not run.is_dir():
+            raise UserError(
+                f"{run} is not a folder; expected a run directory written by `python -m fgbench fit`"
+            )
     grid = parse_grid(args.grid)
     names = list(grid)
     console = Console()

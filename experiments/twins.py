@@ -24,6 +24,7 @@ from rich.console import Console
 from rich.table import Table
 
 from experiments.tune_rerank import load_run
+from fgbench.errors import UserError, cli_entry
 from fgbench.io import atomic_write_text
 from fgbench.results import RESULT_FILE, read_result
 
@@ -115,11 +116,17 @@ def print_table(stats: pd.DataFrame, console: Console) -> None:
     console.print(table)
 
 
+@cli_entry()
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m experiments.twins", description=__doc__.split("\n")[0])
     ap.add_argument("runs", nargs="+", type=Path, help="trained synth-scenes run directories")
     ap.add_argument("--out", type=Path, default=Path("results") / "twins.csv", help="per-method CSV")
     args = ap.parse_args(argv)
+    for run in args.runs:
+        if not run.is_dir():
+            raise UserError(
+                f"{run} is not a folder; expected a run directory written by `python -m fgbench fit`"
+            )
     console = Console()
     trials = []
     for run in args.runs:

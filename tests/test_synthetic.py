@@ -233,7 +233,7 @@ def test_attribute_oracle_equals_a_direct_count(tiny: dict[str, Path]) -> None:
     assert got["R1"] == pytest.approx(100 * sum(hits) / len(hits))
     n_ids = len(set(ids))
     assert 100 / n_ids < got["R1"] < 100  # above chance (ambiguity is bounded), below 100 (it exists)
-    assert cli(["oracle", "synth-person", "--root", str(tiny["synth-person"].parent)]) is None
+    assert cli(["oracle", "synth-person", "--root", str(tiny["synth-person"].parent)]) == 0
 
 
 # -- synth-scenes: relations true of the boxes, twins differ in one thing -------------------------------

@@ -11,10 +11,11 @@ import argparse
 import json
 from pathlib import Path
 
-from datamodules.synthetic import GENERATORS, generate
+from datamodules.synthetic import GENERATORS, generate, resolve_sizes
 from datamodules.synthetic.common import RECORD_FILE
 from datamodules.synthetic.oracle import person_oracle
 from datamodules.synthetic.preview import preview
+from fgbench.errors import UserError, cli_entry
 
 DEFAULT_ROOT = Path("data/synthetic")
 
@@ -48,9 +49,14 @@ def _size(text: str) -> tuple[str, int]:
     return key, int(value)
 
 
+@cli_entry()
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     sizes = dict(args.size)
+    try:
+        resolve_sizes(args.name, **sizes)  # an unknown --size KEY is refused before anything is written
+    except TypeError as err:
+        raise UserError(f"--size: {err}") from None
     if args.command == "preview":
         print(preview(args.name, args.out, args.root, args.seed, **sizes))
         return

@@ -8,11 +8,76 @@ dict argument, which LightningCLI sees (`--model.init_args.overrides '{image_siz
 
 from __future__ import annotations
 
+import collections.abc as cabc
+import types
+import typing
 from collections.abc import Mapping
-from dataclasses import fields, replace
+from dataclasses import fields, is_dataclass, replace
 from typing import Any, TypeVar
 
+from fgbench.errors import ConfigError
+
 P = TypeVar("P")
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether a config value (as YAML gives it: lists for tuples) fits a dataclass field's type hint."""
+    if hint is Any or isinstance(hint, TypeVar):
+        return True
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, a) for a in args)
+    if origin is typing.Literal:
+        return value in args
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_fits(v, args[0]) for v in value)
+        if not args:
+            return True
+        return len(value) == len(args) and all(_fits(v, a) for v, a in zip(value, args, strict=True))
+    if origin in (list, cabc.Sequence):
+        return isinstance(value, (list, tuple)) and (not args or all(_fits(v, args[0]) for v in value))
+    if origin in (dict, cabc.Mapping):
+        return isinstance(value, Mapping)
+    if isinstance(hint, type):
+        if is_dataclass(hint):
+            return isinstance(value, (hint, Mapping))
+        return isinstance(value, hint)
+    return True  # a hint this check does not model: left to the method
+
+
+def _show(hint: Any) -> str:
+    return getattr(hint, "__name__", None) if isinstance(hint, type) else str(hint).replace("typing.", "")
+
+
+def check_types(preset: Any, values: Mapping[str, Any], who: str = "") -> dict[str, Any]:
+    """`values` checked against the preset dataclass's field types (lists become tuples for tuple fields).
+
+    A wrong type is an error naming the field, the value and the expected type, before anything is built.
+    """
+    hints = typing.get_type_hints(type(preset))
+    out = dict(values)
+    for name, value in values.items():
+        hint = hints.get(name, Any)
+        if not _fits(value, hint):
+            raise ConfigError(
+                f"{who}profile override {name}={value!r} ({type(value).__name__}): expected {_show(hint)}"
+            )
+        if isinstance(value, list) and typing.get_origin(hint) in (tuple, typing.Union, types.UnionType):
+            out[name] = tuple(value)
+    return out
 
 
 def merge_overrides(overrides: Mapping[str, Any] | None, keywords: Mapping[str, Any]) -> dict[str, Any]:
@@ -21,7 +86,7 @@ def merge_overrides(overrides: Mapping[str, Any] | None, keywords: Mapping[str, 
     merged = dict(overrides or {})
     clash = sorted(k for k in keywords if k in merged and merged[k] != keywords[k])
     if clash:
-        raise TypeError(f"profile field(s) {clash} given both in `overrides` and as keywords, differently")
+        raise ConfigError(f"profile field(s) {clash} given both in `overrides` and as keywords, differently")
     merged.update(keywords)
     return merged
 
@@ -37,8 +102,6 @@ def resolve_profile(
     known = {f.name for f in fields(preset)}  # type: ignore[arg-type]
     unknown = sorted(set(overrides) - known)
     if unknown:
-        raise TypeError(f"{who}unknown profile override(s) {unknown}; valid: {sorted(known)}")
-    values = dict(overrides)
-    if values.get("image_size") is not None:  # YAML gives lists; presets hold (height, width) tuples
-        values["image_size"] = tuple(values["image_size"])
+        raise ConfigError(f"{who}unknown profile override(s) {unknown}; valid: {sorted(known)}")
+    values = check_types(preset, overrides, who)  # YAML lists become the presets' tuples
     return replace(preset, **values)  # type: ignore[type-var]

@@ -48,6 +48,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from fgbench.data.module import RetrievalDataModule
+from fgbench.errors import new_run_dir
 from fgbench.identity import differences, group_hash, identity, legacy_hash, resolve_class, same
 from fgbench.io import check_checkpoint
 from fgbench.method import RetrievalMethod
@@ -518,7 +519,7 @@ class FgbenchCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
         target = self._run_target()
         directory, record = target.directory, target.record
-        directory.mkdir(parents=True, exist_ok=True)
+        new_run_dir(directory)  # removed again if the command fails before a checkpoint or result exists
         sub = self.subcommand or "fit"
         if sub == "fit":  # a resume continues metrics.csv; a fresh fit starts it again
             csv_logger = RunLogger(str(directory), keep=bool(self.config[sub].get("ckpt_path")))
@@ -616,7 +617,7 @@ def cli_kwargs(args: Sequence[str]) -> dict[str, Any]:
         "save_config_kwargs": {"overwrite": True},
         "seed_everything_default": 0,  # deterministic by default; the run directory names the seed
         "args": list(args),
-        "parser_kwargs": {"default_env": False},
+        "parser_kwargs": {"default_env": False, "exit_on_error": False},  # errors: fgbench.errors
     }
 
 

@@ -34,7 +34,7 @@ EXIT_OK, EXIT_FILES, EXIT_UNREADABLE_DATA = 0, 1, 2
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("data", help="dataset tools")
+    p = sub.add_parser("data", help="check a dataset folder: data check NAME --root DIR")
     dsub = p.add_subparsers(dest="data_command", required=True)
     c = dsub.add_parser("check", help="validate a dataset folder and print its counts")
     c.add_argument("name", help="registered dataset name, e.g. rstpreid")

@@ -14,15 +14,18 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from fgbench.errors import UserError
 from fgbench.evaluation import EvalSpec, evaluate, list_protocols
 from fgbench.evaluation.submission import write_cirr_submission
-from fgbench.io import atomic_write_json, load_array
+from fgbench.io import atomic_write_text, load_array, strict_json
 
 ITM = {"f30k_1k", "coco_5k", "coco_1k_5fold"}
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("evaluate", help="score a saved score matrix with a protocol of PROTOCOLS.md")
+    p = sub.add_parser(
+        "evaluate", help="score a saved [queries x gallery] score matrix with one of the suite's protocols"
+    )
     p.add_argument("--protocol", required=True, choices=list_protocols())
     p.add_argument("--scores", required=True, help="float [Q, G] scores (.npy or .pt)")
     p.add_argument("--query-labels", help="int [Q] labels (default: arange)")
@@ -44,54 +47,131 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def integers(path: str | None, what: str) -> torch.Tensor | None:
+    """An integer array from `path` (None when not given); non-integer values are refused, not truncated."""
+    if not path:
+        return None
+    arr = load_array(path, what)
+    if arr.dtype == torch.bool or torch.is_complex(arr):
+        raise UserError(f"{what}: {path} holds {arr.dtype} values; expected integers")
+    if arr.is_floating_point():
+        bad = ~torch.isfinite(arr) | (arr != arr.round())
+        if bad.any():
+            i = int(bad.flatten().nonzero()[0])
+            raise UserError(
+                f"{what}: {path} holds non-integer values ({int(bad.sum())} of {arr.numel()}, first "
+                f"{float(arr.flatten()[i])!r} at flat index {i}); expected integer labels or indices"
+            )
+    return arr.long()
+
+
+def check_scores(scores: torch.Tensor, path: str) -> None:
+    """Refuse what cannot be ranked: a non-2-D array, an empty side, NaN or infinite scores."""
+    if scores.dim() != 2:
+        raise UserError(
+            f"--scores: {path} must be a 2-D [queries, gallery] array, got shape {tuple(scores.shape)}"
+        )
+    q, g = scores.shape
+    if q == 0 or g == 0:
+        raise UserError(f"--scores: {path} has {q} queries and {g} gallery items; both must be at least 1")
+    if scores.dtype == torch.bool or torch.is_complex(scores):
+        raise UserError(f"--scores: {path} holds {scores.dtype} values; expected real numbers")
+    if scores.is_floating_point():
+        bad = ~torch.isfinite(scores)
+        if bad.any():
+            r, c = (int(x) for x in bad.nonzero()[0])
+            raise UserError(
+                f"--scores: {path} holds {int(bad.sum())} NaN or infinite score(s), first "
+                f"{float(scores[r, c])} at query {r}, column {c}; every score must be a finite number"
+            )
+
+
 def _labels(args: argparse.Namespace, q: int, g: int, console: Console) -> tuple[torch.Tensor, torch.Tensor]:
-    ql = load_array(args.query_labels, "--query-labels") if args.query_labels else None
-    gl = load_array(args.gallery_labels, "--gallery-labels") if args.gallery_labels else None
+    ql = integers(args.query_labels, "--query-labels")
+    gl = integers(args.gallery_labels, "--gallery-labels")
     if ql is None and gl is None and args.protocol in ITM and g == 5 * q:
         console.print(f"[dim]no labels given: caption column c belongs to image row c // 5 ({q} x {g})[/dim]")
         return torch.arange(q), torch.arange(g) // 5
     if (ql is None or gl is None) and q != g:
-        raise SystemExit(
-            f"error: scores are {q} x {g}, so the default diagonal labels do not apply; "
+        raise UserError(
+            f"scores are {q} x {g}, so the default diagonal labels do not apply; "
             "pass --query-labels and --gallery-labels"
         )
     return (torch.arange(q) if ql is None else ql), (torch.arange(g) if gl is None else gl)
 
 
-def _read_names(path: str) -> list[str]:
-    text = Path(path).read_text(encoding="utf-8")
+def _read_text(path: str, what: str) -> str:
+    file = Path(path)
+    if not file.is_file():
+        raise UserError(f"{what}: {path} not found")
+    try:
+        return file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise UserError(f"{what}: {path} is not UTF-8 text ({err.reason} at byte {err.start})") from None
+
+
+def _read_json(path: str, what: str) -> object:
+    try:
+        return json.loads(_read_text(path, what))
+    except json.JSONDecodeError as err:
+        raise UserError(
+            f"{what}: {path} is not valid JSON ({err.msg}, line {err.lineno} column {err.colno})"
+        ) from None
+
+
+def _read_names(path: str, what: str = "--names") -> list[str]:
     if path.endswith(".json"):
-        return [str(x) for x in json.loads(text)]
-    return [line.strip() for line in text.splitlines() if line.strip()]
+        raw = _read_json(path, what)
+        if not isinstance(raw, list):
+            raise UserError(f"{what}: {path} holds a JSON {type(raw).__name__}; expected a list of names")
+        return [str(x) for x in raw]
+    return [line.strip() for line in _read_text(path, what).splitlines() if line.strip()]
+
+
+def read_groups(path: str) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """`{name: [[query idx...], [gallery idx...]]}` from a JSON file; anything else names the bad entry."""
+    raw = _read_json(path, "--groups")
+    if not isinstance(raw, dict) or not raw:
+        raise UserError(
+            f"--groups: {path} must hold a non-empty JSON object {{name: [[queries], [gallery]]}}"
+        )
+    groups = {}
+    for name, value in raw.items():
+        ok = isinstance(value, list) and len(value) == 2 and all(isinstance(v, list) for v in value)
+        if not ok or not all(isinstance(i, int) and not isinstance(i, bool) for v in value for i in v):
+            raise UserError(
+                f"--groups: {path}: entry {name!r} must be [[query indices], [gallery indices]] of integers"
+            )
+        groups[name] = (torch.tensor(value[0], dtype=torch.long), torch.tensor(value[1], dtype=torch.long))
+    return groups
 
 
 def build_spec(args: argparse.Namespace, scores: torch.Tensor, console: Console) -> EvalSpec:
-    if scores.dim() != 2:
-        raise SystemExit(
-            f"error: --scores must be a 2-D [queries, gallery] array, got shape {tuple(scores.shape)}"
-        )
+    check_scores(scores, args.scores)
     q, g = scores.shape
     no_targets = args.protocol == "cirr" and bool(args.submission) and not args.query_labels
     if no_targets:  # CIRR test1: rank only, for the submission files
         ql, gl = (
             None,
-            load_array(args.gallery_labels, "--gallery-labels") if args.gallery_labels else torch.arange(g),
+            integers(args.gallery_labels, "--gallery-labels") if args.gallery_labels else torch.arange(g),
         )
     else:
         ql, gl = _labels(args, q, g, console)
     groups = None
     if args.groups:
-        raw = json.loads(Path(args.groups).read_text(encoding="utf-8"))
-        groups = {k: (torch.tensor(v[0]), torch.tensor(v[1])) for k, v in raw.items()}
+        groups = read_groups(args.groups)
     qids = gnames = None
     if args.names:
-        qids, gnames = _read_names(args.names[0]), _read_names(args.names[1])
+        qids, gnames = (
+            _read_names(args.names[0], "--names PAIR_IDS"),
+            _read_names(args.names[1], "--names IMAGE_NAMES"),
+        )
     return EvalSpec(
         protocol=args.protocol,
         query_labels=None if ql is None else ql.long(),
-        gallery_labels=gl.long(),
-        exclude=load_array(args.exclude, "--exclude").long() if args.exclude else None,
-        subsets=load_array(args.subsets, "--subsets").long() if args.subsets else None,
+        gallery_labels=gl,
+        exclude=integers(args.exclude, "--exclude"),
+        subsets=integers(args.subsets, "--subsets"),
         groups=groups,
         query_ids=qids,
         gallery_names=gnames,
@@ -107,19 +187,39 @@ def print_metrics(metrics: dict[str, float], title: str, console: Console, capti
     console.print(table)
 
 
+def warn_degenerate(details: dict, protocol: str, shape: tuple[int, int]) -> None:
+    """Say on the terminal when most queries' positives tie with other items (constant or coarse scores)."""
+    q, g = shape
+    for key, value in details.items():
+        if not key.endswith("n_tied") or not isinstance(value, int):
+            continue
+        queries = g if protocol in ITM and not key.startswith("i2t") else q  # image-text: captions query
+        if value * 2 > queries:
+            Console(stderr=True).print(
+                f"[yellow]warning: {value} of {queries} queries ({key}) have their relevant item tied with "
+                "other items; "
+                "the scores barely rank the gallery (constant or heavily rounded?), so these metrics say "
+                "little[/yellow]"
+            )
+            return
+
+
 def run(args: argparse.Namespace) -> int:
     console = Console()
     scores = load_array(args.scores, "--scores")
     spec = build_spec(args, scores, console)
+    if args.block_rows < 1:
+        raise UserError(f"--block-rows must be at least 1, got {args.block_rows}")
+    if args.submission and args.protocol != "cirr":
+        raise UserError("--submission is only defined for the cirr protocol")
     result = evaluate(scores, spec, block_rows=args.block_rows, keep_lists=bool(args.submission))
+    warn_degenerate(result.details, args.protocol, (scores.shape[0], scores.shape[1]))
     if result.metrics:
         caption = f"{scores.shape[0]} x {scores.shape[1]} scores"
         print_metrics(result.metrics, args.protocol, console, caption)
     if args.submission:
-        if args.protocol != "cirr":
-            raise SystemExit("error: --submission is only defined for the cirr protocol")
         if spec.query_ids is None or spec.gallery_names is None:
-            raise SystemExit("error: --submission needs --names PAIR_IDS IMAGE_NAMES")
+            raise UserError("--submission needs --names PAIR_IDS IMAGE_NAMES")
         paths = write_cirr_submission(
             result.arrays["topk"],
             result.arrays["sub_order"],
@@ -129,8 +229,7 @@ def run(args: argparse.Namespace) -> int:
         )
         console.print(f"wrote {paths[0]} and {paths[1]}")
     if args.json_out:
-        atomic_write_json(
-            args.json_out, {"protocol": args.protocol, "metrics": result.metrics, "details": result.details}
-        )
+        record = {"protocol": args.protocol, "metrics": result.metrics, "details": result.details}
+        atomic_write_text(args.json_out, strict_json(record, f"--json {args.json_out}"))
         console.print(f"wrote {args.json_out}")
     return 0
