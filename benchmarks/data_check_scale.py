@@ -1,7 +1,7 @@
 """Real-scale speed of `python -m fgbench data check` and `DataModule.setup()`: annotation files of the real
 datasets' sizes in their official formats, with placeholder images, timed per step.
 
-Datasets (sizes as DATASETS.md lists them): CUHK-PEDES (40,206 images, 80,412 captions, `reid_raw.json`),
+Datasets (sizes as docs/data/ lists them): CUHK-PEDES (40,206 images, 80,412 captions, `reid_raw.json`),
 COCO Karpathy (123,287 images, 616,435 captions, `dataset_coco.json`), FashionIQ (77,683 images, 30,134
 triplets, `captions/` + `image_splits/`), Fashion200K (201,838 images, `labels/*_detect_all.txt` +
 `test_queries.txt`). Every image is a hard link to one 8x8 JPEG (readers that parse image headers, such as

@@ -1,6 +1,6 @@
 """Speed and peak-memory benchmark of the suite's evaluator (`fgbench.evaluation.evaluate`).
 
-Cases (PROTOCOLS.md §1, §3):
+Cases (docs/protocols.md §1, §3):
 
 - ``person_t2i``: CUHK-PEDES test scale, 6,156 captions x 3,074 images, 1,000 identities; ours vs
   torchmetrics 1.9 (``RetrievalHitRate`` @1/5/10 + ``RetrievalMAP``) vs a naive NumPy argsort.
@@ -14,7 +14,7 @@ resets the kernel's RSS high-water mark, then times the metric computation alone
 and reports the peak RSS increase over the RSS after the inputs were built. Inputs are generated once by the
 parent (seeded) and handed to the children as ``.npy`` files, so every implementation scores the same matrix.
 Scores are float32 ``cosine + 1``: positive, because torchmetrics >= 1.8 treats scores <= 0 as non-relevant
-(PROTOCOLS.md §6.2); the shift does not change any order.
+(docs/protocols.md §6.2); the shift does not change any order.
 
     .venv/bin/python benchmarks/evaluator.py            # full run (make bench), several minutes on 2 cores
     .venv/bin/python benchmarks/evaluator.py --quick    # every case ~25-50x smaller, well under a minute
@@ -147,7 +147,7 @@ def _tied_positives(s: np.ndarray, ql: np.ndarray, gl: np.ndarray) -> tuple[np.n
 def detie(s: np.ndarray, ql: np.ndarray, gl: np.ndarray, both_ways: bool) -> int:
     """Nudge (in place) every positive score tied with another candidate up by one float32 ulp, until none
     is; returns how many were nudged. float32 cosines of thousands of items do collide (a few per case),
-    and torchmetrics orders ties arbitrarily where PROTOCOLS.md §0 breaks them by index."""
+    and torchmetrics orders ties arbitrarily where docs/protocols.md §0 breaks them by index."""
     nudged = 0
     for _ in range(20):
         r, c = _tied_positives(s, ql, gl)

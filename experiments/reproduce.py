@@ -74,7 +74,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"    python -m fgbench data check {args.dataset} --root {shlex.quote(str(root))}")
         return EXIT_NO_DATA
     devices = [d.strip() for d in args.devices.split(",") if d.strip()]
-    problem = accelerator_problem(profile, shlex.split(args.extra), devices)  # before any cell starts
+    # local cells run on this machine; SLURM cells run on compute nodes (the sweep checks its settings)
+    problem = args.launcher == "local" and accelerator_problem(profile, shlex.split(args.extra), devices)
     if problem:
         raise GridError(problem)
     from experiments import sweep

@@ -4,7 +4,7 @@
         [--jobs N] [--devices 0,1] [--runs-root runs] [--out results] [--dry-run] \\
         [--extra "--trainer.max_epochs 2"]
 
-ARCHITECTURE.md "Scale" and STYLE.md (the users' complaints about sweeps):
+docs/architecture.md "Scale" (what users of other sweep tools missed):
 - **grid**: every named (or, with `all`, every registered) method x dataset whose tasks intersect. A pair that
   cannot run is skipped, but a named method or dataset left with no cell is an error that says why
   ("tirg supports composed; rstpreid is text-image").

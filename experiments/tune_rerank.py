@@ -1,7 +1,7 @@
 """`python -m experiments.tune_rerank RUN [RUN ...] --grid rerank_k=10,50 --grid lam=0,0.25,0.5`: tune a
 method's test-time settings on a validation split, from trained runs, without training again.
 
-METHODS.md §1 asks MMRef's refinement (k, λ) to be tuned once on a validation split and then frozen; the
+docs/methods.md §1 asks MMRef's refinement (k, λ) to be tuned once on a validation split and then frozen; the
 same holds for any re-rank shortlist. Each run (`runs/<dataset>/<method>/<profile>/seed<k>-<hash>`, with
 `config.yaml` and `checkpoints/last.ckpt`) is loaded once, its `--split` is encoded once, and every point of
 the grid (the product of the `--grid` values, set as attributes of the method, e.g. `rerank_k`, `lam`) is

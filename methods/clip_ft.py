@@ -1,4 +1,4 @@
-"""clip_ft: a CLIP dual encoder fine-tuned with symmetric InfoNCE (METHODS.md §5; suite baseline).
+"""clip_ft: a CLIP dual encoder fine-tuned with symmetric InfoNCE (docs/methods.md §5; suite baseline).
 
 Text-image and image-text: S = f̂_t f̂_vᵀ · scale, L = ½[CE(S, diag) + CE(Sᵀ, diag)]; items of the same
 identity in a batch are negatives, by design (the one difference from IRRA's SDM). Composed retrieval is
@@ -9,9 +9,9 @@ L = CE(100 · q gᵀ, diag).
 What comes from where:
 - [code] CLIP4Cir's element-wise-sum query, CE(100·q gᵀ) and `encoder ∈ {both, text, image}`; the person
   recipe is IRRA's (anosorae/IRRA: CLIP ViT-B/16 at 384x128, Adam eps 1e-3, lr 1e-5, wd 4e-5, 5-epoch
-  warm-up from 0.1x then cosine) with τ = 0.02 fixed, as METHODS.md §5 specifies.
+  warm-up from 0.1x then cosine) with τ = 0.02 fixed, as docs/methods.md §5 specifies.
 - [inf] the Flickr30K/COCO recipe (224, AdamW lr 1e-5 wd 0.2, 1 warm-up epoch then cosine, learnable logit
-  scale initialised at 1/0.07 and clamped at 100); METHODS.md §11 lists it as uncertain.
+  scale initialised at 1/0.07 and clamped at 100); docs/methods.md §11 lists it as uncertain.
 - our reading: the task family (person / image-text / composed) is read from the DataModule's tasks in
   `build`, and picks the logit scale and, in the paper profile, the image size, transforms and optimiser;
   CUB/Flowers (text-image only) use the person recipe. In a composed batch, columns whose target is the row's
@@ -66,7 +66,7 @@ from fgbench.registry import register_method
 CLIP_PATH = "openai/clip-vit-base-patch16"  # hub name in the local HF cache, or a folder
 FUSIONS = ("sum", "image_only", "text_only")
 ENCODERS = ("both", "text", "image")
-# IRRA's optimiser (METHODS.md §7), also clip_ft's on person retrieval (§5)
+# IRRA's optimiser (docs/methods.md §7), also clip_ft's on person retrieval (§5)
 IRRA_OPTIM = OptimConfig(
     name="adam",
     lr=1e-5,
@@ -236,7 +236,7 @@ PROFILES: dict[str, ClipProfile] = {
         optim=IRRA_OPTIM,
     ),
 }
-# paper-profile fields that differ by task family (METHODS.md §5); explicit overrides win
+# paper-profile fields that differ by task family (docs/methods.md §5); explicit overrides win
 PAPER_BY_FAMILY: dict[str, dict[str, Any]] = {
     "person": {},
     "itm": {

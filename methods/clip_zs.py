@@ -1,17 +1,17 @@
-"""clip_zs: zero-shot CLIP, evaluation only (METHODS.md §6; suite baseline).
+"""clip_zs: zero-shot CLIP, evaluation only (docs/methods.md §6; suite baseline).
 
 `clip_ft`'s towers with CLIP's pretrained weights read from local files (`clip_path`, nothing is
 downloaded); the paper profile fails with a FileNotFoundError naming the path when they are missing. The
 tiny profile runs random tiny towers: a sanity floor of the evaluation, not a zero-shot model.
 
 - Native 224x224 input: person images are squashed to it; `image_size=(384, 128)` runs them at their aspect
-  ratio with the positional grid interpolated (METHODS.md §6).
+  ratio with the positional grid interpolated (docs/methods.md §6).
 - Composed retrieval: q = normalise(f̂_img(ref) + f̂_txt(text)) with `fusion="sum"` (unit tower outputs,
   unlike clip_ft's raw sum), or the `image_only` / `text_only` query.
 - No training: `trains = False`, so `fit` trains nothing and goes straight to the test run (the base class
   and the CLI skip the training loop); `validate` and `test` work as for any method.
 
-[text] the setup and fusion are METHODS.md §6; the rest is clip_ft's code.
+[text] the setup and fusion are docs/methods.md §6; the rest is clip_ft's code.
 """
 
 from __future__ import annotations

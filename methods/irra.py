@@ -1,5 +1,5 @@
 """IRRA: cross-modal implicit relation reasoning and aligning (Jiang & Ye, CVPR 2023; anosorae/IRRA), a port
-(METHODS.md §7).
+(docs/methods.md §7).
 
 A CLIP dual encoder trained with L = SDM + IRR + ID:
 - SDM (`fgbench.losses.sdm`, τ = 0.02) on the CLS / EOT globals, identities as positives (the tiny profile

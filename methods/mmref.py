@@ -1,5 +1,5 @@
 """MMRef: multi-modal reference learning for fine-grained text-to-image retrieval (Ma et al., IEEE TMM 27,
-2025; arXiv 2504.07718), METHODS.md §1.
+2025; arXiv 2504.07718), docs/methods.md §1.
 
 **A re-implementation from the paper's description**: MMRef's code is not public, so this module builds our
 reading of the paper's text on IRRA's backbone (`methods.irra.IRRA`, subclassed), and `mmref` differs from
@@ -24,7 +24,7 @@ text evidence:
   re-rank path (result.json records k and the re-rank time). Class-level protocols recompute r from the
   pooled text vector.
 
-What comes from where (METHODS.md marks):
+What comes from where (docs/methods.md marks):
 - [text/2nd] the references as proxies of the training objects; GF with S_Fuse = cos(R, sg(E)) and
   L_Fuse = (1/2n)·L_CL; LR as FFN2(MCA(FFN1(MSA(Q)), K, V)) with K/V from the references, an MLM head and
   CE on the masked words; RGRL; reference-based refinement of the top-k at inference; "proxy learning".
@@ -33,12 +33,12 @@ What comes from where (METHODS.md marks):
   d = 512; m = the number of training identities/classes (f30k/coco: every training image is its own
   object); the class-mean initialisation of R; L_CL as a softmax cross-entropy over the references; the RGRL
   loss as the same form with the stop-gradient moved to R; n_r = 4 reference tokens; τ_f = τ_g = τ_r = 0.05;
-  the refinement S0 + λ⟨r(q), r(g)⟩ with k = 50, λ = 0.5 (not tuned: METHODS.md says to tune them once on
+  the refinement S0 + λ⟨r(q), r(g)⟩ with k = 50, λ = 0.5 (not tuned: docs/methods.md says to tune them once on
   CUHK-PEDES val, which `experiments.tune_rerank` does from trained runs; on synth-person val the tiny
   profile preferred λ = 0.1, k flat from 10 to 100, and gained nothing on test, results/synthetic-tiny.md);
   `ref_space=cosine` as the centred raw cosine vector, L2-normalised so ⟨r, r⟩ = 1 there too; the tiny
   profile learns L_align's τ (IRRA's `temperature_learnable`: the fixed 0.02 kept tiny towers near chance).
-- our reading, below the level of METHODS.md: the LR block is pre-LN residual (LN on Q before MSA, FFN1,
+- our reading, below the level of docs/methods.md: the LR block is pre-LN residual (LN on Q before MSA, FFN1,
   MCA and FFN2, LN on the reference tokens, a final LN as IRRA's `ln_post`), width // 64 heads (8 at 512) and
   FFNs of 4x width, initialised as IRRA's cross-modal transformer; like IRRA's head, its self-attention does
   not mask padding. R is excluded from weight decay whatever `optim` says. The class-mean pass encodes the
@@ -112,7 +112,7 @@ class MMRefProfile(IRRAProfile):
 
 
 def _no_decay_on_refs(cfg: OptimConfig) -> OptimConfig:
-    """`cfg` with R among the no-decay names (METHODS.md §1: R is excluded from weight decay)."""
+    """`cfg` with R among the no-decay names (docs/methods.md §1: R is excluded from weight decay)."""
     return cfg if REFS in cfg.no_decay else replace(cfg, no_decay=(*cfg.no_decay, REFS))
 
 
@@ -217,7 +217,7 @@ class MMRef(IRRA):
         clip_path: CLIP weights and tokenizer (hub name in the local cache, or a folder).
         refine: re-score each query's coarse top-k in reference space; False = the plain global ranking.
         rerank_k: k of the refinement.
-        lam: λ of the re-score S0 + λ⟨r(q), r(g)⟩ (METHODS.md's `lambda`, a Python keyword).
+        lam: λ of the re-score S0 + λ⟨r(q), r(g)⟩ (docs/methods.md's `lambda`, a Python keyword).
         ref_space: "softmax" (r = normalise(softmax(cos(x, R)/τ_r))) or "cosine" (centred cosines,
             normalised).
         use_fuse, use_lr, use_rgrl: train with L_Fuse, L_LR, L_RGRL.

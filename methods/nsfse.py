@@ -1,8 +1,8 @@
 """NSFSE: a negative-sensitive framework with semantic enhancement for composed image retrieval (Wang et al.,
-IEEE TMM 26:7608-7621, 2024), METHODS.md §4.
+IEEE TMM 26:7608-7621, 2024), docs/methods.md §4.
 
 **A re-implementation from the paper's description.** NSFSE's code is not public and only part of its
-abstract is readable, so everything below the abstract's level is our reading (METHODS.md §4, marked [inf]
+abstract is readable, so everything below the abstract's level is our reading (docs/methods.md §4, marked [inf]
 there; §11 lists the threshold and the loss as the least certain part of the suite). The published numbers it
 is compared with are second-hand (a later paper by the same first author; published.csv `verified = no`), and
 FashionIQ's protocol for them is not established (`protocol: unknown`, so no FashionIQ leaderboard row is
@@ -13,7 +13,7 @@ The model (d = 512 in the paper profile; λ = `attn_scale` = 10):
   own Linear 2048->d on the pooled feature; words W [B,L,d] from 300-d embeddings -> BiGRU 2x256, the
   sentence t = max-pool of W over valid words. Word embeddings start from GloVe when `glove_path`
   is given, else at random; result.json records which (`details.nsfse.word_init`).
-- composition: q = normalise(TIRG(v_r, t)), with `methods.tirg.Composer` (METHODS.md §9).
+- composition: q = normalise(TIRG(v_r, t)), with `methods.tirg.Composer` (docs/methods.md §9).
 - semantic enhancement, query side: A = softmax_n(λ·Ŵ V̂_rᵀ); infused words W̃ = W + A V_r (`infusion`);
   reference context ρ = Σ_n β_n V_r,n, β = softmax_n(λ·t̂·V̂_r,n). Candidate side:
   α_l = softmax_n(λ·ŵ̃_l·V̂_c,n), c_l = Σ_n α_l,n V_c,n, s_cross = masked mean_l cos(w̃_l, c_l);
@@ -34,18 +34,18 @@ What comes from where:
 - [text] (abstract) composition and alignment in one model; cross-modal affinities infused into localized
   textual features, then a text-guided attention; a negative-sensitive loss with a threshold between the
   positive and negative similarity distributions. The numbers are at ARTEMIS level: a pre-CLIP CNN + RNN.
-- [inf] (METHODS.md §4) everything above that is not in the abstract: the encoders, λ, the three score terms
+- [inf] (docs/methods.md §4) everything above that is not in the abstract: the encoders, λ, the three score terms
   and their weights, L_bbc, the Multi-Similarity form and its a, b, the equal-z threshold, its EMA and
   statistics, the fixed θ = 0.5, and ARTEMIS's recipe (AdamW lr 5e-4 halved every 10 epochs, CNN at 0.1x,
   50 epochs, batch 32, pad to square -> 256 -> random 224 crop + h-flip / centre crop).
-- our reading, below the level of METHODS.md: v has its own projection (`global_fc`), not the grid's; the
+- our reading, below the level of docs/methods.md: v has its own projection (`global_fc`), not the grid's; the
   BiGRU runs over `<bos> words <eos>`, and those two positions count as words; padded words of W̃ are zeroed
   after the infusion; AdamW's weight decay 0.01; `mask_same_target` (on) also drops same-target items from
   L_bbc's softmax, as the TIRG port does; a frozen backbone (`freeze_backbone`) is kept in eval mode; the
   tiny profile (TinyCNN grid, BiGRU 2x32, d = 64).
 - variant, **not from the paper**: `clip_path` swaps the encoders for the CLIP towers of a local folder
   (V = the projected patch tokens, v = the projected CLS, W = the projected text tokens; frozen by default,
-  as features). METHODS.md names CLIP RN50x4, which transformers does not provide: any local transformers
+  as features). docs/methods.md names CLIP RN50x4, which transformers does not provide: any local transformers
   CLIP works. result.json says `variant: clip (not from the paper)`, and so does its provenance note.
 """
 
@@ -230,7 +230,7 @@ def safe_norm(x: Tensor, dim: int = -1) -> Tensor:
 def enhanced_terms(
     qs: QuerySets, cs: CandidateSets, lam: float, terms: Sequence[str], layout: str = "matrix"
 ) -> dict[str, Tensor]:
-    """s_vis and/or s_cross (METHODS.md §4), [n_q, n_c] ("matrix") or [n] ("pairs"), via the Gram shortcut.
+    """s_vis and/or s_cross (docs/methods.md §4), [n_q, n_c] ("matrix") or [n] ("pairs"), via the Gram shortcut.
 
     With P_ln = ŵ̃_l·V_c,n: ŵ̃_l·c_l = Σ_n α_ln P_ln and ‖c_l‖² = α_lᵀ G α_l, G = V_c V_cᵀ; likewise for κ.
     """

@@ -1,4 +1,4 @@
-"""RACG (Peng et al., IEEE TNNLS 35(2):2194-2207, 2024), METHODS.md §3: word and region graphs matched by a
+"""RACG (Peng et al., IEEE TNNLS 35(2):2194-2207, 2024), docs/methods.md §3: word and region graphs matched by a
 cross-graph relation encoder and a multi-head node similarity.
 
 **A re-implementation from the paper's description.** RACG's code, equations and hyper-parameters are not
@@ -7,12 +7,12 @@ TERAN's inputs and text encoder (`methods.teran`), so that the two compare with 
 No published numbers are available to compare with: its leaderboard cells stay empty, next to `teran`,
 `vsepp` and the literature anchors. Nothing here claims to reproduce the paper.
 
-What comes from where (METHODS.md marks):
+What comes from where (docs/methods.md marks):
 - [text] a semantic-embedded graph per modality over fine-grained objects and their relations; a cross-graph
   relation encoder that models inter-modal relations and "mutually boosts" correlations; feature
   reconstruction from shared semantic concepts and the original embeddings; a multi-head similarity for
   node-level correspondence.
-- [inf] (METHODS.md §3) everything else, namely:
+- [inf] (docs/methods.md §3) everything else, namely:
   - nodes: regions V0 = Linear(region) + Linear([x1, y1, x2, y2, area]), words T0 = Linear(text tokens), at
     D (1024; 64 tiny);
   - intra-graph relation aggregation, `graph_layers` residual layers per modality: E = masked
@@ -32,7 +32,7 @@ What comes from where (METHODS.md marks):
   - test time: pairwise and exact by default; with P = the per-head dot products and π' the spread attention
     weights, tʰ_w·a'_w = Σ_r π'_wr P_wr and ‖a'_w‖² = π'_wᵀ (Vʰ Vʰᵀ) π'_w (likewise c'_r with Tʰ Tʰᵀ), so
     no per-pair context is materialised; `rerank_k` shortlists by v̄·t̄ (trained only with `global_aux`).
-- our reading, below the level of METHODS.md:
+- our reading, below the level of docs/methods.md:
   - the text graph's nodes are the scored words of TERAN's window (`word_span`, default `drop_period`), not
     [CLS]/[SEP];
   - Â gives masked nodes zero weight (columns) and masked rows are zero; E_sp's diagonal is 1 for every valid
@@ -156,7 +156,7 @@ class RelationGraph(nn.Module):
         return x, adj
 
 
-# -- the cross-graph relation encoder and multi-head similarity (METHODS.md §3) ----------------------------
+# -- the cross-graph relation encoder and multi-head similarity (docs/methods.md §3) ----------------------------
 
 # einsum layouts: "matrix" scores every caption q against every image g, "pairs" aligned pairs p
 _EQ: dict[str, dict[str, str]] = {
@@ -211,7 +211,7 @@ def attention(
 
 # score_sides -> S from the word side s_a = mean_w cos(t_w, a'_w) and the region side mean_r cos(v_r, c'_r)
 SIDES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
-    "both": lambda s_a, s_c: (s_a + s_c) / 2,  # METHODS.md §3
+    "both": lambda s_a, s_c: (s_a + s_c) / 2,  # docs/methods.md §3
     "words": lambda s_a, s_c: s_a,  # our diagnostic: every caption word against its visual context only
     "regions": lambda s_a, s_c: s_c,  # our diagnostic: every region against its textual context only
 }
@@ -435,7 +435,7 @@ def _adj_of(x: Nodes | Features) -> Tensor | None:
 
 @dataclass
 class RACGConfig:
-    """Sizes and recipe of one RACG profile (the ablation switches of METHODS.md §3 are `RACG` arguments)."""
+    """Sizes and recipe of one RACG profile (the ablation switches of docs/methods.md §3 are `RACG` arguments)."""
 
     text_encoder: str = "tiny_text"  # teran's text encoder: tiny_text (word vocabulary) or bert (word-pieces)
     bert_layers: int = 6  # bert: keep its first N layers (fine-tuned)
@@ -511,8 +511,8 @@ class RACG(RetrievalMethod):
         global_aux: add the hinge on the globals v̄·t̄; needed by `rerank_k`.
         mask_same_image: pairs sharing a label are not negatives (off, as teran).
         word_span: teran's scored words: `drop_period` (default), `reference` or `all_words`.
-        score_sides: S from both sides (METHODS.md), or only the words' (`words`: mean_w cos(t_w, a'_w)) or
-            the regions' (`regions`) term: our diagnostic switch, not in METHODS.md (read at scoring time).
+        score_sides: S from both sides (docs/methods.md), or only the words' (`words`: mean_w cos(t_w, a'_w)) or
+            the regions' (`regions`) term: our diagnostic switch, not in docs/methods.md (read at scoring time).
         bert_path: the paper profile's BERT and tokenizer: a local folder or HF cache name (read offline).
         rerank_k: shortlist each query's top-k by v̄·t̄ and re-score it by S (a variant, recorded).
         optim: optimiser and schedule; default from the profile.
@@ -792,7 +792,7 @@ def _check(
             raise ValueError(f"racg: {why}")
 
 
-# the ablation switches of METHODS.md §3, as `RACG` keyword arguments (used by the tests and docs)
+# the ablation switches of docs/methods.md §3, as `RACG` keyword arguments (used by the tests and docs)
 ABLATIONS: dict[str, dict[str, Any]] = {
     "no_intra_graph": {"intra_graph": False},
     "no_spatial_edges": {"spatial_edges": False},

@@ -1,5 +1,5 @@
 """TERAN: transformer encoder reasoning and alignment network (Messina et al., ACM TOMM 2021;
-arXiv 2008.05231), a port of mesnico/TERAN (METHODS.md §2).
+arXiv 2008.05231), a port of mesnico/TERAN (docs/methods.md §2).
 
 Regions and words are encoded independently (so both sides can be indexed) and a parameter-free pooling of
 the region-word alignments A_rw = ⟨v_r, t_w⟩ scores each pair; training is the hardest-negative hinge on the
@@ -22,7 +22,7 @@ batch matrix of those pooled scores.
 
 Where we deviate from the reference code, its behaviour is an option:
 - `word_span`: the code scores words 1..len-3, dropping [CLS], [SEP] and the token before [SEP] (normally
-  the final "."), which loses a real word when a caption has no final punctuation (PROTOCOLS.md §6.7). The
+  the final "."), which loses a real word when a caption has no final punctuation (docs/protocols.md §6.7). The
   default `drop_period` drops that token only when it is punctuation; `reference` reproduces the code;
   `all_words` keeps it always.
 - `zero_pad_quirk`: padded words and regions are excluded from max and sum here; the code zero-fills them
@@ -85,7 +85,7 @@ from fgbench.profiles import merge_overrides, resolve_profile
 from fgbench.registry import register_method
 from methods.vsepp import build_vocabulary, region_dim, summed_hinge_epochs, warmup_label
 
-# -- alignment pooling (METHODS.md §2 "Alignment") ---------------------------------------------------------
+# -- alignment pooling (docs/methods.md §2 "Alignment") ---------------------------------------------------------
 
 
 def _words_max_regions(A: Tensor, wmask: Tensor, rmask: Tensor, fill: float) -> Tensor:
@@ -203,7 +203,7 @@ def alignment_pairs(
     return torch.cat(parts) if parts else words.new_zeros(0, dtype=torch.float32)
 
 
-# -- which token positions are words (METHODS.md §2; PROTOCOLS.md §6.7) ------------------------------------
+# -- which token positions are words (docs/methods.md §2; docs/protocols.md §6.7) ------------------------------------
 
 
 def _span_reference(valid: Tensor, length: Tensor, pos: Tensor, final_punct: Tensor) -> Tensor:
@@ -268,7 +268,7 @@ def punctuation_table(tokenizer: Any) -> Tensor:
 
 @dataclass
 class TERANConfig:
-    """Sizes and recipe of one TERAN profile (the switches of METHODS.md §2 are `TERAN` arguments)."""
+    """Sizes and recipe of one TERAN profile (the switches of docs/methods.md §2 are `TERAN` arguments)."""
 
     text_encoder: str = "tiny_text"  # fgbench text encoder: tiny_text (word vocabulary) or bert (word-pieces)
     bert_layers: int = 6  # bert: keep its first N layers (fine-tuned)

@@ -1,4 +1,4 @@
-"""TIRG (Vo et al., CVPR 2019): a port of google/tirg (METHODS.md §9).
+"""TIRG (Vo et al., CVPR 2019): a port of google/tirg (docs/methods.md §9).
 
 [code] (checked against google/tirg `img_text_composition_models.py`, `text_model.py`, `torch_functions.py`):
 φ_img = CNN average pool -> Linear; φ_txt = embedding -> LSTM -> output at the last valid step -> Dropout 0.1
@@ -108,7 +108,7 @@ class ScaledNorm(nn.Module):
 
 
 class Composer(nn.Module):
-    """f = a0·σ(gate(x))⊙φ_img + a1·res(x), x = [φ_img; φ_txt] (METHODS.md §9; google/tirg `TIRG`)."""
+    """f = a0·σ(gate(x))⊙φ_img + a1·res(x), x = [φ_img; φ_txt] (docs/methods.md §9; google/tirg `TIRG`)."""
 
     def __init__(self, dim: int, init_a: tuple[float, float]) -> None:
         super().__init__()

@@ -1,4 +1,4 @@
-"""VSE++ (Faghri et al., BMVC 2018): a port of fartashf/vsepp (METHODS.md §8).
+"""VSE++ (Faghri et al., BMVC 2018): a port of fartashf/vsepp (docs/methods.md §8).
 
 [code] (checked against fartashf/vsepp `model.py`, `vocab.py`): image = CNN pooled feature -> L2 -> Linear
 (Xavier-uniform, zero bias) -> L2 (`EncoderImageFull`); text = word embeddings (uniform ±0.1) -> 1-layer
@@ -6,7 +6,7 @@ GRU -> output at the last valid step -> L2 (`EncoderText`); loss = hinge with th
 directions (`ContrastiveLoss`, `max_violation`), summed over the batch; Adam 2e-4, ×0.1 after 15 epochs,
 gradient clipping 2.0; the vocabulary keeps training words seen at least 4 times, with start/end tokens.
 
-Our reading: the `precomp` variant (mean of the regions -> Linear -> L2, METHODS.md §8) replaces the CNN when
+Our reading: the `precomp` variant (mean of the regions -> Linear -> L2, docs/methods.md §8) replaces the CNN when
 the data serves region features, and is labelled `variant: precomp` in result.json; the tiny profile (TinyCNN
 + GRU 64, AdamW); words split by `split_words` and counted over the training captions only (vsepp: nltk
 tokens of train + dev); captions truncated to `max_len` words (vsepp does not truncate);

@@ -1,4 +1,4 @@
-"""Brute-force PROTOCOLS.md definitions, written independently of the evaluator (plain Python sorting).
+"""Brute-force docs/protocols.md definitions, written independently of the evaluator (plain Python sorting).
 
 Each query's final order is `sorted(candidates, key=(-score, gallery index))`, optionally with the top-k
 re-sorted by re-scores; every metric is read off that order exactly as the protocol text defines it.

@@ -1,4 +1,4 @@
-"""The unit tests every method gets (METHODS.md §0), as reusable assertions.
+"""The unit tests every method gets (docs/methods.md §0), as reusable assertions.
 
 - blockwise `score` equals the full matrix for several block sizes, and `score_pairs` its diagonal entries;
 - re-ranking every gallery item with the method's own scorer reproduces `score`'s ranking;
@@ -101,7 +101,7 @@ def fit_and_test(
 ) -> tuple[list[float], dict[str, float]]:
     """Train on CPU with a plain Trainer (no logger, no validation passes), then test.
 
-    Returns the training loss of every step and the test metrics (the smoke tests of METHODS.md: the loss
+    Returns the training loss of every step and the test metrics (the smoke tests of docs/methods.md: the loss
     falls over the run and the test R@1 beats chance).
     """
     import lightning as L

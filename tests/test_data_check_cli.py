@@ -226,7 +226,7 @@ def test_unknown_set_key_is_one_clean_error(tmp_path: Path, capsys: pytest.Captu
     write_rstpreid(tmp_path)
     assert main(["data", "check", "rstpreid", "--root", str(tmp_path), "--set", "smaple=pk"]) == 2
     out = capsys.readouterr().out
-    assert "--set smaple" in out and "sampler" in out and "Traceback" not in out
+    assert "--set 'smaple'" in out and "sampler" in out and "Traceback" not in out
     assert main(["data", "check", "rstpreid", "--root", str(tmp_path), "--set", "sampler"]) == 2
     assert "KEY=VALUE" in capsys.readouterr().out
 

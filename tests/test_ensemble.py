@@ -1,6 +1,6 @@
-"""Evaluator-level ensembles (src/fgbench/ensemble.py; METHODS.md §2, TERAN's ensemble rows): an ensemble of
+"""Evaluator-level ensembles (src/fgbench/ensemble.py; docs/methods.md §2, TERAN's ensemble rows): an ensemble of
 one member scores as that member, of several as the weighted mean of their score matrices (also across
-methods with different features and tokenizers), the shared checks of METHODS.md §0, safe loading and the
+methods with different features and tokenizers), the shared checks of docs/methods.md §0, safe loading and the
 class lookup of members, and a test run through the CLI on checkpoints of a CLI-trained run."""
 
 from __future__ import annotations
@@ -151,7 +151,7 @@ def test_unsafe_checkpoints_and_unknown_classes_are_refused(
 ) -> None:
     evil = tmp_path / "evil.ckpt"
     torch.save({"state_dict": {}, "hyper_parameters": {"x": argparse.Namespace(a=1)}}, evil)
-    with pytest.raises(ValueError, match="cannot be loaded safely"):
+    with pytest.raises(ValueError, match="holds objects fgbench does not load .*never unpickles"):
         Ensemble(members=[str(evil)], classes=["teran"]).build(scenes_dm(root))
     with pytest.raises(ValueError, match="pass `classes`"):  # no `_class_path`, no config.yaml
         Ensemble(members=[str(members["mrsw"][1])]).build(scenes_dm(root))

@@ -1,4 +1,4 @@
-"""Every protocol equals the brute-force PROTOCOLS.md definitions on random inputs, for any block size.
+"""Every protocol equals the brute-force docs/protocols.md definitions on random inputs, for any block size.
 
 Scores are drawn from a small integer range so that ties are frequent: the tie rule (stable order by
 gallery index) is exercised, not just assumed.

@@ -1,4 +1,4 @@
-"""Cross-check with torchmetrics where it computes the same quantity (PROTOCOLS.md §6.2).
+"""Cross-check with torchmetrics where it computes the same quantity (docs/protocols.md §6.2).
 
 RetrievalHitRate@K is our R@K; RetrievalMAP is our mAP once scores are shifted positive (torchmetrics >= 1.8
 treats items scored <= 0 as non-relevant). Continuous random scores: no ties, so tie rules agree.

@@ -1,4 +1,4 @@
-"""fgbench.losses, each on its defining property (METHODS.md §2, §4, §5, §7, §8, §9)."""
+"""fgbench.losses, each on its defining property (docs/methods.md §2, §4, §5, §7, §8, §9)."""
 
 import math
 

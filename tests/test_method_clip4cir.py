@@ -1,5 +1,5 @@
-"""CLIP4Cir stage 2 (methods/clip4cir.py; METHODS.md §10): the Combiner's mixing weight and output, frozen
-CLIP, loading a stage-1 checkpoint, the shared checks of METHODS.md §0 on real encoded features, and runs
+"""CLIP4Cir stage 2 (methods/clip4cir.py; docs/methods.md §10): the Combiner's mixing weight and output, frozen
+CLIP, loading a stage-1 checkpoint, the shared checks of docs/methods.md §0 on real encoded features, and runs
 through the CLI on synth-cir and a FashionIQ fixture.
 """
 

@@ -1,10 +1,10 @@
-"""MMRef (methods/mmref.py; METHODS.md §1).
+"""MMRef (methods/mmref.py; docs/methods.md §1).
 
 - The five unit tests of §1: gradient routing of L_Fuse and L_RGRL; the refinement permutes only within the
   top-k and is the coarse ranking at λ = 0 or k = 1; reference-space similarity; the masked-word loss ignores
   unmasked positions and depends on the reference tokens; L_Fuse -> 0 for exact cluster means as τ_f -> 0.
 - The references: one per training identity, class-mean initialisation (deterministic), kept on resume.
-- Every ablation switch; the shared checks of METHODS.md §0 on real encoded features.
+- Every ablation switch; the shared checks of docs/methods.md §0 on real encoded features.
 - Fit + test through the CLI on the synthetic datasets and the official-format fixtures; the paper profile
   built offline from a tiny random CLIP folder.
 """
@@ -152,7 +152,7 @@ def test_resumed_fit_loads_the_references_from_the_checkpoint(
     assert torch.equal(resumed.references.detach(), trained) and bool(resumed.references_ready)
 
 
-# -- METHODS.md §1 unit tests ------------------------------------------------------------------------------
+# -- docs/methods.md §1 unit tests ------------------------------------------------------------------------------
 
 
 def test_1_fuse_reaches_only_the_references_rgrl_only_the_encoders(root: Path) -> None:
@@ -345,7 +345,7 @@ def test_references_never_decay_and_paper_lr_groups(root: Path, tmp_path: Path) 
     assert paper.references.grad is not None and paper.image_tower.proj.weight.grad is not None
 
 
-# -- shared checks (METHODS.md §0) -----------------------------------------------------------------------
+# -- shared checks (docs/methods.md §0) -----------------------------------------------------------------------
 
 
 def test_shared_checks_on_encoded_features(root: Path) -> None:

@@ -1,5 +1,5 @@
-"""TIRG (methods/tirg.py; METHODS.md §9): the composition, the scaled normalisation, the losses against
-explicit formulas, the shared checks of METHODS.md §0 on real encoded features, runs through the CLI on
+"""TIRG (methods/tirg.py; docs/methods.md §9): the composition, the scaled normalisation, the losses against
+explicit formulas, the shared checks of docs/methods.md §0 on real encoded features, runs through the CLI on
 synth-cir and a FashionIQ fixture, and the paper profile built offline with random local CNN weights.
 """
 

@@ -1,4 +1,4 @@
-"""synth-cir: composed retrieval over scenes of shapes, written as CIRR (DATASETS.md §5).
+"""synth-cir: composed retrieval over scenes of shapes, written as CIRR (docs/data/composed.md).
 
 Each image set is a star around a reference: the target and four near-duplicates each differ from the
 reference by one edit described in text (change a colour, add, remove or move an object, change a size),

@@ -1,6 +1,6 @@
 """Evaluator-level ensembles: the (weighted) mean of trained runs' score matrices, block by block.
 
-TERAN's ensemble rows (METHODS.md §2: MrSw + symm) average two models' similarity matrices; this module does
+TERAN's ensemble rows (docs/methods.md §2: MrSw + symm) average two models' similarity matrices; this module does
 it for any methods whose tasks fit the data. Each member is a checkpoint of a trained run, loaded safely
 (`torch.load(weights_only=True)`, refused before anything is built when it holds other objects), rebuilt on
 the DataModule (vocabulary, heads) and restored; every member encodes the evaluation items with its own

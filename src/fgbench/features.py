@@ -1,4 +1,4 @@
-"""Features: what `encode_queries`/`encode_gallery` return (METHODS.md §0, "Common interface").
+"""Features: what `encode_queries`/`encode_gallery` return (docs/methods.md §0, "Common interface").
 
 Every tensor has the leading dimension n. `tok` is padded to a method-fixed length so that all ranks gather
 equal shapes; `index` holds the dataset index, used to de-duplicate and re-order after all_gather.

@@ -70,6 +70,9 @@ _LEGACY_UNHASHED = (
     "trainer.num_nodes",
     "trainer.strategy",
 )
+# DataModule options added after the first scheme (at their defaults they never change a result): an old
+# folder's hash was computed without them
+_LEGACY_UNHASHED += ("data.init_args.strict", "data.init_args.verify_images")
 _TEST_ONLY = ("verbose",)  # arguments of `test`/`validate` that a `fit` config never held
 _CLASS_SECTIONS = ("model", "data")
 _ALWAYS = ("seed_everything",)  # identity even at its default (the folder name repeats it)

@@ -1,10 +1,10 @@
-"""`python -m fgbench fit|validate|test` through LightningCLI (ARCHITECTURE.md, "Data flow of one run").
+"""`python -m fgbench fit|validate|test` through LightningCLI (docs/architecture.md, "Data flow of one run").
 
 Config files merge left to right (`--config data/... --config method/... --config profile/tiny.yaml`);
 `--print_config` shows the result. The run directory `runs/<dataset>/<method>/<profile>/seed<k>-<hash>/`
 is named by the hash of the config's identity (fgbench.identity: the values that change results and differ
 from the defaults), never by time, and holds config.yaml, metrics.csv, checkpoints and result.json. `fit`
-also tests the last-epoch weights and writes result.json (the suite's default; PROTOCOLS.md §1
+also tests the last-epoch weights and writes result.json (the suite's default; docs/protocols.md §1
 "Checkpoint: last epoch").
 
 The record of a run is never lost or misfiled:

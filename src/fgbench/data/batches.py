@@ -1,4 +1,4 @@
-"""Task-specific batch dataclasses (ARCHITECTURE.md, "Data flow of one run").
+"""Task-specific batch dataclasses (docs/architecture.md, "Data flow of one run").
 
 Dataset items are plain dicts (cheap to pickle to loader workers); `collate_*` turn a list of them into
 these dataclasses, tokenising captions with the attached processor inside the worker. Every item carries

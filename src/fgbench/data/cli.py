@@ -205,7 +205,7 @@ def check(args: argparse.Namespace) -> int:
     fail = f"[red]{escape(args.name)}: {{}}[/red]"
     try:
         if args.name not in DATAMODULES:
-            raise UsageError(f"unknown dataset; registered: {', '.join(sorted(DATAMODULES.list()))}")
+            raise UsageError(f"unknown dataset {args.name!r}; registered: {', '.join(sorted(DATAMODULES.list()))}")
         cls = DATAMODULES.get(args.name)
         options = {
             "skip_missing": True,
@@ -216,7 +216,7 @@ def check(args: argparse.Namespace) -> int:
         unknown = sorted(set(options) - accepted) if accepted is not None else []
         if unknown:
             raise UsageError(
-                f"--set {unknown[0]}: not an argument of {cls.__name__}; known: {sorted(accepted)}"
+                f"--set {unknown[0]!r}: not an argument of {cls.__name__}; known: {sorted(accepted)}"
             )
         dm = cls(root=args.root, **options)
     except (UsageError, TypeError, ValueError) as err:

@@ -1,10 +1,10 @@
-"""RetrievalDataModule: the base every dataset family extends (ARCHITECTURE.md, step 2).
+"""RetrievalDataModule: the base every dataset family extends (docs/architecture.md, step 2).
 
-A subclass implements `load()`: parse the official annotation files, validate them (DATASETS.md) and return
+A subclass implements `load()`: parse the official annotation files, validate them (docs/data/) and return
 a `LoadedData` with the training dataset, one `EvalSet` per evaluation split and per-split counts. The base
 class serves the loaders: a training loader of task batches, and for validation and test two loaders,
 queries then gallery, whose items carry their dataset index. `batch_size` is per device and never scaled
-with the world size (in-batch losses depend on it; METHODS.md). Lightning wraps the loaders in
+with the world size (in-batch losses depend on it; docs/methods.md). Lightning wraps the loaders in
 DistributedSamplers under DDP; the evaluator de-duplicates the padded items by index.
 """
 
@@ -115,12 +115,12 @@ class RetrievalDataModule(L.LightningDataModule):
 
     name: ClassVar[str] = ""
     tasks: ClassVar[frozenset[str]] = frozenset()
-    layout: ClassVar[str] = ""  # the expected tree under `root` (DATASETS.md), shown in errors
+    layout: ClassVar[str] = ""  # the expected tree under `root` (docs/data/), shown in errors
     folder: ClassVar[str] = ""  # the dataset's folder under `root` (synthetic subclasses override it)
-    # DATASETS.md counts per split: {"images", "captions", "labels", "queries", "gallery"} -> int, or None
+    # documented counts per split (docs/data/): {"images", "captions", "labels", "queries", "gallery"} -> int, or None
     # where unknown. A mismatch is a warning (plain and ≈ counts alike); found counts go into result.json.
     expected: ClassVar[dict[str, dict[str, int | None]]] = {}
-    # (height, width) the tiny profile resizes images to (METHODS.md, "Tiny profile")
+    # (height, width) the tiny profile resizes images to (docs/methods.md, "Tiny profile")
     tiny_image_size: ClassVar[tuple[int, int]] = (32, 32)
     # the irregular entries the authors' files contain, read as the official loader reads them
     quirk_kinds: ClassVar[tuple[QuirkKind, ...]] = ()

@@ -1,7 +1,7 @@
 """Processors: a method's tokenizer and image transforms, attached to the DataModule before fitting.
 
 The DataModule applies `image_transform` in its datasets and `tokenize` in its collate functions, so both
-run in the loader workers (ARCHITECTURE.md, step 2).
+run in the loader workers (docs/architecture.md, step 2).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Bad-input rules shared by every loader (DATASETS.md, "What a loader must do with bad input").
+"""Bad-input rules shared by every loader (docs/data/README.md).
 
 Errors name the dataset, the file, the entry and the field; nothing is skipped silently.
 """
@@ -252,7 +252,7 @@ def handle_missing(
 def warn_counts(
     dataset: str, split: str, found: Mapping[str, int], expected: Mapping[str, int | None]
 ) -> list[str]:
-    """Compare found counts with DATASETS.md's; warn for each difference and return the warnings."""
+    """Compare found counts with the documented ones (docs/data/); warn for each difference and return the warnings."""
     record = EXPECTED_LOG.get()
     if record is not None:
         record.setdefault(split, {}).update(expected)

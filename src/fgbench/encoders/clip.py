@@ -1,5 +1,5 @@
 """CLIP towers from transformers, as used by IRRA (anosorae/IRRA), MMRef, clip_ft/clip_zs and CLIP4Cir
-(METHODS.md §1, §5-§7, §10): ViT image tokens after `ln_post` and the projection, CLS as glob; text tokens
+(docs/methods.md §1, §5-§7, §10): ViT image tokens after `ln_post` and the projection, CLS as glob; text tokens
 after `ln_final` and the projection, EOT (the argmax id) as glob. For non-square inputs such as 384x128 the
 positional grid is bicubically resized once at build time (IRRA's `resize_pos_embed`) and stays trainable.
 

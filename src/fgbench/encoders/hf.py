@@ -1,5 +1,5 @@
 """Loading transformers models from the local cache or a folder, failing loudly on missing weights (the paper
-profile must never silently train from a random initialisation; METHODS.md §6).
+profile must never silently train from a random initialisation; docs/methods.md §6).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Encoder output dataclasses shared by every image and text encoder (METHODS.md, "Common interface").
+"""Encoder output dataclasses shared by every image and text encoder (docs/methods.md, "Common interface").
 
 Masks are True for valid positions. Token tensors are zero at padded positions, so a method that forgets the
 mask still sees no contribution from padding.

@@ -82,7 +82,7 @@ def _targetpad(p: MethodProcessor) -> Steps:
 
 @dataclass
 class MethodProcessor:
-    """Image transforms and tokenizer of a method, attached to the DataModule (ARCHITECTURE.md, step 2).
+    """Image transforms and tokenizer of a method, attached to the DataModule (docs/architecture.md, step 2).
 
     Example:
         >>> tok = HFTokenizer("openai/clip-vit-base-patch16", max_length=77)

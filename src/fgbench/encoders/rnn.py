@@ -1,5 +1,5 @@
 """Recurrent text encoders: word embeddings -> (bi)GRU as in VSE++ (fartashf/vsepp, `EncoderText`) and the
-NSFSE BiGRU (METHODS.md §4), and the LSTM of TIRG (google/tirg, `TextLSTMModel`).
+NSFSE BiGRU (docs/methods.md §4), and the LSTM of TIRG (google/tirg, `TextLSTMModel`).
 """
 
 from __future__ import annotations

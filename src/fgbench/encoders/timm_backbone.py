@@ -1,6 +1,6 @@
 """Any timm backbone as an image encoder: the pooled feature as glob and the last feature map as grid tokens,
 or RoI-aligned features over given boxes (ResNet grid / RoI features as used by VSE++, TIRG and NSFSE,
-METHODS.md §4, §8, §9). Weights come only from local files, through timm's own weights-only loading.
+docs/methods.md §4, §8, §9). Weights come only from local files, through timm's own weights-only loading.
 timm is imported when the encoder is built (importing it takes seconds).
 """
 

@@ -1,4 +1,4 @@
-"""The one evaluator: every protocol of PROTOCOLS.md over a score matrix or a blockwise score function.
+"""The one evaluator: every protocol of docs/protocols.md over a score matrix or a blockwise score function.
 
 >>> from fgbench.evaluation import EvalSpec, evaluate
 >>> result = evaluate(scores, EvalSpec("person_t2i", query_labels, gallery_labels))
@@ -43,7 +43,7 @@ def evaluate(
 ) -> EvalResult:
     """Score `spec.protocol` on `scores` [queries, gallery] (a matrix or a `ScoreSource`).
 
-    `rerank_k` re-scores each query's coarse top-k with the source's pair scorer (METHODS.md, re-ranking);
+    `rerank_k` re-scores each query's coarse top-k with the source's pair scorer (docs/methods.md, re-ranking);
     the other options only change speed and memory, never a metric.
     """
     if spec.protocol not in PROTOCOLS:

@@ -1,7 +1,7 @@
 """Cross-device helpers: gather features with their dataset indices, de-duplicate, and sum statistics.
 
 DistributedSampler pads the last batch with repeated items, so per-rank metrics would count them twice
-(PROTOCOLS.md §6.3). Features are gathered with their dataset index, de-duplicated and put back in
+(docs/protocols.md §6.3). Features are gathered with their dataset index, de-duplicated and put back in
 dataset order, and the result must hold every index exactly once.
 """
 
@@ -56,7 +56,7 @@ def gather_by_index(index: Tensor, tensors: dict[str, Tensor], n_expected: int) 
     """Gather per-item tensors from every rank, drop padded duplicates and order them by dataset index.
 
     `index` holds each local item's dataset index. Raises if, after de-duplication, the indices are not
-    exactly 0..n_expected-1 (PROTOCOLS.md §0, completeness).
+    exactly 0..n_expected-1 (docs/protocols.md §0, completeness).
     """
     idx = all_gather_cat(index.long())
     gathered = {k: all_gather_cat(v) for k, v in tensors.items()}

@@ -117,7 +117,7 @@ def _no_positive_error(d: Direction, bad: Tensor) -> ValueError:
     labels = d.row_labels[bad[:10]].tolist()
     return ValueError(
         f"{d.name}: {bad.numel()} queries have no relevant gallery item among their candidates "
-        f"(first query indices {first}, labels {labels}); every query needs a positive (PROTOCOLS.md §0)"
+        f"(first query indices {first}, labels {labels}); every query needs a positive (docs/protocols.md §0)"
     )
 
 

@@ -1,7 +1,7 @@
-"""Every protocol of PROTOCOLS.md, registered under its id; metrics in percent, unrounded.
+"""Every protocol of docs/protocols.md, registered under its id; metrics in percent, unrounded.
 
 A protocol turns per-query statistics of one or two retrieval directions (`engine.direction_stats`) into
-the published metrics. Metric keys follow PROTOCOLS.md §7.
+the published metrics. Metric keys follow docs/protocols.md §7.
 """
 
 from __future__ import annotations
@@ -144,7 +144,7 @@ def itm_single(source: ScoreSource, spec: EvalSpec, opts: Options) -> EvalResult
 @register_protocol("coco_1k_5fold")
 def coco_1k_5fold(source: ScoreSource, spec: EvalSpec, opts: Options) -> EvalResult:
     """Five sequential folds of the image rows (file order) with their captions; every metric is the
-    mean over folds, rsum the mean of the per-fold rsums (PROTOCOLS.md §3, §6.1)."""
+    mean over folds, rsum the mean of the per-fold rsums (docs/protocols.md §3, §6.1)."""
     img, cap = _itm_labels(spec)
     n = img.numel()
     if n % 5:
@@ -219,7 +219,7 @@ def fiq_a(source: ScoreSource, spec: EvalSpec, opts: Options) -> EvalResult:
     """FashionIQ, CLIP4Cir convention: the candidate stays in the gallery."""
     if spec.exclude is not None and bool((spec.exclude >= 0).any()):
         raise ValueError(
-            "fiq_a keeps the candidate in the gallery (PROTOCOLS.md §4.1); use fiq_b to exclude it"
+            "fiq_a keeps the candidate in the gallery (docs/protocols.md §4.1); use fiq_b to exclude it"
         )
     return _fiq(source, spec, opts)
 
@@ -228,7 +228,9 @@ def fiq_a(source: ScoreSource, spec: EvalSpec, opts: Options) -> EvalResult:
 def fiq_b(source: ScoreSource, spec: EvalSpec, opts: Options) -> EvalResult:
     """FashionIQ, ARTEMIS convention: two queries per triplet, the candidate excluded."""
     if spec.exclude is None:
-        raise ValueError("fiq_b excludes each query's candidate image: pass `exclude` (PROTOCOLS.md §4.1)")
+        raise ValueError(
+            "fiq_b excludes each query's candidate image: pass `exclude` (docs/protocols.md §4.1)"
+        )
     return _fiq(source, spec, opts)
 
 

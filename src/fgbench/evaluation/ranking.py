@@ -1,4 +1,4 @@
-"""Exact ranks under PROTOCOLS.md §0: a stable descending order, ties broken by gallery index.
+"""Exact ranks under docs/protocols.md §0: a stable descending order, ties broken by gallery index.
 
 rank_q(g) = #{j in C_q : s_qj > s_qg} + #{j in C_q : s_qj = s_qg and j < g}, with C_q the gallery minus the
 query's excluded item. Computed by counting within one block of queries (two comparisons per item), so the

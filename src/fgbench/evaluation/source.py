@@ -3,7 +3,7 @@
 Every source answers `scores(rows, cols)` for index tensors in its own index space, so the evaluator can
 walk any gallery size in bounded memory, transpose a direction (image-text protocols score both ways),
 or restrict to a subset (COCO folds, FashionIQ categories) without copying the matrix. An optional pair
-function re-scores arbitrary (query, gallery) index pairs: the top-k re-rank path of METHODS.md.
+function re-scores arbitrary (query, gallery) index pairs: the top-k re-rank path of docs/methods.md.
 """
 
 from __future__ import annotations

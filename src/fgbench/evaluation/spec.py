@@ -1,4 +1,4 @@
-"""EvalSpec: everything the evaluator needs besides the scores (PROTOCOLS.md).
+"""EvalSpec: everything the evaluator needs besides the scores (docs/protocols.md).
 
 A DataModule builds one per evaluation split; methods never see it (they see only query and gallery batches).
 """
@@ -20,7 +20,7 @@ class EvalSpec:
     their labels are equal. For the image-text protocols rows are images and columns captions.
     """
 
-    protocol: str  # protocol id of PROTOCOLS.md, e.g. "person_t2i", "cirr"
+    protocol: str  # protocol id of docs/protocols.md, e.g. "person_t2i", "cirr"
     query_labels: Tensor | None  # Long[Q]; None where targets are unreleased (CIRR test1, FashionIQ test)
     gallery_labels: Tensor  # Long[G]
     exclude: Tensor | None = None  # Long[Q]: a gallery index removed from each query's candidates, -1 = none

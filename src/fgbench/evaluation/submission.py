@@ -1,4 +1,4 @@
-"""CIRR test-server submission files (PROTOCOLS.md §4.2): top-50 and subset top-3 names per pair id."""
+"""CIRR test-server submission files (docs/protocols.md §4.2): top-50 and subset top-3 names per pair id."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Losses shared by several methods (METHODS.md §1, §2, §4, §5, §7-§10): pure functions on batch tensors, plus
+"""Losses shared by several methods (docs/methods.md §1, §2, §4, §5, §7-§10): pure functions on batch tensors, plus
 `DynamicThreshold` where state (an EMA) is needed. Each module names the paper and repository it follows.
 
 >>> from fgbench.losses import infonce, sdm

@@ -1,8 +1,8 @@
 """NSFSE's negative-sensitive term: a Multi-Similarity loss (Wang et al., CVPR 2019) around a threshold θ
-(Wang et al., IEEE TMM 26:7608-7621, 2024), METHODS.md §4.
+(Wang et al., IEEE TMM 26:7608-7621, 2024), docs/methods.md §4.
 
 Re-implementation from the paper's description: NSFSE has no public code, and its threshold design and loss
-form are our reading [inf], the least certain part of METHODS.md (§11).
+form are our reading [inf], the least certain part of docs/methods.md (§11).
 
     L_ns = (1/B) Σ_i [(1/a)·log(1 + Σ_{k∈P_i} e^{−a(S_ik−θ)}) + (1/b)·log(1 + Σ_{j∈N_i} e^{b(S_ij−θ)})]
 
@@ -78,7 +78,7 @@ def equal_z_threshold(stats: Tensor) -> Tensor:
 
 
 class DynamicThreshold(nn.Module):
-    """NSFSE's threshold θ for `multi_similarity_ns`, kept as a buffer (METHODS.md §4).
+    """NSFSE's threshold θ for `multi_similarity_ns`, kept as a buffer (docs/methods.md §4).
 
     `mode="dynamic"`: in training, each call updates EMA statistics (stats ← m·stats + (1−m)·batch, the first
     batch taken as is; `ema=False` uses the batch alone) and θ = `equal_z_threshold(stats)`. In eval mode the

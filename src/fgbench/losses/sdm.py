@@ -1,6 +1,6 @@
 """IRRA's similarity distribution matching (Jiang & Ye, CVPR 2023; anosorae/IRRA `objectives.compute_sdm`).
 
-METHODS.md §7: s_ij = f̂_t,i · f̂_v,j; q_ij = y_ij / Σ_k y_ik with y_ij = 1 iff i and j share an identity;
+docs/methods.md §7: s_ij = f̂_t,i · f̂_v,j; q_ij = y_ij / Σ_k y_ik with y_ij = 1 iff i and j share an identity;
 p_ij = softmax_j(s_ij / τ); L_t2i = (1/n) Σ_i Σ_j p_ij (log p_ij − log(q_ij + ε)); L_i2t the same on sᵀ;
 SDM = L_t2i + L_i2t. Ported from the public code, except that q is normalised by its own row sum (the code
 divides by the column's sum, which is the same for the symmetric y it builds).
