@@ -1,12 +1,12 @@
 """Data throughput: images per second the suite's training loader delivers with each method's paper
 transforms, per number of loader workers, on JPEG files of the real sizes (issue 11).
 
-The benchmark writes a dataset in RSTPReid's on-disk format (`data_captions.json` + `imgs/`, docs/data/person.md)
-into a temp folder, with JPEGs of the size each task's images have (person crops 128x384 (w x h); COCO-like
-and product photos 640x480), and times `RSTPReidDataModule.train_dataloader()`: JPEG decode, the
-method's training transform (`MethodProcessor` presets), normalisation, tokenisation of the captions in
-the collate function, and batching, exactly as in training. Every preset is built from its method's own
-paper profile, so it follows the method:
+The benchmark writes a dataset in RSTPReid's on-disk format (`data_captions.json` + `imgs/`,
+docs/data/person.md) into a temp folder, with JPEGs of the size each task's images have (person crops 128x384
+(w x h); COCO-like and product photos 640x480), and times `RSTPReidDataModule.train_dataloader()`: JPEG
+decode, the method's training transform (`MethodProcessor` presets), normalisation, tokenisation of the
+captions in the collate function, and batching, exactly as in training. Every preset is built from its
+method's own paper profile, so it follows the method:
 
 - ``person_irra`` (clip_ft, irra, mmref on person data): 384x128, IRRA's augmentation (flip, pad + crop,
   random erasing), CLIP mean/std, CLIP's tokenizer at L = 77;

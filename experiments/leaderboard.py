@@ -1,18 +1,19 @@
 """`python -m experiments.leaderboard [--runs-root runs] [--out results]`: result.json -> CSV and tables.
 
-docs/architecture.md "Results". Every `<runs-root>/**/result.json` becomes rows of `<out>/runs.csv` (one row per
-run x metric, with provenance), and each dataset gets `<out>/leaderboards/<dataset>.csv|.md|.png`:
+docs/architecture.md "Results". Every `<runs-root>/**/result.json` becomes rows of `<out>/runs.csv` (one row
+per run x metric, with provenance), and each dataset gets `<out>/leaderboards/<dataset>.csv|.md|.png`:
 
 - rows = method x profile, one table per (protocol, split) the dataset was scored with;
-- columns = the protocol's headline metrics (docs/protocols.md §5), each as mean ± std over seeds with n. The std
+- columns = the protocol's headline metrics (docs/protocols.md §5), each as mean ± std over seeds with n. The
+  std
   is the sample standard deviation (ddof=1), left blank for n=1. A row with fewer seeds than the most complete
   row of its table is flagged `n=2*`. When one seed was run more than once (e.g. different extra options),
   only its most recent trained result counts (a test-only result never displaces a trained one) and the
   table says how many others were set aside. A test-time variant filed beside a run
   (`result.<variant>.json`) is its own row, `method[variant]`;
 - beside each measured number, the published one from `published.csv` and the delta (measured − published,
-  points), only where dataset, split and protocol match (docs/protocols.md §7) and only for the `paper` profile:
-  a tiny-profile model is not the paper's model. Synthetic datasets are labelled and never compared.
+  points), only where dataset, split and protocol match (docs/protocols.md §7) and only for the `paper`
+  profile: a tiny-profile model is not the paper's model. Synthetic datasets are labelled and never compared.
 
 Every file is written atomically, so a reader never sees a half-written leaderboard.
 """
@@ -35,7 +36,8 @@ from fgbench.errors import UserError, cli_entry
 from fgbench.io import atomic_write_bytes, atomic_write_text
 from fgbench.results import RESULT_GLOB, is_result_file, read_result
 
-# protocol id -> the metrics its published tables report (docs/protocols.md §5); the first is the chart's metric
+# protocol id -> the metrics its published tables report (docs/protocols.md §5); the first is the chart's
+# metric
 HEADLINE: dict[str, tuple[str, ...]] = {
     "person_t2i": ("R1", "R5", "R10", "mAP", "mINP"),
     "class_reed": ("AP50", "top1"),

@@ -1,4 +1,5 @@
-"""CLIP4Cir stage 2 (Baldrati et al., ACM TOMM 2023): port of ABaldrati/CLIP4Cir's Combiner (docs/methods.md §10).
+"""CLIP4Cir stage 2 (Baldrati et al., ACM TOMM 2023): port of ABaldrati/CLIP4Cir's Combiner (docs/methods.md
+§10).
 
 [code] (checked against ABaldrati/CLIP4Cir `combiner.py`, `combiner_train.py`): over frozen CLIP features, the
 raw (unnormalised) reference-image feature v_r and text feature t, t' = Drop0.5(ReLU(W_t t)),

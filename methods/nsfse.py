@@ -2,11 +2,11 @@
 IEEE TMM 26:7608-7621, 2024), docs/methods.md §4.
 
 **A re-implementation from the paper's description.** NSFSE's code is not public and only part of its
-abstract is readable, so everything below the abstract's level is our reading (docs/methods.md §4, marked [inf]
-there; §11 lists the threshold and the loss as the least certain part of the suite). The published numbers it
-is compared with are second-hand (a later paper by the same first author; published.csv `verified = no`), and
-FashionIQ's protocol for them is not established (`protocol: unknown`, so no FashionIQ leaderboard row is
-compared with them). Nothing here claims to reproduce the paper.
+abstract is readable, so everything below the abstract's level is our reading (docs/methods.md §4, marked
+[inf] there; §11 lists the threshold and the loss as the least certain part of the suite). The published
+numbers it is compared with are second-hand (a later paper by the same first author; published.csv `verified =
+no`), and FashionIQ's protocol for them is not established (`protocol: unknown`, so no FashionIQ leaderboard
+row is compared with them). Nothing here claims to reproduce the paper.
 
 The model (d = 512 in the paper profile; λ = `attn_scale` = 10):
 - encoders: an image grid V [B,N,d] (ResNet-50 layer4 7x7 cells -> Linear 2048->d) and the global v = its
@@ -34,7 +34,8 @@ What comes from where:
 - [text] (abstract) composition and alignment in one model; cross-modal affinities infused into localized
   textual features, then a text-guided attention; a negative-sensitive loss with a threshold between the
   positive and negative similarity distributions. The numbers are at ARTEMIS level: a pre-CLIP CNN + RNN.
-- [inf] (docs/methods.md §4) everything above that is not in the abstract: the encoders, λ, the three score terms
+- [inf] (docs/methods.md §4) everything above that is not in the abstract: the encoders, λ, the three score
+  terms
   and their weights, L_bbc, the Multi-Similarity form and its a, b, the equal-z threshold, its EMA and
   statistics, the fixed θ = 0.5, and ARTEMIS's recipe (AdamW lr 5e-4 halved every 10 epochs, CNN at 0.1x,
   50 epochs, batch 32, pad to square -> 256 -> random 224 crop + h-flip / centre crop).
@@ -230,7 +231,8 @@ def safe_norm(x: Tensor, dim: int = -1) -> Tensor:
 def enhanced_terms(
     qs: QuerySets, cs: CandidateSets, lam: float, terms: Sequence[str], layout: str = "matrix"
 ) -> dict[str, Tensor]:
-    """s_vis and/or s_cross (docs/methods.md §4), [n_q, n_c] ("matrix") or [n] ("pairs"), via the Gram shortcut.
+    """s_vis and/or s_cross (docs/methods.md §4), [n_q, n_c] ("matrix") or [n] ("pairs"), via the Gram
+    shortcut.
 
     With P_ln = ŵ̃_l·V_c,n: ŵ̃_l·c_l = Σ_n α_ln P_ln and ‖c_l‖² = α_lᵀ G α_l, G = V_c V_cᵀ; likewise for κ.
     """

@@ -1,5 +1,5 @@
-"""RACG (Peng et al., IEEE TNNLS 35(2):2194-2207, 2024), docs/methods.md §3: word and region graphs matched by a
-cross-graph relation encoder and a multi-head node similarity.
+"""RACG (Peng et al., IEEE TNNLS 35(2):2194-2207, 2024), docs/methods.md §3: word and region graphs matched by
+a cross-graph relation encoder and a multi-head node similarity.
 
 **A re-implementation from the paper's description.** RACG's code, equations and hyper-parameters are not
 public, so this module builds our reading of the abstract (and that of its SIGIR 2021 precursor CGAM) on
@@ -156,7 +156,7 @@ class RelationGraph(nn.Module):
         return x, adj
 
 
-# -- the cross-graph relation encoder and multi-head similarity (docs/methods.md §3) ----------------------------
+# -- the cross-graph relation encoder and multi-head similarity (docs/methods.md §3) -------------------------
 
 # einsum layouts: "matrix" scores every caption q against every image g, "pairs" aligned pairs p
 _EQ: dict[str, dict[str, str]] = {
@@ -435,7 +435,8 @@ def _adj_of(x: Nodes | Features) -> Tensor | None:
 
 @dataclass
 class RACGConfig:
-    """Sizes and recipe of one RACG profile (the ablation switches of docs/methods.md §3 are `RACG` arguments)."""
+    """Sizes and recipe of one RACG profile (the ablation switches of docs/methods.md §3 are `RACG`
+    arguments)."""
 
     text_encoder: str = "tiny_text"  # teran's text encoder: tiny_text (word vocabulary) or bert (word-pieces)
     bert_layers: int = 6  # bert: keep its first N layers (fine-tuned)
@@ -511,8 +512,10 @@ class RACG(RetrievalMethod):
         global_aux: add the hinge on the globals v̄·t̄; needed by `rerank_k`.
         mask_same_image: pairs sharing a label are not negatives (off, as teran).
         word_span: teran's scored words: `drop_period` (default), `reference` or `all_words`.
-        score_sides: S from both sides (docs/methods.md), or only the words' (`words`: mean_w cos(t_w, a'_w)) or
-            the regions' (`regions`) term: our diagnostic switch, not in docs/methods.md (read at scoring time).
+        score_sides: S from both sides (docs/methods.md), or only the words' (`words`: mean_w cos(t_w, a'_w))
+        or
+            the regions' (`regions`) term: our diagnostic switch, not in docs/methods.md (read at scoring
+            time).
         bert_path: the paper profile's BERT and tokenizer: a local folder or HF cache name (read offline).
         rerank_k: shortlist each query's top-k by v̄·t̄ and re-score it by S (a variant, recorded).
         optim: optimiser and schedule; default from the profile.

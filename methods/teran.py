@@ -22,8 +22,8 @@ batch matrix of those pooled scores.
 
 Where we deviate from the reference code, its behaviour is an option:
 - `word_span`: the code scores words 1..len-3, dropping [CLS], [SEP] and the token before [SEP] (normally
-  the final "."), which loses a real word when a caption has no final punctuation (docs/protocols.md §6.7). The
-  default `drop_period` drops that token only when it is punctuation; `reference` reproduces the code;
+  the final "."), which loses a real word when a caption has no final punctuation (docs/protocols.md §6.7).
+  The default `drop_period` drops that token only when it is punctuation; `reference` reproduces the code;
   `all_words` keeps it always.
 - `zero_pad_quirk`: padded words and regions are excluded from max and sum here; the code zero-fills them
   before the max, which changes MwSr (and symm) for captions shorter than the padded length. The option
@@ -85,7 +85,7 @@ from fgbench.profiles import merge_overrides, resolve_profile
 from fgbench.registry import register_method
 from methods.vsepp import build_vocabulary, region_dim, summed_hinge_epochs, warmup_label
 
-# -- alignment pooling (docs/methods.md §2 "Alignment") ---------------------------------------------------------
+# -- alignment pooling (docs/methods.md §2 "Alignment") ------------------------------------------------------
 
 
 def _words_max_regions(A: Tensor, wmask: Tensor, rmask: Tensor, fill: float) -> Tensor:
@@ -203,7 +203,7 @@ def alignment_pairs(
     return torch.cat(parts) if parts else words.new_zeros(0, dtype=torch.float32)
 
 
-# -- which token positions are words (docs/methods.md §2; docs/protocols.md §6.7) ------------------------------------
+# -- which token positions are words (docs/methods.md §2; docs/protocols.md §6.7) ----------------------------
 
 
 def _span_reference(valid: Tensor, length: Tensor, pos: Tensor, final_punct: Tensor) -> Tensor:

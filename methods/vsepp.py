@@ -6,10 +6,10 @@ GRU -> output at the last valid step -> L2 (`EncoderText`); loss = hinge with th
 directions (`ContrastiveLoss`, `max_violation`), summed over the batch; Adam 2e-4, ×0.1 after 15 epochs,
 gradient clipping 2.0; the vocabulary keeps training words seen at least 4 times, with start/end tokens.
 
-Our reading: the `precomp` variant (mean of the regions -> Linear -> L2, docs/methods.md §8) replaces the CNN when
-the data serves region features, and is labelled `variant: precomp` in result.json; the tiny profile (TinyCNN
-+ GRU 64, AdamW); words split by `split_words` and counted over the training captions only (vsepp: nltk
-tokens of train + dev); captions truncated to `max_len` words (vsepp does not truncate);
+Our reading: the `precomp` variant (mean of the regions -> Linear -> L2, docs/methods.md §8) replaces the CNN
+when the data serves region features, and is labelled `variant: precomp` in result.json; the tiny profile
+(TinyCNN + GRU 64, AdamW); words split by `split_words` and counted over the training captions only (vsepp:
+nltk tokens of train + dev); captions truncated to `max_len` words (vsepp does not truncate);
 `mask_same_label` (off, as in vsepp) removes same-label pairs from the negatives; with `finetune=False` the
 CNN is frozen but, as in vsepp, its BatchNorm layers still follow the module's train/eval mode.
 """

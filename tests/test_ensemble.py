@@ -1,5 +1,5 @@
-"""Evaluator-level ensembles (src/fgbench/ensemble.py; docs/methods.md §2, TERAN's ensemble rows): an ensemble of
-one member scores as that member, of several as the weighted mean of their score matrices (also across
+"""Evaluator-level ensembles (src/fgbench/ensemble.py; docs/methods.md §2, TERAN's ensemble rows): an ensemble
+of one member scores as that member, of several as the weighted mean of their score matrices (also across
 methods with different features and tokenizers), the shared checks of docs/methods.md §0, safe loading and the
 class lookup of members, and a test run through the CLI on checkpoints of a CLI-trained run."""
 

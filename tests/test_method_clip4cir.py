@@ -1,6 +1,6 @@
-"""CLIP4Cir stage 2 (methods/clip4cir.py; docs/methods.md §10): the Combiner's mixing weight and output, frozen
-CLIP, loading a stage-1 checkpoint, the shared checks of docs/methods.md §0 on real encoded features, and runs
-through the CLI on synth-cir and a FashionIQ fixture.
+"""CLIP4Cir stage 2 (methods/clip4cir.py; docs/methods.md §10): the Combiner's mixing weight and output,
+frozen CLIP, loading a stage-1 checkpoint, the shared checks of docs/methods.md §0 on real encoded features,
+and runs through the CLI on synth-cir and a FashionIQ fixture.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""clip_ft (methods/clip_ft.py; docs/methods.md §5): the loss at equal features and under swapped modalities, the
-composed loss's duplicate targets, tower freezing, the shared checks of docs/methods.md §0 on real encoded
+"""clip_ft (methods/clip_ft.py; docs/methods.md §5): the loss at equal features and under swapped modalities,
+the composed loss's duplicate targets, tower freezing, the shared checks of docs/methods.md §0 on real encoded
 features, fit + test through the CLI on every task (synth-person, synth-scenes, synth-cir) and the paper
 profile built offline from a tiny random CLIP folder. InfoNCE's own properties live in tests/test_losses.py.
 

@@ -152,7 +152,7 @@ def test_resumed_fit_loads_the_references_from_the_checkpoint(
     assert torch.equal(resumed.references.detach(), trained) and bool(resumed.references_ready)
 
 
-# -- docs/methods.md §1 unit tests ------------------------------------------------------------------------------
+# -- docs/methods.md §1 unit tests ---------------------------------------------------------------------------
 
 
 def test_1_fuse_reaches_only_the_references_rgrl_only_the_encoders(root: Path) -> None:
@@ -345,7 +345,7 @@ def test_references_never_decay_and_paper_lr_groups(root: Path, tmp_path: Path) 
     assert paper.references.grad is not None and paper.image_tower.proj.weight.grad is not None
 
 
-# -- shared checks (docs/methods.md §0) -----------------------------------------------------------------------
+# -- shared checks (docs/methods.md §0) ----------------------------------------------------------------------
 
 
 def test_shared_checks_on_encoded_features(root: Path) -> None:

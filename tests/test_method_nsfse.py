@@ -1,9 +1,9 @@
-"""NSFSE (methods/nsfse.py; docs/methods.md §4): the unit tests of §4 (the threshold lies between the means and
-carries no gradient; negatives above it get larger gradients; the score reduces to the global term with
-zero weights; the Gram shortcut equals the explicit computation; the attention limit), the query side and
-the losses against explicit formulas, the shared checks of docs/methods.md §0 on real encoded features, the
-re-rank shortlist, the CLIP-feature variant and the paper profile built offline, and CLI runs on synth-cir
-and on the official-format fixtures of FashionIQ, CIRR (test1 submission files) and Fashion200K with their
+"""NSFSE (methods/nsfse.py; docs/methods.md §4): the unit tests of §4 (the threshold lies between the means
+and carries no gradient; negatives above it get larger gradients; the score reduces to the global term with
+zero weights; the Gram shortcut equals the explicit computation; the attention limit), the query side and the
+losses against explicit formulas, the shared checks of docs/methods.md §0 on real encoded features, the
+re-rank shortlist, the CLIP-feature variant and the paper profile built offline, and CLI runs on synth-cir and
+on the official-format fixtures of FashionIQ, CIRR (test1 submission files) and Fashion200K with their
 experiment configs. The Multi-Similarity loss and the threshold module have their own tests in
 tests/test_losses.py.
 """
@@ -105,7 +105,7 @@ def explicit_terms(qs: QuerySets, cs: CandidateSets, lam: float) -> dict[str, to
     return {"vis": vis, "cross": cross}
 
 
-# -- docs/methods.md §4 unit tests --------------------------------------------------------------------------------
+# -- docs/methods.md §4 unit tests ---------------------------------------------------------------------------
 
 
 def test_registered_with_its_tasks_and_provenance() -> None:
@@ -281,7 +281,7 @@ def test_ablation_switches(root: Path) -> None:
             NSFSE(**bad)
 
 
-# -- the shared checks of docs/methods.md §0 and the re-rank shortlist --------------------------------------------
+# -- the shared checks of docs/methods.md §0 and the re-rank shortlist ---------------------------------------
 
 
 def eval_batches(dm: RetrievalDataModule, size: int) -> tuple[list[Any], list[Any]]:

@@ -1,10 +1,10 @@
-"""RACG (methods/racg.py; docs/methods.md §3): the unit tests of §3 (reduction to the brute-force bidirectional
-SCAN formula with one head, β = 0 and no graph layers; invariance to a joint permutation of regions and boxes;
-row-normalised edges with masked nodes at zero weight; the reconstruction loss ignores negatives), the
-Gram-matrix scorer against materialised contexts with every switch on, the ablation switches, the shared
-checks of docs/methods.md §0 on real encoded features (grid, RoI, precomp, butd, person), the global-shortlist
-variant, runs through the CLI on synthetic data and on the official-format fixtures, the paper profile built
-offline from a tiny random BERT folder, and the paper-table experiment configs."""
+"""RACG (methods/racg.py; docs/methods.md §3): the unit tests of §3 (reduction to the brute-force
+bidirectional SCAN formula with one head, β = 0 and no graph layers; invariance to a joint permutation of
+regions and boxes; row-normalised edges with masked nodes at zero weight; the reconstruction loss ignores
+negatives), the Gram-matrix scorer against materialised contexts with every switch on, the ablation switches,
+the shared checks of docs/methods.md §0 on real encoded features (grid, RoI, precomp, butd, person), the
+global-shortlist variant, runs through the CLI on synthetic data and on the official-format fixtures, the
+paper profile built offline from a tiny random BERT folder, and the paper-table experiment configs."""
 
 from __future__ import annotations
 
@@ -520,7 +520,7 @@ def test_class_level_protocols_are_an_error(root: Path) -> None:
         model.pool_queries(Features(index=torch.arange(2), glob=torch.zeros(2, 4)), torch.arange(2))
 
 
-# -- shared checks of docs/methods.md §0 on real features ---------------------------------------------------------
+# -- shared checks of docs/methods.md §0 on real features ----------------------------------------------------
 
 
 def eval_batches(dm: RetrievalDataModule, size: int) -> list[list[Any]]:

@@ -1,8 +1,8 @@
-"""TERAN (methods/teran.py; docs/methods.md §2): the unit tests of §2 (every pooling mode against brute force on
-ragged inputs, and against a literal port of mesnico/TERAN's `AlignmentContrastiveLoss` for the padding
+"""TERAN (methods/teran.py; docs/methods.md §2): the unit tests of §2 (every pooling mode against brute force
+on ragged inputs, and against a literal port of mesnico/TERAN's `AlignmentContrastiveLoss` for the padding
 quirk; invariance to padding, the zero slot, [CLS] and the dropped final tokens; the hinge against brute
-force; unit norms), the shared checks of docs/methods.md §0 on real encoded features (grid, RoI, precomp, butd,
-person), the global-shortlist variant, runs through the CLI on synthetic data and on the official-format
+force; unit norms), the shared checks of docs/methods.md §0 on real encoded features (grid, RoI, precomp,
+butd, person), the global-shortlist variant, runs through the CLI on synthetic data and on the official-format
 fixtures, the paper profile built offline from a tiny random BERT folder, and the paper-table experiment
 configs."""
 
@@ -359,7 +359,7 @@ def test_build_is_idempotent_and_checkpoints_load(root: Path) -> None:
     assert shared.image_transformer is None and model.image_transformer is not None
 
 
-# -- shared checks of docs/methods.md §0 on real features ---------------------------------------------------------
+# -- shared checks of docs/methods.md §0 on real features ----------------------------------------------------
 
 
 def eval_batches(dm: RetrievalDataModule, size: int) -> list[list[Any]]:

@@ -1,4 +1,5 @@
-"""synth-person: drawn pedestrians with partial, ambiguous captions, written as RSTPReid (docs/data/person.md).
+"""synth-person: drawn pedestrians with partial, ambiguous captions, written as RSTPReid
+(docs/data/person.md).
 
 Each identity is a set of clothing and appearance attributes; each of its images draws it with another pose,
 shift, scale, background and occluder. Each caption names only 2-4 attribute groups (MMRef's setting: one

@@ -3,9 +3,9 @@
 Five captions per image name objects, attributes and relations ("a small red circle left of a blue
 square"); about half the scenes come with a twin in the same split that differs only in one relation
 (two objects swap places) or in one attribute of one object (TERAN's and RACG's fine-grained matching).
-Output (docs/data/itm.md: the Karpathy JSON and the BUTD feature layouts): `dataset_flickr30k.json`, `flickr30k-images/<filename>` and
-`features_36/bu_box/<imgid>.npy` ((n_objects, 4) float32 x1, y1, x2, y2 in pixels; imgid = index in
-images[]).
+Output (docs/data/itm.md: the Karpathy JSON and the BUTD feature layouts): `dataset_flickr30k.json`,
+`flickr30k-images/<filename>` and `features_36/bu_box/<imgid>.npy` ((n_objects, 4) float32 x1, y1, x2, y2 in
+pixels; imgid = index in images[]).
 """
 
 from __future__ import annotations

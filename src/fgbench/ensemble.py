@@ -1,13 +1,13 @@
 """Evaluator-level ensembles: the (weighted) mean of trained runs' score matrices, block by block.
 
-TERAN's ensemble rows (docs/methods.md §2: MrSw + symm) average two models' similarity matrices; this module does
-it for any methods whose tasks fit the data. Each member is a checkpoint of a trained run, loaded safely
+TERAN's ensemble rows (docs/methods.md §2: MrSw + symm) average two models' similarity matrices; this module
+does it for any methods whose tasks fit the data. Each member is a checkpoint of a trained run, loaded safely
 (`torch.load(weights_only=True)`, refused before anything is built when it holds other objects), rebuilt on
 the DataModule (vocabulary, heads) and restored; every member encodes the evaluation items with its own
 encoders, their features are kept apart (`aux` entries prefixed `<member>:`), and the ensemble's score of a
-block of queries x gallery items is the weighted mean of the members' `score` on that block, so the
-evaluator walks it in bounded memory as any pairwise scorer. `rerank_k` re-ranks with the mean of the
-members' `rescore_pairs`. A member that sets its own `rerank_k` contributes its coarse `score`.
+block of queries x gallery items is the weighted mean of the members' `score` on that block, so the evaluator
+walks it in bounded memory as any pairwise scorer. `rerank_k` re-ranks with the mean of the members'
+`rescore_pairs`. A member that sets its own `rerank_k` contributes its coarse `score`.
 
 A member's class comes from `classes` (registry names or class paths), else from the checkpoint's
 `_class_path` hyper-parameter (LightningCLI runs), else from the run's `config.yaml` two folders above the

@@ -1,4 +1,5 @@
-"""RetrievalMethod: the LightningModule every method extends (docs/methods.md §0, docs/architecture.md step 3-4).
+"""RetrievalMethod: the LightningModule every method extends (docs/methods.md §0, docs/architecture.md step
+3-4).
 
 A method implements `losses(batch)` (named loss terms), `encode_queries`, `encode_gallery` and, when its
 scorer is not the dot product of global vectors, `score` / `score_pairs`. The base class owns everything

@@ -1,5 +1,6 @@
 """BERT truncated to its first N layers, as TERAN's text encoder (bert-base-uncased, 6 layers; mesnico/TERAN,
-docs/methods.md §2) and RACG's. transformers is imported when the encoder is built (importing it takes seconds).
+docs/methods.md §2) and RACG's. transformers is imported when the encoder is built (importing it takes
+seconds).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """CLIP towers from transformers, as used by IRRA (anosorae/IRRA), MMRef, clip_ft/clip_zs and CLIP4Cir
-(docs/methods.md §1, §5-§7, §10): ViT image tokens after `ln_post` and the projection, CLS as glob; text tokens
-after `ln_final` and the projection, EOT (the argmax id) as glob. For non-square inputs such as 384x128 the
-positional grid is bicubically resized once at build time (IRRA's `resize_pos_embed`) and stays trainable.
+(docs/methods.md §1, §5-§7, §10): ViT image tokens after `ln_post` and the projection, CLS as glob; text
+tokens after `ln_final` and the projection, EOT (the argmax id) as glob. For non-square inputs such as 384x128
+the positional grid is bicubically resized once at build time (IRRA's `resize_pos_embed`) and stays trainable.
 
 transformers is imported when an encoder is built (importing it takes seconds).
 """

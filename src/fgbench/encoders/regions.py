@@ -1,5 +1,6 @@
 """Precomputed region features (bottom-up attention, or the tiny grid cells) with box positional encoding, as
-TERAN's `PositionalEncodingImageBoxes` (mesnico/TERAN; docs/methods.md §2), followed by a Linear projection to d.
+TERAN's `PositionalEncodingImageBoxes` (mesnico/TERAN; docs/methods.md §2), followed by a Linear projection to
+d.
 """
 
 from __future__ import annotations

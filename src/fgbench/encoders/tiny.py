@@ -1,6 +1,6 @@
-"""Tiny-profile encoders trained from scratch (docs/methods.md, "Tiny profile"): TinyViT (a ViT with CLS token, as
-CLIP's visual tower), TinyCNN (3 stride-2 convs giving a grid of cells usable as regions) and TinyText (a
-small transformer over word ids, as CLIP's text tower).
+"""Tiny-profile encoders trained from scratch (docs/methods.md, "Tiny profile"): TinyViT (a ViT with CLS
+token, as CLIP's visual tower), TinyCNN (3 stride-2 convs giving a grid of cells usable as regions) and
+TinyText (a small transformer over word ids, as CLIP's text tower).
 """
 
 from __future__ import annotations

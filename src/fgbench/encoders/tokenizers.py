@@ -1,9 +1,9 @@
 """Tokenizers that run in the DataLoader workers (picklable, fixed-length output for equal gather shapes).
 
 `WordTokenizer`: the tiny profile's word vocabulary built from the training captions (lower-cased, punctuation
-stripped, as the vocabularies of VSE++ and TIRG; docs/methods.md "Tiny profile"). `HFTokenizer`: a transformers
-tokenizer (CLIP BPE, BERT word-pieces) loaded offline and padded to a fixed length; transformers is imported
-when it is built (importing it takes seconds).
+stripped, as the vocabularies of VSE++ and TIRG; docs/methods.md "Tiny profile"). `HFTokenizer`: a
+transformers tokenizer (CLIP BPE, BERT word-pieces) loaded offline and padded to a fixed length; transformers
+is imported when it is built (importing it takes seconds).
 """
 
 from __future__ import annotations

@@ -43,8 +43,8 @@ def evaluate(
 ) -> EvalResult:
     """Score `spec.protocol` on `scores` [queries, gallery] (a matrix or a `ScoreSource`).
 
-    `rerank_k` re-scores each query's coarse top-k with the source's pair scorer (docs/methods.md, re-ranking);
-    the other options only change speed and memory, never a metric.
+    `rerank_k` re-scores each query's coarse top-k with the source's pair scorer (docs/methods.md,
+    re-ranking); the other options only change speed and memory, never a metric.
     """
     if spec.protocol not in PROTOCOLS:
         raise KeyError(f"unknown protocol {spec.protocol!r}; known: {', '.join(list_protocols())}")

@@ -1,5 +1,5 @@
-"""Losses shared by several methods (docs/methods.md §1, §2, §4, §5, §7-§10): pure functions on batch tensors, plus
-`DynamicThreshold` where state (an EMA) is needed. Each module names the paper and repository it follows.
+"""Losses shared by several methods (docs/methods.md §1, §2, §4, §5, §7-§10): pure functions on batch tensors,
+plus `DynamicThreshold` where state (an EMA) is needed. Each module names the paper and repository it follows.
 
 >>> from fgbench.losses import infonce, sdm
 >>> loss = sdm(text_glob, image_glob, person_ids) + infonce(text_glob, image_glob, temperature=0.02)

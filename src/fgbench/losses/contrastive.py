@@ -1,11 +1,11 @@
 """In-batch contrastive losses over a query x gallery batch whose diagonal holds the positives.
 
 - `infonce`: CLIP's symmetric InfoNCE (Radford et al., ICML 2021; as in mlfoundations/open_clip `ClipLoss`),
-  the `clip_ft` loss of docs/methods.md §5. Items of the same identity in a batch count as negatives, by design:
-  that is the one difference from SDM (§7).
+  the `clip_ft` loss of docs/methods.md §5. Items of the same identity in a batch count as negatives, by
+  design: that is the one difference from SDM (§7).
 - `batch_classification`: TIRG's batch-based classification loss (google/tirg,
-  `compute_batch_based_classification_loss_`) and CLIP4Cir's CE(100·q gᵀ) (ABaldrati/CLIP4Cir), docs/methods.md
-  §9, §5 and §10. Details from the public code.
+  `compute_batch_based_classification_loss_`) and CLIP4Cir's CE(100·q gᵀ) (ABaldrati/CLIP4Cir),
+  docs/methods.md §9, §5 and §10. Details from the public code.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""IRRA's identity (ID) loss (Jiang & Ye, CVPR 2023; anosorae/IRRA `objectives.compute_id`), docs/methods.md §7.
+"""IRRA's identity (ID) loss (Jiang & Ye, CVPR 2023; anosorae/IRRA `objectives.compute_id`), docs/methods.md
+§7.
 
 One classifier over the training identities is shared by both modalities, so image and text globals are pulled
 towards the same class weights. Ported from the public code.

@@ -1,6 +1,6 @@
 """Masked-token modelling for IRRA's implicit relation reasoning (Jiang & Ye, CVPR 2023; anosorae/IRRA
-`datasets/bases.py::_build_random_masked_tokens_and_labels` and `objectives.compute_mlm`), docs/methods.md §7; also
-MMRef's local reconstruction (§1).
+`datasets/bases.py::_build_random_masked_tokens_and_labels` and `objectives.compute_mlm`), docs/methods.md §7;
+also MMRef's local reconstruction (§1).
 
 Ported from the public code (BERT-style 15% / 80-10-10), vectorised, with two deliberate differences: the
 label of an unchosen position is `IGNORE_INDEX` (-100) instead of 0, and a caption with no chosen token gets

@@ -1,5 +1,6 @@
 """Hinge (triplet) ranking loss with hardest negatives: VSE++ (Faghri et al., BMVC 2018; fartashf/vsepp
-`ContrastiveLoss`) as also used by TERAN (mesnico/TERAN). docs/methods.md §2 and §8; ported from the public code.
+`ContrastiveLoss`) as also used by TERAN (mesnico/TERAN). docs/methods.md §2 and §8; ported from the public
+code.
 """
 
 from __future__ import annotations
