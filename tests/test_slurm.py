@@ -426,8 +426,7 @@ def test_requeued_cell_resumes_from_its_checkpoint(
     assert record["launcher"]["restarts"] >= 1
     log = (run_dir / "sweep.log").read_text()
     assert log.count("# segment ") >= 2 and "--ckpt_path" in log
-    steps = pd.read_csv(metrics)["step"].dropna()
-    assert not steps.duplicated().any() or (pd.read_csv(metrics).dropna(how="all").duplicated().sum() == 0)
+    resumed = pd.read_csv(metrics)
     # the same cell run locally without interruption gives the same numbers
     monkeypatch.chdir(tmp_path)
     local = sweep_args(configs, "slow", "rstpreid", "--runs-root", "local", *extra)
@@ -435,6 +434,12 @@ def test_requeued_cell_resumes_from_its_checkpoint(
     (l_dir,) = (tmp_path / "local").glob("*/*/*/seed0-*")
     assert result(l_dir)["metrics"] == record["metrics"]
     assert result(l_dir)["global_step"] == record["global_step"]
+    # metrics.csv: every row of the uninterrupted run, none twice (the rows after the checkpoint were dropped
+    # on resume and logged again)
+    unbroken = pd.read_csv(l_dir / "metrics.csv")
+    assert list(resumed.columns) == list(unbroken.columns)
+    assert resumed["step"].tolist() == unbroken["step"].tolist()
+    assert len(record["wall_segments"]) >= 2
 
 
 def test_reproduce_passes_the_launcher_to_the_sweep(

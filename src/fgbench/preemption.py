@@ -58,6 +58,11 @@ class SaveOnSignal(Callback):
             stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
         if not stop:
             return
+        # log this batch's step metrics now (Lightning would right after this hook), so the checkpoint's flush
+        # of metrics.csv holds every row up to the saved step and the resumed run logs none of them twice
+        connector = trainer._logger_connector
+        connector.on_batch_end()
+        connector.update_train_step_metrics()
         tmp = self.path.with_name(f".{self.path.name}.tmp")
         trainer.save_checkpoint(tmp)
         if trainer.is_global_zero:
