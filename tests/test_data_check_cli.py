@@ -126,7 +126,7 @@ def test_data_check_counts_missing_images_and_exits_1(tmp_path: Path) -> None:
 
 def test_data_check_missing_root_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["data", "check", "rstpreid", "--root", str(tmp_path / "nope")]) == 2
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err
     assert "data_captions.json" in out and "Traceback" not in out
 
 
@@ -160,7 +160,7 @@ def test_corrupt_image_without_skip_missing_is_one_clean_error(
     corrupt(bad)
     args = ["data", "check", "rstpreid", "--root", str(tmp_path), "--verify-images"]
     assert main([*args, "--set", "skip_missing=false"]) == 1
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err
     assert "cannot be decoded" in out and bad.name in out and "Traceback" not in out
 
 
@@ -217,7 +217,7 @@ def test_strict_via_set_turns_a_quirk_into_an_error(
         "strict=true",
     ]
     assert main(args) == 2
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err
     assert "ann.json, entry 2, field 'id'" in out and "strict=True" in out and "Traceback" not in out
     assert not out_json.exists()  # nothing half-written
 
@@ -225,10 +225,10 @@ def test_strict_via_set_turns_a_quirk_into_an_error(
 def test_unknown_set_key_is_one_clean_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     write_rstpreid(tmp_path)
     assert main(["data", "check", "rstpreid", "--root", str(tmp_path), "--set", "smaple=pk"]) == 2
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err
     assert "--set 'smaple'" in out and "sampler" in out and "Traceback" not in out
     assert main(["data", "check", "rstpreid", "--root", str(tmp_path), "--set", "sampler"]) == 2
-    assert "KEY=VALUE" in capsys.readouterr().out
+    assert "KEY=VALUE" in capsys.readouterr().err
 
 
 def test_unknown_evaluation_split_names_the_available_ones(tmp_path: Path) -> None:

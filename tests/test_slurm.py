@@ -266,6 +266,18 @@ def cluster() -> None:
     # the daemons are left running for the next test session (stop: scripts/slurm-local.sh stop)
 
 
+# CPU cells on the local test cluster: one task, one core, a 10-minute limit
+ON_SLURM = [
+    "--launcher",
+    "slurm",
+    "--slurm",
+    "gpus_per_cell=0",
+    "--slurm",
+    "cpus_per_task=1",
+    "--slurm",
+    "time=10",
+]
+
 SLOW_METHOD = """model:
   class_path: test_slurm.SlowDual
 """
@@ -295,31 +307,10 @@ def test_slurm_sweep_equals_local(cluster: None, tmp_path: Path, monkeypatch: py
     monkeypatch.setenv("PYTHONPATH", job_env()["PYTHONPATH"])
     monkeypatch.chdir(tmp_path)
     common = ["--no-leaderboard", "--extra", "--trainer.max_epochs 2"]
-    slurm_args = [
-        "--launcher",
-        "slurm",
-        "--slurm",
-        "gpus_per_cell=0",
-        "--slurm",
-        "cpus_per_task=1",
-        "--slurm",
-        "time=10",
-    ]
-    assert (
-        sweep.main(
-            sweep_args(
-                configs,
-                "tiny_dual",
-                "rstpreid",
-                "--runs-root",
-                "slurm_runs",
-                *common,
-                *slurm_args,
-                seeds="0,1",
-            )
-        )
-        == 0
-    )
+    slurm_args = ON_SLURM
+    on_slurm = sweep_args(configs, "tiny_dual", "rstpreid", "--runs-root", "slurm_runs", *common, *slurm_args,
+                          seeds="0,1")  # fmt: skip
+    assert sweep.main(on_slurm) == 0
     assert (
         sweep.main(
             sweep_args(configs, "tiny_dual", "rstpreid", "--runs-root", "local_runs", *common, seeds="0,1")
@@ -336,21 +327,7 @@ def test_slurm_sweep_equals_local(cluster: None, tmp_path: Path, monkeypatch: py
     jobs = slurm.read_jobs(tmp_path / "slurm_runs")
     assert len({j["job_id"].split("_")[0] for j in jobs.values()}) == 1  # one array for the sweep
     # a second run of the same sweep submits nothing
-    assert (
-        sweep.main(
-            sweep_args(
-                configs,
-                "tiny_dual",
-                "rstpreid",
-                "--runs-root",
-                "slurm_runs",
-                *common,
-                *slurm_args,
-                seeds="0,1",
-            )
-        )
-        == 0
-    )
+    assert sweep.main(on_slurm) == 0
     assert slurm.read_jobs(tmp_path / "slurm_runs") == jobs
 
 
@@ -377,14 +354,7 @@ def test_requeued_cell_resumes_from_its_checkpoint(
         "--runs-root",
         "runs",
         *extra,
-        "--launcher",
-        "slurm",
-        "--slurm",
-        "gpus_per_cell=0",
-        "--slurm",
-        "cpus_per_task=1",
-        "--slurm",
-        "time=10",
+        *ON_SLURM,
     )
     sweeper = subprocess.Popen(
         [sys.executable, "-m", "experiments.sweep", *argv],

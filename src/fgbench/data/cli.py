@@ -202,10 +202,19 @@ def check(args: argparse.Namespace) -> int:
     console = Console()
     if not console.is_terminal:  # a log file or pipe: room for every column rather than rich's 80
         console = Console(width=PIPE_WIDTH)
-    fail = f"[red]{escape(args.name)}: {{}}[/red]"
+    errors = Console(stderr=True, width=None if console.is_terminal else PIPE_WIDTH)
+
+    def fail(err: BaseException) -> None:
+        """One message on stderr, naming the dataset once."""
+        text = str(err)
+        if not text.startswith(f"{args.name}:"):
+            text = f"{args.name}: {text}"
+        errors.print(f"[red]error: {escape(text)}[/red]")
+
     try:
         if args.name not in DATAMODULES:
-            raise UsageError(f"unknown dataset {args.name!r}; registered: {', '.join(sorted(DATAMODULES.list()))}")
+            known = ", ".join(sorted(DATAMODULES.list()))
+            raise UsageError(f"unknown dataset {args.name!r}; registered: {known}")
         cls = DATAMODULES.get(args.name)
         options = {
             "skip_missing": True,
@@ -220,17 +229,17 @@ def check(args: argparse.Namespace) -> int:
             )
         dm = cls(root=args.root, **options)
     except (UsageError, TypeError, ValueError) as err:
-        console.print(fail.format(escape(str(err))))
+        fail(err)
         return EXIT_UNREADABLE_DATA
     dm.image_progress = True
     with _collect_warnings() as collected:
         try:
             dm.setup()
         except MissingFilesError as err:  # skip_missing=false was asked for
-            console.print(fail.format(escape(str(err))))
+            fail(err)
             return EXIT_FILES
         except (DatasetError, OSError, ValueError, KeyError) as err:
-            console.print(fail.format(escape(str(err))))
+            fail(err)
             return EXIT_UNREADABLE_DATA
     report = build_report(dm, args.name, args.root, options, bool(dm.verify_images))
     quirk_lines = set(dm.quirks.summary_lines())
