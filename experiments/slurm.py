@@ -313,23 +313,16 @@ class _cell_lock:  # noqa: N801 - used as a context manager
 
 # -- the log's cause line -----------------------------------------------------------------------------------
 
-_CAUSE = re.compile(r"^(error: |\w*(Error|Exception|Interrupt)\b|RuntimeError|Killed|CUDA out of memory)")
 
+def cause_line(log: Path | str) -> str:
+    """The sweep's cause line of a cell's log (experiments.sweep.cause_line), or why there is none: a job
+    that never started has no log."""
+    from experiments.sweep import cause_line as from_log
 
-def cause_line(log: Path | str, chars: int = 20000) -> str:
-    """The line of a cell's log that says why it failed: the last error line, else the last line."""
-    try:
-        with open(log, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - chars))
-            lines = [ln.strip() for ln in f.read().decode("utf-8", errors="replace").splitlines()]
-    except OSError:
+    path = Path(log)
+    if not path.is_file():
         return "no log"
-    lines = [ln for ln in lines if ln]
-    for line in reversed(lines):
-        if _CAUSE.search(line):
-            return line[:300]
-    return lines[-1][:300] if lines else "empty log"
+    return from_log(path) or "empty log"
 
 
 # -- submitting and watching --------------------------------------------------------------------------------
@@ -458,21 +451,16 @@ def run_cells(
             for run_dir, job in waiting.items():
                 if run_dir in results:
                     continue
-                if (Path(run_dir) / "result.json").is_file() and job not in states:
-                    results[run_dir] = ("done", job, "")
-                elif job in states:
+                if job in states:
                     gone.pop(run_dir, None)
                     continue
+                if (Path(run_dir) / "result.json").is_file():
+                    results[run_dir] = ("done", job, "")
                 else:
                     gone[run_dir] = gone.get(run_dir, 0) + 1
                     if gone[run_dir] < 2:
                         continue
-                    done = (Path(run_dir) / "result.json").is_file()
-                    results[run_dir] = (
-                        ("done", job, "")
-                        if done
-                        else ("failed", job, cause_line(Path(run_dir) / "sweep.log"))
-                    )
+                    results[run_dir] = ("failed", job, cause_line(Path(run_dir) / "sweep.log"))
                 status, _, why = results[run_dir]
                 mark = "[green]✓[/green]" if status == "done" else "[red]✗[/red]"
                 progress.console.print(
