@@ -9,7 +9,6 @@ its SLURM job left the queue without a result), shown with the job id and the ca
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 from collections.abc import Sequence
@@ -63,8 +62,8 @@ def states(planned: Sequence[Planned], runs_root: Path) -> list[CellState]:
         job = jobs.get(key, {}).get("job_id", "")
         if p.finished:
             out.append(CellState(p, "done", job, str(p.run_dir)))
-        elif _pid_alive(p.run_dir / RUNNING_FILE):
-            out.append(CellState(p, "running", "", f"local pid {_pid_alive(p.run_dir / RUNNING_FILE)}"))
+        elif (pid := _pid_alive(p.run_dir / RUNNING_FILE)) is not None:
+            out.append(CellState(p, "running", "", f"local pid {pid}"))
         elif job in queued:
             state = queued[job]
             out.append(CellState(p, "running" if state == "RUNNING" else "pending", job, state))
@@ -113,13 +112,3 @@ def cancel(planned: Sequence[Planned], runs_root: Path) -> int:
         stopped = f"; stopped the local sweep (pid {holder})"
     print(f"cancelled {len(jobs)} SLURM job(s){stopped}")
     return 0
-
-
-def as_json(rows: Sequence[CellState]) -> str:
-    return json.dumps(
-        [
-            {"cell": r.planned.cell.label, "status": r.status, "job_id": r.job_id, "detail": r.detail}
-            for r in rows
-        ],
-        indent=1,
-    )
