@@ -29,8 +29,8 @@ from datamodules.synthetic.common import (
 )
 
 NAME = "synth-person"
-VERSION = 1
-DEFAULT_SIZES = {"train_ids": 400, "val_ids": 64, "test_ids": 64, "images_per_id": 4}
+VERSION = 2  # 2: 256 test ids (was 64), so a paired test detects a 2-point R1 gap (docs/statistics.md)
+DEFAULT_SIZES = {"train_ids": 400, "val_ids": 64, "test_ids": 256, "images_per_id": 4}
 HEIGHT, WIDTH = 128, 64
 CAPTIONS_PER_IMAGE = 2  # RSTPReid has exactly two
 
