@@ -167,3 +167,173 @@ def _person(o: QueryOutcomes, metric: str) -> MetricSample:
     if metric in per:
         return _by_query(d, metric, 100.0 * d.stats[per[metric]])
     raise KeyError(f"person_t2i has no per-query metric {metric!r}; known: R<K>, mAP, mINP")
+
+
+def _hits(d: DirectionOutcomes, metric: str, prefix: str = "") -> np.ndarray | None:
+    """100 * (first < K) of a recall metric "<prefix>R<K>"; None when `metric` is not one."""
+    k = _recall_k(metric, prefix)
+    return None if k is None else 100.0 * (d.first < k)
+
+
+def _known(protocol: str, metric: str, known: str) -> KeyError:
+    return KeyError(f"{protocol} has no per-query metric {metric!r}; known: {known}")
+
+
+@register_metric_values("class_reed")
+def _class_reed(o: QueryOutcomes, metric: str) -> MetricSample:
+    """AP50 per class query (precision@50), top1 per image query (its class ranked first)."""
+    if metric == "AP50":
+        d = o.directions["t2i"]
+        return _by_query(d, metric, 100.0 * d.stats["below50"] / 50.0)
+    if metric == "top1":
+        d = o.directions["i2t"]
+        return _by_query(d, metric, 100.0 * (d.first < 1))
+    raise _known(o.protocol, metric, "AP50 (unit: class), top1 (unit: image)")
+
+
+@register_metric_values("f30k_1k", "coco_5k", "coco_1k_5fold")
+def _itm(o: QueryOutcomes, metric: str) -> MetricSample:
+    """Unit = image. An image's value is its own i2t value plus its captions' t2i values, each caption
+    weighted by (images / captions) of its fold: the mean over images is then the metric, fold means and
+    uneven captions per image included (folds hold equal numbers of images)."""
+    i2t = o.directions["i2t"]
+    images = np.asarray(i2t.ids)
+    order = np.argsort(images, kind="stable")
+    images = images[order]
+
+    def per_image(d: DirectionOutcomes, values: np.ndarray) -> np.ndarray:
+        if d is i2t:
+            return values.astype(np.float64)[order]
+        n_img = np.bincount(i2t.stats["fold"])
+        n_cap = np.bincount(d.stats["fold"], minlength=len(n_img))
+        w = n_img[d.stats["fold"]] / n_cap[d.stats["fold"]]
+        pos = np.searchsorted(images, np.asarray(d.unit))
+        if bool((pos >= len(images)).any()) or not bool(
+            (images[pos.clip(max=len(images) - 1)] == d.unit).all()
+        ):
+            raise ValueError(f"{o.protocol}: a caption's image (unit) is not among the i2t queries")
+        return np.bincount(pos, weights=w * values, minlength=len(images))
+
+    def part(name: str, m: str) -> np.ndarray | None:
+        d = o.directions[name]
+        hits = _hits(d, m, f"{name}_")
+        if hits is not None:
+            return per_image(d, hits)
+        if m == f"{name}_meanr":
+            return per_image(d, d.first + 1.0)
+        return None
+
+    if metric == "rsum":
+        total = np.zeros(len(images))
+        for name in ("i2t", "t2i"):
+            for k in (1, 5, 10):
+                total += part(name, f"{name}_R{k}")  # type: ignore[operator]
+        return MetricSample(metric, images, total)
+    for name in ("i2t", "t2i"):
+        if metric.startswith(f"{name}_"):
+            values = part(name, metric)
+            if values is not None:
+                return MetricSample(metric, images, values)
+    raise _known(
+        o.protocol, metric, "i2t_R<K>, t2i_R<K>, rsum, i2t_meanr, t2i_meanr (medr: no decomposition)"
+    )
+
+
+@register_metric_values("fiq_a", "fiq_b")
+def _fiq(o: QueryOutcomes, metric: str) -> MetricSample:
+    """Unit = query. "<category>_R<K>" over that category's queries; "avg_R<K>" and "avg" over all queries,
+    each weighted by N / (categories x its category's queries), so the plain mean is the category average."""
+    for name, d in o.directions.items():
+        hits = _hits(d, metric, f"{name}_") if metric.startswith(f"{name}_") else None
+        if hits is not None:
+            return _by_query(d, metric, hits)
+    if len(o.directions) == 1 and _recall_k(metric) is not None:  # no categories: plain R<K>
+        d = next(iter(o.directions.values()))
+        return _by_query(d, metric, 100.0 * (d.first < _recall_k(metric)))  # type: ignore[operator]
+    ks = {"avg": (10, 50)}.get(metric) or ((_recall_k(metric, "avg_"),) if metric.startswith("avg_") else ())
+    if not ks or None in ks:
+        raise _known(o.protocol, metric, "<category>_R<K>, avg_R<K>, avg")
+    n_total = sum(len(d.ids) for d in o.directions.values())
+    ids, values = [], []
+    for d in o.directions.values():
+        w = n_total / (len(o.directions) * len(d.ids))
+        ids.append(np.asarray(d.ids))
+        values.append(w * np.mean([100.0 * (d.first < k) for k in ks], axis=0))  # type: ignore[operator]
+    both = DirectionOutcomes(np.concatenate(ids), np.zeros(n_total, dtype=np.int64))
+    return _by_query(both, metric, np.concatenate(values))
+
+
+@register_metric_values("cirr")
+def _cirr(o: QueryOutcomes, metric: str) -> MetricSample:
+    """Unit = query (pair id). R<K>, Rsub<K> (sub_rank < K), avg = (R5 + Rsub1) / 2."""
+    d = o.directions["cirr"]
+    hits = _hits(d, metric)
+    if hits is not None:
+        return _by_query(d, metric, hits)
+    k = _recall_k("R" + metric[4:]) if metric.startswith("Rsub") else None
+    if k is not None:
+        return _by_query(d, metric, 100.0 * (d.stats["sub_rank"] < k))
+    if metric == "avg":
+        return _by_query(d, metric, 50.0 * ((d.first < 5).astype(float) + (d.stats["sub_rank"] < 1)))
+    raise _known(o.protocol, metric, "R<K>, Rsub<K>, avg")
+
+
+@register_metric_values("f200k")
+def _f200k(o: QueryOutcomes, metric: str) -> MetricSample:
+    """Unit = query. R<K>."""
+    d = o.directions["f200k"]
+    hits = _hits(d, metric)
+    if hits is None:
+        raise _known(o.protocol, metric, "R<K>")
+    return _by_query(d, metric, hits)
+
+
+# -- pairing runs -------------------------------------------------------------------------------------
+
+
+def align(samples: dict[str, MetricSample] | list[MetricSample]) -> np.ndarray:
+    """The units shared by every sample (runs of the same split), checked to be the same set.
+
+    Raises ValueError naming the sample whose units differ and a few units one side lacks, so two runs are
+    never paired on different queries (another split, a skip_missing drop, another caption policy).
+    """
+    named = dict(samples) if isinstance(samples, dict) else {f"#{i}": s for i, s in enumerate(samples)}
+    if not named:
+        raise ValueError("align: no samples")
+    (ref_name, ref), *rest = named.items()
+    for name, s in rest:
+        if s.metric != ref.metric:
+            raise ValueError(f"align: {name} holds {s.metric!r}, {ref_name} holds {ref.metric!r}")
+        if len(s.units) == len(ref.units) and bool((s.units == ref.units).all()):
+            continue
+        only_ref = np.setdiff1d(ref.units, s.units)
+        only_s = np.setdiff1d(s.units, ref.units)
+        raise ValueError(
+            f"align: {name} and {ref_name} are not on the same units ({len(s.units)} vs {len(ref.units)}); "
+            f"{len(only_ref)} only in {ref_name} (e.g. {only_ref[:3].tolist()}), "
+            f"{len(only_s)} only in {name} (e.g. {only_s[:3].tolist()})"
+        )
+    return ref.units
+
+
+def same_queries(outcomes: dict[str, QueryOutcomes]) -> None:
+    """Check that runs' outcomes are of the same evaluation: protocol, split, dataset and query ids."""
+    (ref_name, ref), *rest = outcomes.items()
+    for name, o in rest:
+        for what, a, b in (
+            ("protocol", o.protocol, ref.protocol),
+            ("split", o.split, ref.split),
+            ("dataset", o.info.get("dataset"), ref.info.get("dataset")),
+            ("directions", sorted(o.directions), sorted(ref.directions)),
+        ):
+            if a != b:
+                raise ValueError(f"{name} and {ref_name} differ in {what}: {a!r} vs {b!r}")
+        for d in ref.directions:
+            a_ids, b_ids = np.sort(o.directions[d].ids), np.sort(ref.directions[d].ids)
+            if len(a_ids) != len(b_ids) or not bool((a_ids == b_ids).all()):
+                only = np.setdiff1d(b_ids, a_ids)[:3].tolist()
+                extra = np.setdiff1d(a_ids, b_ids)[:3].tolist()
+                raise ValueError(
+                    f"{name} and {ref_name} differ in the {d} queries ({len(a_ids)} vs {len(b_ids)}; "
+                    f"only in {ref_name}: {only}, only in {name}: {extra})"
+                )

@@ -15,18 +15,22 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from fgbench.evaluation import per_query
 from fgbench.evaluation.engine import Direction, Options, Ranked, direction_stats
+from fgbench.evaluation.outcomes import QueryOutcomes
 from fgbench.evaluation.source import ScoreSource
 from fgbench.evaluation.spec import EvalSpec
 
 
 @dataclass
 class EvalResult:
-    """Metrics (percent, unrounded), JSON-able details, and per-query arrays (submission lists)."""
+    """Metrics (percent, unrounded), JSON-able details, per-query arrays (submission lists), and the
+    per-query outcomes the metrics are made of (None where there are no targets)."""
 
     metrics: dict[str, float]
     details: dict[str, Any] = field(default_factory=dict)
     arrays: dict[str, Tensor] = field(default_factory=dict)
+    outcomes: QueryOutcomes | None = None
 
 
 ProtocolFn = Callable[[ScoreSource, EvalSpec, Options], EvalResult]
@@ -78,7 +82,7 @@ def person_t2i(source: ScoreSource, spec: EvalSpec, opts: Options) -> EvalResult
     metrics = _recalls(r, (1, 5, 10))
     metrics["mAP"] = 100.0 * float(st["ap"].mean())
     metrics["mINP"] = 100.0 * float((st["n_pos"].double() / (st["last"].double() + 1.0)).mean())
-    return EvalResult(metrics, {"n_tied": r.n_tied})
+    return EvalResult(metrics, {"n_tied": r.n_tied}, outcomes=per_query.person(spec, st))
 
 
 # -- class-level retrieval (Reed et al.) --------------------------------------------------------------
@@ -103,7 +107,8 @@ def class_reed(source: ScoreSource, spec: EvalSpec, opts: Options) -> EvalResult
         "AP50": 100.0 * float((t2i.stats["below50"].double() / 50.0).mean()),
         "top1": i2t.recall(1),
     }
-    return EvalResult(metrics, {"n_tied": t2i.n_tied, "i2t_n_tied": i2t.n_tied})
+    outcomes = per_query.class_reed(spec, t2i.stats, i2t.stats)
+    return EvalResult(metrics, {"n_tied": t2i.n_tied, "i2t_n_tied": i2t.n_tied}, outcomes=outcomes)
 
 
 # -- image-text matching ------------------------------------------------------------------------------
@@ -123,7 +128,7 @@ def _itm_fold(
         ranks = r.stats["first"].numpy().astype(np.float64)
         m[f"{name}_medr"] = math.floor(float(np.median(ranks))) + 1.0
         m[f"{name}_meanr"] = float(ranks.mean()) + 1.0
-    return m, {"i2t_n_tied": i2t.n_tied, "t2i_n_tied": t2i.n_tied}
+    return m, {"i2t_n_tied": i2t.n_tied, "t2i_n_tied": t2i.n_tied, "stats": (i2t.stats, t2i.stats)}
 
 
 def _itm_labels(spec: EvalSpec) -> tuple[Tensor, Tensor]:
@@ -138,7 +143,8 @@ def itm_single(source: ScoreSource, spec: EvalSpec, opts: Options) -> EvalResult
     """Flickr30K 1K / COCO 5K: the whole test split, no folds. Rows images, columns captions."""
     img, cap = _itm_labels(spec)
     m, d = _itm_fold(source, img, cap, opts)
-    return EvalResult(m, d)
+    everything = (torch.arange(img.numel()), torch.arange(cap.numel()), *d.pop("stats"))
+    return EvalResult(m, d, outcomes=per_query.itm(spec, [everything]))
 
 
 @register_protocol("coco_1k_5fold")
@@ -152,16 +158,18 @@ def coco_1k_5fold(source: ScoreSource, spec: EvalSpec, opts: Options) -> EvalRes
     size = n // 5
     folds: list[dict[str, float]] = []
     details: dict[str, Any] = {"fold_size": size}
+    fold_stats = []
     for f in range(5):
         rows = torch.arange(f * size, (f + 1) * size)
         cols = torch.nonzero(torch.isin(cap, img[rows])).squeeze(1)
         m, d = _itm_fold(source.select(rows, cols), img[rows], cap[cols], opts)
         folds.append(m)
+        fold_stats.append((rows, cols, *d.pop("stats")))
         for key, v in d.items():
             details[key] = int(details.get(key, 0)) + int(v)
     metrics = {k: float(np.mean([fm[k] for fm in folds])) for k in folds[0]}
     details["folds"] = folds
-    return EvalResult(metrics, details)
+    return EvalResult(metrics, details, outcomes=per_query.itm(spec, fold_stats))
 
 
 # -- composed retrieval -------------------------------------------------------------------------------
@@ -195,6 +203,7 @@ def _group_views(source: ScoreSource, spec: EvalSpec) -> list[tuple[str, ScoreSo
 def _fiq(source: ScoreSource, spec: EvalSpec, opts: Options) -> EvalResult:
     metrics: dict[str, float] = {}
     details: dict[str, Any] = {"n_tied": 0}
+    parts = []
     for name, src, sub in _group_views(source, spec):
         r = _rank(
             src,
@@ -206,12 +215,14 @@ def _fiq(source: ScoreSource, spec: EvalSpec, opts: Options) -> EvalResult:
         )
         metrics.update(_recalls(r, (10, 50), f"{name}_" if name else ""))
         details["n_tied"] += r.n_tied
+        qi = spec.groups[name][0] if spec.groups else torch.arange(spec.n_query)
+        parts.append((name, qi, sub.n_gallery, sub.exclude, r.stats))
     if spec.groups:
         names = list(spec.groups)
         metrics["avg_R10"] = float(np.mean([metrics[f"{n}_R10"] for n in names]))
         metrics["avg_R50"] = float(np.mean([metrics[f"{n}_R50"] for n in names]))
         metrics["avg"] = (metrics["avg_R10"] + metrics["avg_R50"]) / 2.0
-    return EvalResult(metrics, details)
+    return EvalResult(metrics, details, outcomes=per_query.fiq(spec, parts))
 
 
 @register_protocol("fiq_a")
@@ -263,7 +274,7 @@ def cirr(source: ScoreSource, spec: EvalSpec, opts: Options) -> EvalResult:
     for k in (1, 2, 3):
         metrics[f"Rsub{k}"] = 100.0 * float((st["sub_rank"] < k).double().mean())
     metrics["avg"] = (metrics["R5"] + metrics["Rsub1"]) / 2.0
-    return EvalResult(metrics, {"n_tied": r.n_tied}, arrays)
+    return EvalResult(metrics, {"n_tied": r.n_tied}, arrays, per_query.cirr(spec, st))
 
 
 @register_protocol("f200k")
@@ -279,4 +290,5 @@ def f200k(source: ScoreSource, spec: EvalSpec, opts: Options) -> EvalResult:
         exclude=spec.exclude,
         name="f200k",
     )
-    return EvalResult(_recalls(r, (1, 5, 10, 50, 100)), {"n_tied": r.n_tied})
+    outcomes = per_query.f200k(spec, r.stats)
+    return EvalResult(_recalls(r, (1, 5, 10, 50, 100)), {"n_tied": r.n_tied}, outcomes=outcomes)

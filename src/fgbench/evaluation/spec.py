@@ -26,8 +26,14 @@ class EvalSpec:
     exclude: Tensor | None = None  # Long[Q]: a gallery index removed from each query's candidates, -1 = none
     subsets: Tensor | None = None  # Long[Q, M]: CIRR img_set members as gallery indices (reference included)
     groups: dict[str, tuple[Tensor, Tensor]] | None = None  # name -> (query idx, gallery idx), scored apart
-    query_ids: list[str] | None = None  # CIRR pair ids, for the test-server submission
-    gallery_names: list[str] | None = None  # CIRR image names, for the test-server submission
+    # stable string id of each score row (caption id, CIRR pair id, image id; image-text: the image): the key
+    # of the per-query outcomes (evaluation/outcomes.py) and the CIRR submission's pair ids; None = position
+    query_ids: list[str] | None = None
+    # stable string id of each column (CIRR image names for the submission; image-text: the caption ids,
+    # class_reed: the image ids, since those columns are queries of the reverse direction)
+    gallery_names: list[str] | None = None
+    # pooled class queries (class_reed): the id of the row pooled from each query label (the class name)
+    label_names: dict[int, str] | None = None
     info: dict[str, Any] = field(
         default_factory=dict
     )  # split, caption policy, feature source... (result.json)
@@ -62,5 +68,6 @@ class EvalSpec:
             groups=groups,
             query_ids=self.query_ids,
             gallery_names=self.gallery_names,
+            label_names=self.label_names,
             info=dict(self.info),
         )

@@ -1,0 +1,299 @@
+"""Per-query outcomes: every protocol's metrics decompose exactly into per-unit values, ids are stable and
+unique for every datamodule, runs store them beside result.json atomically (evaluation/outcomes.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fgbench.evaluation import EvalResult, EvalSpec, evaluate
+from fgbench.evaluation.outcomes import (
+    DirectionOutcomes,
+    MetricSample,
+    QueryOutcomes,
+    align,
+    load_outcomes,
+    metric_values,
+    outcomes_file,
+    same_queries,
+    save_outcomes,
+)
+
+NOT_DECOMPOSED = ("medr",)  # a median has no per-unit decomposition
+
+
+def tied(rng: np.random.Generator, q: int, g: int, levels: int = 6) -> torch.Tensor:
+    return torch.from_numpy(rng.integers(0, levels, size=(q, g)).astype(np.float32))
+
+
+def check_decomposes(res: EvalResult, tmp: Path | None = None) -> QueryOutcomes:
+    """Every metric: the mean of its per-unit values equals it; the file round-trips the same values."""
+    o = res.outcomes
+    assert o is not None
+    loaded = None
+    if tmp is not None:
+        save_outcomes(tmp / "o.npz", o)
+        loaded = load_outcomes(tmp / "o.npz")
+    for key, value in res.metrics.items():
+        if key.endswith(NOT_DECOMPOSED):
+            with pytest.raises(KeyError, match="no per-query metric"):
+                metric_values(o, key)
+            continue
+        s = metric_values(o, key)
+        assert s.values.mean() == pytest.approx(value, rel=1e-9, abs=1e-9), key
+        assert len(np.unique(s.units)) == len(s.units) and (np.sort(s.units) == s.units).all()
+        if loaded is not None:
+            t = metric_values(loaded, key)
+            assert (t.units == s.units).all() and np.array_equal(t.values, s.values), key
+    with pytest.raises(KeyError, match="no per-query metric"):
+        metric_values(o, "nonsense")
+    return o
+
+
+def test_person_t2i_with_exclusions(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    gl = rng.integers(0, 5, size=23)
+    ql = rng.choice(gl, size=31)
+    ex = np.where(rng.random(31) < 0.5, rng.integers(0, 23, size=31), -1)
+    ex[gl[ex] == ql] = -1  # never exclude a query's only positive
+    ids = [f"img{i // 2}.jpg#{i % 2}" for i in range(31)]
+    spec = EvalSpec(
+        "person_t2i",
+        torch.from_numpy(ql),
+        torch.from_numpy(gl),
+        exclude=torch.from_numpy(ex),
+        query_ids=ids,
+        info={"split": "test", "dataset": "toy"},
+    )
+    for block in (1, 7, 100):
+        res = evaluate(tied(rng, 31, 23), spec, block_rows=block)
+        o = check_decomposes(res, tmp_path)
+    d = o.directions["t2i"]
+    assert d.ids.tolist() == ids and o.split == "test" and o.info["ids"] == "dataset"
+    n_pos = np.array([(gl == q).sum() - (e >= 0 and gl[e] == q) for q, e in zip(ql, ex, strict=True)])
+    assert d.stats["n_pos"].tolist() == n_pos.tolist()
+    assert d.stats["n_cand"].tolist() == (23 - (ex >= 0)).tolist()
+    assert set(d.stats) == {"ap", "inp", "n_pos", "n_cand"}
+
+
+def test_person_t2i_rerank_outcomes_are_the_final_ranks() -> None:
+    rng = np.random.default_rng(1)
+    gl = rng.integers(0, 4, size=19)
+    ql = rng.choice(gl, size=17)
+    S, R = tied(rng, 17, 19), tied(rng, 17, 19, levels=3)
+    from fgbench.evaluation import MatrixSource
+
+    src = MatrixSource(S, pair_fn=lambda r, c: R[r, c])
+    res = evaluate(src, EvalSpec("person_t2i", torch.from_numpy(ql), torch.from_numpy(gl)), rerank_k=4)
+    o = check_decomposes(res)
+    assert o.info["ids"] == "position" and o.directions["t2i"].ids[:3].tolist() == ["0", "1", "2"]
+
+
+def test_class_reed_units_are_classes_and_images() -> None:
+    rng = np.random.default_rng(2)
+    gl = rng.integers(0, 6, size=130)
+    spec = EvalSpec(
+        "class_reed",
+        torch.arange(6),
+        torch.from_numpy(gl),
+        query_ids=[f"class{c}" for c in range(6)],
+        gallery_names=[f"c/{i}" for i in range(130)],
+    )
+    o = check_decomposes(evaluate(tied(rng, 6, 130, levels=4), spec))
+    assert metric_values(o, "AP50").units.tolist() == [f"class{c}" for c in range(6)]
+    assert len(metric_values(o, "top1").units) == 130
+    assert (o.directions["i2t"].stats["n_cand"] == 6).all() and (
+        o.directions["t2i"].stats["n_cand"] == 130
+    ).all()
+
+
+def itm_spec(protocol: str, rng: np.random.Generator, n_img: int) -> EvalSpec:
+    """Uneven captions per image (the 'all' policy): 3 to 7 each."""
+    per = rng.integers(3, 8, size=n_img)
+    cap = np.repeat(np.arange(n_img), per)
+    rng.shuffle(cap)
+    k = {i: 0 for i in range(n_img)}
+    cap_ids = []
+    for c in cap:
+        cap_ids.append(f"im{c}.jpg#{k[int(c)]}")
+        k[int(c)] += 1
+    return EvalSpec(
+        protocol,
+        torch.arange(n_img),
+        torch.from_numpy(cap),
+        query_ids=[f"im{i}.jpg" for i in range(n_img)],
+        gallery_names=cap_ids,
+    )
+
+
+@pytest.mark.parametrize("protocol", ["f30k_1k", "coco_5k", "coco_1k_5fold"])
+@pytest.mark.parametrize("seed", range(3))
+def test_image_text_rsum_decomposes_by_image(protocol: str, seed: int, tmp_path: Path) -> None:
+    rng = np.random.default_rng(seed)
+    spec = itm_spec(protocol, rng, 20)
+    res = evaluate(tied(rng, 20, spec.n_gallery), spec, block_rows=3)
+    o = check_decomposes(res, tmp_path)
+    i2t, t2i = o.directions["i2t"], o.directions["t2i"]
+    assert (i2t.unit == i2t.ids).all()
+    assert all(c.split("#")[0] == u for c, u in zip(t2i.ids, t2i.unit, strict=True))  # a caption's unit
+    units = metric_values(o, "rsum").units
+    assert units.tolist() == sorted(f"im{i}.jpg" for i in range(20))
+    if protocol == "coco_1k_5fold":
+        assert sorted(set(i2t.stats["fold"].tolist())) == list(range(5)) and o.info["folds"] == 5
+        # each fold's captions rank that fold's 4 images; each image's among its fold's captions
+        assert (t2i.stats["n_cand"] == 4).all()
+        folds = res.details["folds"]
+        for f in range(5):
+            mine = i2t.stats["fold"] == f
+            assert 100.0 * (i2t.first[mine] < 1).mean() == pytest.approx(folds[f]["i2t_R1"])
+    else:
+        assert (t2i.stats["n_cand"] == 20).all() and (i2t.stats["n_cand"] == spec.n_gallery).all()
+        assert (t2i.stats["n_pos"] == 1).all()
+
+
+@pytest.mark.parametrize("protocol", ["fiq_a", "fiq_b"])
+def test_fashioniq_category_average_decomposes(protocol: str, tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    cats = {"dress": (12, 60), "shirt": (9, 55), "toptee": (7, 70)}
+    nq, ng = sum(q for q, _ in cats.values()), sum(g for _, g in cats.values())
+    ql = np.zeros(nq, dtype=np.int64)
+    ex = np.full(nq, -1, dtype=np.int64)
+    groups, q0, g0, ids = {}, 0, 0, []
+    for name, (n, m) in cats.items():
+        qi, gi = np.arange(q0, q0 + n), np.arange(g0, g0 + m)
+        ql[qi] = rng.choice(gi, size=n)
+        if protocol == "fiq_b":
+            ex[qi] = [rng.choice([g for g in gi if g != t]) for t in ql[qi]]
+        groups[name] = (torch.from_numpy(qi), torch.from_numpy(gi))
+        ids += [f"{name}/c{i}>t{i}#0" for i in range(n)]
+        q0, g0 = q0 + n, g0 + m
+    spec = EvalSpec(
+        protocol,
+        torch.from_numpy(ql),
+        torch.arange(ng),
+        exclude=None if protocol == "fiq_a" else torch.from_numpy(ex),
+        groups=groups,
+        query_ids=ids,
+    )
+    o = check_decomposes(evaluate(tied(rng, nq, ng), spec, block_rows=4), tmp_path)
+    assert list(o.directions) == list(cats)
+    for name, (n, m) in cats.items():
+        d = o.directions[name]
+        assert len(d.ids) == n and all(i.startswith(f"{name}/") for i in d.ids)
+        assert (d.stats["n_cand"] == m - (protocol == "fiq_b")).all()
+    assert len(metric_values(o, "avg").units) == nq
+
+
+def cirr_spec(rng: np.random.Generator, nq: int, ng: int, labelled: bool = True) -> EvalSpec:
+    sub = np.stack([rng.choice(ng, size=6, replace=False) for _ in range(nq)])
+    sub[::4, 5] = -1  # a short image set
+    ex = sub[:, 0].copy()
+    ql = sub[np.arange(nq), rng.integers(1, 5, size=nq)]
+    return EvalSpec(
+        "cirr",
+        torch.from_numpy(ql) if labelled else None,
+        torch.arange(ng),
+        exclude=torch.from_numpy(ex),
+        subsets=torch.from_numpy(sub),
+        query_ids=[str(1000 + i) for i in range(nq)],
+        gallery_names=[f"img-{g}" for g in range(ng)],
+    )
+
+
+def test_cirr_subset_recall_and_avg(tmp_path: Path) -> None:
+    rng = np.random.default_rng(4)
+    spec = cirr_spec(rng, 25, 70)
+    o = check_decomposes(evaluate(tied(rng, 25, 70), spec), tmp_path)
+    d = o.directions["cirr"]
+    assert d.ids.tolist() == spec.query_ids
+    assert d.stats["n_sub"].tolist() == [4 if i % 4 == 0 else 5 for i in range(25)]
+    assert (d.stats["n_cand"] == 69).all() and (d.stats["n_pos"] == 1).all()
+    no_targets = evaluate(tied(rng, 25, 70), cirr_spec(rng, 25, 70, labelled=False))
+    assert no_targets.outcomes is None and no_targets.metrics == {}
+
+
+def test_f200k(tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    gl = rng.integers(0, 40, size=150)
+    ex = rng.integers(0, 150, size=30)
+    tgt = np.array([rng.choice([g for g in range(150) if g != e]) for e in ex])
+    spec = EvalSpec("f200k", torch.from_numpy(gl[tgt]), torch.from_numpy(gl), exclude=torch.from_numpy(ex))
+    o = check_decomposes(evaluate(tied(rng, 30, 150), spec), tmp_path)
+    d = o.directions["f200k"]
+    want = [(gl == gl[t]).sum() - (gl[e] == gl[t]) for t, e in zip(tgt, ex, strict=True)]
+    assert d.stats["n_pos"].tolist() == want and (d.stats["n_cand"] == 149).all()
+
+
+def test_repeated_or_missized_ids_are_refused() -> None:
+    spec = EvalSpec("person_t2i", torch.tensor([0, 1]), torch.tensor([0, 1]), query_ids=["a", "a"])
+    with pytest.raises(ValueError, match="ids repeat"):
+        evaluate(torch.eye(2), spec)
+    spec.query_ids = ["a"]
+    with pytest.raises(ValueError, match="1 ids for 2"):
+        evaluate(torch.eye(2), spec)
+
+
+# -- pairing --------------------------------------------------------------------------------------------
+
+
+def test_align_names_what_differs() -> None:
+    a = MetricSample("R1", np.array(["a", "b", "c"]), np.zeros(3))
+    b = MetricSample("R1", np.array(["a", "b", "d"]), np.ones(3))
+    assert align([a, a]).tolist() == ["a", "b", "c"]
+    with pytest.raises(ValueError, match=r"1 only in run1 \(e.g. \['c'\]\), 1 only in run2 \(e.g. \['d'\]\)"):
+        align({"run1": a, "run2": b})
+    with pytest.raises(ValueError, match="holds 'R5'"):
+        align([a, MetricSample("R5", a.units, a.values)])
+
+
+def test_same_queries_names_the_difference() -> None:
+    def outcomes(ids: list[str], split: str = "test") -> QueryOutcomes:
+        d = DirectionOutcomes(np.array(ids), np.zeros(len(ids), dtype=np.int64))
+        return QueryOutcomes("person_t2i", split, {"t2i": d}, {"dataset": "toy"})
+
+    same_queries({"a": outcomes(["x", "y"]), "b": outcomes(["y", "x"])})
+    with pytest.raises(ValueError, match="differ in split"):
+        same_queries({"a": outcomes(["x"]), "b": outcomes(["x"], "val")})
+    with pytest.raises(ValueError, match=r"only in a: \['y'\]"):
+        same_queries({"a": outcomes(["x", "y"]), "b": outcomes(["x", "z"])})
+
+
+# -- the file -------------------------------------------------------------------------------------------
+
+
+def test_outcomes_file_names() -> None:
+    assert outcomes_file("test") == "outcomes.test.npz"
+    assert outcomes_file("test", "rerank10") == "outcomes.test.rerank10.npz"
+
+
+def test_bad_file_gives_one_clear_error(tmp_path: Path) -> None:
+    bad = tmp_path / "outcomes.test.npz"
+    bad.write_text("not a zip")
+    with pytest.raises(ValueError, match=f"{bad}: not a per-query outcomes file"):
+        load_outcomes(bad)
+    with pytest.raises(FileNotFoundError, match="re-test the run"):
+        load_outcomes(tmp_path / "absent.npz")
+    np.savez(bad, x=np.zeros(2))
+    with pytest.raises(ValueError, match="not a per-query outcomes file"):
+        load_outcomes(bad)
+
+
+def test_write_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(6)
+    res = evaluate(tied(rng, 8, 8), EvalSpec("person_t2i", torch.arange(8), torch.arange(8)))
+    assert res.outcomes is not None
+    path = save_outcomes(tmp_path / "outcomes.test.npz", res.outcomes)
+    before = path.read_bytes()
+    assert [p.name for p in tmp_path.iterdir()] == ["outcomes.test.npz"]
+
+    def fail(*args: object, **kwargs: object) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr("os.fsync", fail)
+    with pytest.raises(OSError, match="disk full"):
+        save_outcomes(path, res.outcomes)
+    assert path.read_bytes() == before  # the old file stands, no temp file is left
+    assert [p.name for p in tmp_path.iterdir()] == ["outcomes.test.npz"]
