@@ -24,6 +24,7 @@ import torch
 
 from fgbench.data.datasets import ComposedQueryDataset, ImageFiles, TripletDataset, VisualDataset
 from fgbench.data.module import EvalSet, LoadedData, RetrievalDataModule
+from fgbench.data.query_ids import number_repeats
 from fgbench.data.validation import (
     DatasetFormatError,
     QuirkKind,
@@ -171,7 +172,7 @@ class CIRRDataModule(RetrievalDataModule):
         names, paths = self.read_image_split(split)
         known = set(names)
         self._pairids: set[int] = set()
-        file = self.annotation(f"captions/cap.rc2.{split}.json")
+        file = self.caption_file(split)
         entries = read_json(file, self.name)
         if not isinstance(entries, list):
             raise DatasetFormatError(file, f"top level is {type(entries).__name__}", expected="a JSON list")
@@ -184,6 +185,9 @@ class CIRRDataModule(RetrievalDataModule):
             paths, missing = self.resolve_train_paths(paths, missing)
         handle_missing(self.name, split, missing, len(paths), self.skip_missing, self.missing_hint(split))
         return SplitData(names, paths, triplets, labelled, missing)
+
+    def caption_file(self, split: str) -> Path:
+        return self.annotation(f"captions/cap.rc2.{split}.json")
 
     def read_entry(
         self, split: str, entry: Any, file: Path, i: int, known: set[str], labelled: bool
@@ -339,7 +343,9 @@ class CIRRDataModule(RetrievalDataModule):
             subsets=torch.tensor([subset_row(t.members, gidx) for t in queries], dtype=torch.long).view(
                 len(queries), N_MEMBERS
             ),
-            query_ids=[str(t.pairid) for t in queries],
+            query_ids=number_repeats(
+                [str(t.pairid) for t in queries], self.caption_file(split)
+            ),  # a duplicate_pairid numbered
             gallery_names=names,
             info={"dataset": self.name, "split": split, "n_missing": len(d.missing)},
         )

@@ -30,6 +30,7 @@ from torch.utils.data import Dataset
 
 from fgbench.data.datasets import ComposedQueryDataset, ImageFiles, Transform, VisualDataset
 from fgbench.data.module import EvalSet, LoadedData, RetrievalDataModule
+from fgbench.data.query_ids import number_repeats
 from fgbench.data.validation import (
     DatasetFormatError,
     QuirkKind,
@@ -313,6 +314,9 @@ class Fashion200KDataModule(RetrievalDataModule):
             query_labels=torch.tensor([caption_of[j] for j in tgt], dtype=torch.long),
             gallery_labels=torch.tensor(caption_of, dtype=torch.long),
             exclude=torch.tensor(src, dtype=torch.long),
+            query_ids=number_repeats(
+                [f"{s}>{t}" for s, t in queries], self.base / "test_queries.txt"
+            ),  # a repeated line numbered
             info={"dataset": self.name, "split": "test", "n_missing": len(absent)},
         )
         texts = [

@@ -28,6 +28,7 @@ import torch
 
 from fgbench.data.datasets import ComposedQueryDataset, ImageFiles, TripletDataset, VisualDataset
 from fgbench.data.module import EvalSet, LoadedData, RetrievalDataModule
+from fgbench.data.query_ids import number_repeats
 from fgbench.data.validation import (
     DatasetFormatError,
     QuirkKind,
@@ -375,6 +376,7 @@ class FashionIQDataModule(RetrievalDataModule):
         extra = {a: len(gallery) + k for k, a in enumerate(a for a in outside if a not in absent)}
         ref_ids: list[int] = []
         texts: list[str] = []
+        qids: list[str] = []  # <category>/<candidate>><target>#<text>: a duplicate_entry numbered
         labels: list[int] = []
         exclude: list[int] = []
         groups: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -385,7 +387,8 @@ class FashionIQDataModule(RetrievalDataModule):
             for t in kept:
                 ref = gidx.get(t.candidate, extra.get(t.candidate, -1))
                 excluded = gidx.get(t.candidate, -1) if t.candidate != t.target else -1
-                for text in self.texts(*t.captions):
+                for j, text in enumerate(self.texts(*t.captions)):
+                    qids.append(f"{part.category}/{t.candidate}>{t.target}#{j}")
                     ref_ids.append(ref)
                     texts.append(text)
                     labels.append(gidx[t.target] if t.target is not None else -1)
@@ -410,6 +413,7 @@ class FashionIQDataModule(RetrievalDataModule):
             gallery_labels=torch.tensor(gallery_labels, dtype=torch.long),
             exclude=torch.tensor(exclude, dtype=torch.long),
             groups=groups,
+            query_ids=number_repeats(qids, self.base / "captions" / f"cap.*.{split}.json"),
             info={
                 "dataset": self.name,
                 "split": split,

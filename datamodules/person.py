@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from fgbench.data.datasets import ImageFiles, PairDataset, TextDataset, VisualDataset
 from fgbench.data.module import EvalSet, LoadedData, RetrievalDataModule
+from fgbench.data.query_ids import number_repeats
 from fgbench.data.samplers import PKSampler
 from fgbench.data.validation import (
     DatasetFormatError,
@@ -402,10 +403,17 @@ class PersonDataModule(RetrievalDataModule):
         kept = sp.kept()
         caps = [(c, r.pid) for r in kept for c in r.captions]
         store = ImageFiles([r.path for r in kept])
+        images = number_repeats(
+            [r.rel for r in kept], self.base / self.annotation_file
+        )  # a path listed twice (duplicate_path) numbered
         spec = EvalSpec(
             protocol="person_t2i",
             query_labels=torch.tensor([pid for _, pid in caps], dtype=torch.long),
             gallery_labels=torch.tensor([r.pid for r in kept], dtype=torch.long),
+            query_ids=[
+                f"{im}#{j}" for im, r in zip(images, kept, strict=True) for j in range(len(r.captions))
+            ],
+            gallery_names=images,
             info={**self.spec_info(split), "n_missing": len(sp.missing)},
         )
         es = EvalSet(queries=TextDataset([c for c, _ in caps]), gallery=VisualDataset(store), spec=spec)

@@ -372,10 +372,16 @@ class ReedDataModule(RetrievalDataModule):
         """Queries = every caption (labelled by class; the method pools them per class), gallery = images."""
         kept = d.kept()
         caps = [(c, it.label) for it in kept for c in it.captions]
+        images = [f"{it.cls}/{it.text.stem}" for it in kept]  # the caption file, unique per class folder
         spec = EvalSpec(
             protocol="class_reed",
             query_labels=torch.tensor([lab for _, lab in caps], dtype=torch.long),
             gallery_labels=torch.tensor([it.label for it in kept], dtype=torch.long),
+            query_ids=[
+                f"{im}#{j}" for im, it in zip(images, kept, strict=True) for j in range(len(it.captions))
+            ],
+            gallery_names=images,
+            label_names={self.class_number(c): c for c in d.classes},  # pooled class queries: the class
             info={
                 "dataset": self.name,
                 "split": split,

@@ -3,12 +3,17 @@ unique for every datamodule, runs store them beside result.json atomically (eval
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from fgbench.data.module import RetrievalDataModule
+from fgbench.data.query_ids import number_repeats
+from fgbench.data.validation import DatasetFormatError
 from fgbench.evaluation import EvalResult, EvalSpec, evaluate
 from fgbench.evaluation.outcomes import (
     DirectionOutcomes,
@@ -21,6 +26,7 @@ from fgbench.evaluation.outcomes import (
     same_queries,
     save_outcomes,
 )
+from fgbench.evaluation.per_query import pooled_ids
 
 NOT_DECOMPOSED = ("medr",)  # a median has no per-unit decomposition
 
@@ -297,3 +303,198 @@ def test_write_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
         save_outcomes(path, res.outcomes)
     assert path.read_bytes() == before  # the old file stands, no temp file is left
     assert [p.name for p in tmp_path.iterdir()] == ["outcomes.test.npz"]
+
+
+# -- stable query ids of every datamodule ---------------------------------------------------------------
+
+
+def _person(tmp: Path, quirky: bool = False) -> Callable[[], RetrievalDataModule]:
+    from datamodules.person import RSTPReidDataModule
+    from tests.fixtures.person import inject_quirk, write_rstpreid
+
+    fx = write_rstpreid(tmp)
+    if quirky:
+        inject_quirk(fx, "duplicate_path")
+    return lambda: RSTPReidDataModule(root=str(tmp))
+
+
+def _cuhk(tmp: Path) -> Callable[[], RetrievalDataModule]:
+    from datamodules.person import CUHKPedesDataModule
+    from tests.fixtures.person import write_cuhk
+
+    write_cuhk(tmp)
+    return lambda: CUHKPedesDataModule(root=str(tmp))
+
+
+def _reed(tmp: Path) -> Callable[[], RetrievalDataModule]:
+    from datamodules.reed import CUBDataModule
+    from tests.fixtures.reed import write_cub
+
+    write_cub(tmp)
+    return lambda: CUBDataModule(root=str(tmp))
+
+
+def _f30k(tmp: Path) -> Callable[[], RetrievalDataModule]:
+    from datamodules.itm import Flickr30KDataModule
+    from tests.fixtures import itm
+
+    itm.write_f30k_images(tmp)
+    return lambda: Flickr30KDataModule(root=str(tmp))
+
+
+def _coco_5fold(tmp: Path) -> Callable[[], RetrievalDataModule]:
+    from datamodules.itm import COCODataModule
+    from tests.fixtures import itm
+
+    itm.write_coco_images(tmp)
+    return lambda: COCODataModule(root=str(tmp), coco_protocol="coco_1k_5fold", caption_policy="all")
+
+
+def _coco_butd(tmp: Path) -> Callable[[], RetrievalDataModule]:
+    from datamodules.itm import COCODataModule
+    from tests.fixtures import itm
+
+    itm.write_coco_butd(tmp)
+    return lambda: COCODataModule(root=str(tmp), feature_source="butd")
+
+
+def _f30k_precomp(tmp: Path) -> Callable[[], RetrievalDataModule]:
+    from datamodules.itm import Flickr30KDataModule
+    from tests.fixtures import itm
+
+    itm.write_precomp(tmp, "f30k", {"train": 3, "dev": 2, "test": 2})
+    return lambda: Flickr30KDataModule(root=str(tmp), feature_source="precomp")
+
+
+def _cirr(tmp: Path, quirky: bool = False) -> Callable[[], RetrievalDataModule]:
+    from datamodules.cirr import CIRRDataModule
+    from tests.fixtures.composed import CIRR_QUIRKS, write_cirr
+
+    write_cirr(tmp, quirks=CIRR_QUIRKS if quirky else ())
+    return lambda: CIRRDataModule(root=str(tmp))
+
+
+def _fiq(tmp: Path, quirky: bool = False, protocol: str = "fiq_a") -> Callable[[], RetrievalDataModule]:
+    from datamodules.fashioniq import FashionIQDataModule
+    from tests.fixtures.composed import FIQ_QUIRKS, write_fashioniq
+
+    write_fashioniq(tmp, quirks=FIQ_QUIRKS if quirky else ())
+    return lambda: FashionIQDataModule(root=str(tmp), protocol=protocol)
+
+
+def _f200k(tmp: Path, quirky: bool = False) -> Callable[[], RetrievalDataModule]:
+    from datamodules.fashion200k import Fashion200KDataModule
+    from tests.fixtures.composed import F200K_QUIRKS, write_fashion200k
+
+    write_fashion200k(tmp, quirks=F200K_QUIRKS if quirky else ())
+    return lambda: Fashion200KDataModule(root=str(tmp))
+
+
+DATAMODULES: dict[str, Callable[[Path], Callable[[], RetrievalDataModule]]] = {
+    "rstpreid": _person,
+    "rstpreid-duplicate-path": lambda t: _person(t, quirky=True),
+    "cuhk-pedes": _cuhk,
+    "cub": _reed,
+    "flickr30k": _f30k,
+    "coco-5fold": _coco_5fold,
+    "coco-butd": _coco_butd,
+    "flickr30k-precomp": _f30k_precomp,
+    "cirr": _cirr,
+    "cirr-quirks": lambda t: _cirr(t, quirky=True),
+    "fashioniq": _fiq,
+    "fashioniq-b-quirks": lambda t: _fiq(t, quirky=True, protocol="fiq_b"),
+    "fashion200k": _f200k,
+    "fashion200k-quirks": lambda t: _f200k(t, quirky=True),
+}
+REPEATS = {"rstpreid-duplicate-path", "cirr-quirks", "fashioniq-b-quirks"}  # fixtures listing a query twice
+ID_FORMAT = {  # a regular expression every query id of the dataset matches
+    "person_t2i": r"\S+\.jpg(~\d+)?#\d+",
+    "class_reed": r"\d{3}\.Bird_\d+/Bird_\d+_\d{4}_\d+#\d+",
+    "f30k_1k": r"(img\d+\.jpg|test:\d+|dev:\d+|\d+)",  # COCO val: cocoids
+    "coco_5k": r"\d+",
+    "coco_1k_5fold": r"\d+",
+    "cirr": r"\d+(~\d+)?",
+    "fiq_a": r"(dress|shirt|toptee)/\w+>\w+#0(~\d+)?",
+    "fiq_b": r"(dress|shirt|toptee)/\w+>(\w+|None)#[01](~\d+)?",
+    "f200k": r"\S+\.(jpg|jpeg)>\S+\.(jpg|jpeg)(~\d+)?",
+}
+
+
+def _pooled(spec: EvalSpec) -> EvalSpec:
+    """class_reed as the base method pools it: one row per class, named by the class."""
+    assert spec.query_labels is not None
+    labels = torch.unique(spec.query_labels, sorted=True)
+    return EvalSpec(
+        spec.protocol,
+        labels,
+        spec.gallery_labels,
+        query_ids=pooled_ids(spec, labels),
+        gallery_names=spec.gallery_names,
+        info=dict(spec.info),
+    )
+
+
+@pytest.mark.parametrize("case", list(DATAMODULES))
+def test_query_ids_are_stable_unique_and_keyed_in_the_outcomes(case: str, tmp_path: Path) -> None:
+    make = DATAMODULES[case](tmp_path)
+    first, again = make(), make()
+    numbered = [i for s in first.loaded.eval_sets for i in first.eval_spec(s).query_ids or [] if "~" in i]
+    # the quirks a loader keeps twice (a repeated path, pair id, entry) are numbered, never dropped
+    assert bool(numbered) == (case in REPEATS), numbered
+    for split in first.loaded.eval_sets:
+        spec, spec2 = first.eval_spec(split), again.eval_spec(split)
+        ids = spec.query_ids
+        assert ids is not None and len(ids) == spec.n_query and len(set(ids)) == len(ids), split
+        assert ids == spec2.query_ids and spec.gallery_names == spec2.gallery_names  # the same every run
+        pattern = ID_FORMAT[spec.protocol]
+        assert all(re.fullmatch(pattern, i) for i in ids), (
+            split,
+            [i for i in ids if not re.fullmatch(pattern, i)],
+        )
+        if spec.protocol in ("f30k_1k", "coco_5k", "coco_1k_5fold", "class_reed"):  # columns are queries too
+            names = spec.gallery_names
+            assert names is not None and len(names) == spec.n_gallery and len(set(names)) == len(names)
+        if spec.protocol == "class_reed":
+            spec = _pooled(spec)
+            assert all(re.fullmatch(r"\d{3}\.Bird_\d+", i) for i in spec.query_ids or [])
+        if spec.query_labels is None:  # CIRR test1 / FashionIQ test: no targets, no outcomes
+            continue
+        if spec.protocol == "coco_1k_5fold" and spec.n_query % 5:
+            continue
+        rng = np.random.default_rng(0)
+        res = evaluate(tied(rng, spec.n_query, spec.n_gallery), spec)
+        o = check_decomposes(res)
+        assert o.info["ids"] == "dataset" and o.split == split and o.info["dataset"] == first.name
+        keyed = np.concatenate([d.ids for d in o.directions.values()])
+        if spec.protocol in ("f30k_1k", "coco_5k", "coco_1k_5fold"):
+            assert sorted(keyed.tolist()) == sorted([*ids, *(spec.gallery_names or [])])
+            t2i = o.directions["t2i"]
+            assert all(c.rsplit("#", 1)[0] == u for c, u in zip(t2i.ids, t2i.unit, strict=True))
+        elif spec.protocol == "class_reed":
+            assert sorted(keyed.tolist()) == sorted([*(spec.query_ids or []), *(spec.gallery_names or [])])
+        else:
+            assert sorted(keyed.tolist()) == sorted(ids)
+
+
+@pytest.mark.parametrize("name", ["synth-person", "synth-scenes", "synth-cir"])
+def test_synthetic_datamodules_have_stable_ids(name: str, tmp_path: Path) -> None:
+    from fgbench.registry import DATAMODULES as REGISTRY
+    from tests.test_synthetic import MINI
+
+    make = lambda: REGISTRY.get(name)(root=str(tmp_path), sizes=MINI[name])  # noqa: E731
+    first, again = make(), make()
+    for split in first.loaded.eval_sets:
+        spec = first.eval_spec(split)
+        ids = spec.query_ids
+        assert ids is not None and len(set(ids)) == len(ids) == spec.n_query
+        assert ids == again.eval_spec(split).query_ids
+        if spec.query_labels is not None and spec.protocol != "coco_1k_5fold":
+            rng = np.random.default_rng(1)
+            o = check_decomposes(evaluate(tied(rng, spec.n_query, spec.n_gallery), spec))
+            assert o.info["ids"] == "dataset"
+
+
+def test_number_repeats_numbers_in_file_order_and_names_the_file() -> None:
+    assert number_repeats(["a", "b", "a", "a"], "f.json") == ["a", "b", "a~2", "a~3"]
+    with pytest.raises(DatasetFormatError, match=r"f\.json: 1 query ids repeat .*'a~2'"):
+        number_repeats(["a", "a", "a~2"], "f.json")

@@ -18,6 +18,7 @@ from torch import Tensor
 
 from fgbench.data.datasets import PairDataset, TextDataset, Transform, VisualDataset, VisualStore, load_image
 from fgbench.data.module import EvalSet
+from fgbench.data.query_ids import number_repeats
 from fgbench.data.validation import DatasetFormatError, find_missing, handle_missing
 from fgbench.evaluation.spec import EvalSpec
 
@@ -34,6 +35,7 @@ class SplitIndex:
     captions: list[str]
     caption_image: list[int]  # image index (within the split) of each caption
     info: dict[str, Any] = field(default_factory=dict)  # what the EvalSpec records about this split
+    keys: list[str] = field(default_factory=list)  # stable id of each image (filename, cocoid, file row)
 
     @property
     def n_images(self) -> int:
@@ -48,6 +50,7 @@ class SplitIndex:
             self,
             ids=[self.ids[i] for i in images],
             files=[self.files[i] for i in images],
+            keys=[self.keys[i] for i in images],
             captions=[self.captions[c] for c in keep],
             caption_image=[pos[self.caption_image[c]] for c in keep],
         )
@@ -89,10 +92,22 @@ def eval_set(index: SplitIndex, protocol: str, info: dict[str, Any]) -> EvalSet:
     indices 0..N-1 and `gallery_labels` the image index of each caption; the method scores the loaders'
     captions x images and the base method transposes.
     """
+    images = number_repeats(
+        index.keys, f"{info.get('dataset')} {info.get('split')} images"
+    )  # an image listed twice (duplicate_image) numbered
+    if len(images) != index.n_images:
+        raise ValueError(f"{protocol}: {len(images)} image ids for {index.n_images} images")
+    nth = [0] * index.n_images
+    captions = []
+    for i in index.caption_image:  # caption id: <image id>#<its index among the image's captions>
+        captions.append(f"{images[i]}#{nth[i]}")
+        nth[i] += 1
     spec = EvalSpec(
         protocol=protocol,
         query_labels=torch.arange(index.n_images),
         gallery_labels=torch.tensor(index.caption_image, dtype=torch.long),
+        query_ids=images,
+        gallery_names=captions,
         info={**info, **index.info, "orientation": "rows=images", "protocol": protocol},
     )
     return EvalSet(

@@ -329,10 +329,16 @@ class ITMDataModule(RetrievalDataModule):
     def karpathy_index(self, images: list[KarpathyImage]) -> SplitIndex:
         paths = [self.image_path(im) for im in images]
         captions = [select_captions(im.captions, self.caption_policy) for im in images]
+        keys = [self.image_key(im) for im in images]
         if self.with_boxes:
             boxes = [self.feature_path("bu_box", self.feature_id(im)) for im in images]
-            return split_index(ImageBoxFiles(paths, boxes), list(zip(paths, boxes, strict=True)), captions)
-        return split_index(ImageFiles(paths), [(p,) for p in paths], captions)
+            files = list(zip(paths, boxes, strict=True))
+            return split_index(ImageBoxFiles(paths, boxes), files, captions, keys)
+        return split_index(ImageFiles(paths), [(p,) for p in paths], captions, keys)
+
+    def image_key(self, im: KarpathyImage) -> str:
+        """The image's stable id in per-query outcomes: Flickr30K its filename (COCO: its cocoid)."""
+        return im.filename
 
     # -- precomp: SCAN files --------------------------------------------------------------------------
     def precomp_file(self, split: str) -> str:
@@ -363,7 +369,10 @@ class ITMDataModule(RetrievalDataModule):
         self.check_precomp_ids(split, folder / f"{name}_ids.txt", n)
         owner = caption_mapping(caps, len(captions), ims, n)
         info = {"file_split": name, "precomp_files": str(folder / f"{name}_*")}
-        return SplitIndex(store, list(range(n)), [() for _ in range(n)], captions, owner, info)
+        keys = [
+            f"{name}:{i}" for i in range(n)
+        ]  # SCAN's files carry no reliable id: the row of {name}_ims.npy
+        return SplitIndex(store, list(range(n)), [() for _ in range(n)], captions, owner, info, keys)
 
     def check_precomp_ids(self, split: str, path: Path, n_images: int) -> None:
         """SCAN never reads `_ids.txt`: one that is absent or does not list one id per image is a quirk."""
@@ -388,6 +397,7 @@ class ITMDataModule(RetrievalDataModule):
                 [sizes.get(im.filename, (0, 0)) for im in chosen],  # (0, 0): no size; dropped as missing
                 [select_captions(im.captions, self.caption_policy) for im in chosen],
                 unsized,
+                [self.image_key(im) for im in chosen],
             )
         return out
 
@@ -397,11 +407,12 @@ class ITMDataModule(RetrievalDataModule):
         sizes: list[tuple[int, int]],
         captions: list[list[str]],
         extra_files: list[tuple[Path, ...]],
+        keys: list[str],
     ) -> SplitIndex:
         att = [self.feature_path("bu_att", f) for f in feature_ids]
         box = [self.feature_path("bu_box", f) for f in feature_ids]
         files = [(a, b, *e) for a, b, e in zip(att, box, extra_files, strict=True)]
-        return split_index(ButdStore(att, box, sizes), files, captions)
+        return split_index(ButdStore(att, box, sizes), files, captions, keys)
 
     def relevance_info(self, split: str, index: SplitIndex, dropped: bool) -> dict[str, Any]:
         """Optional TERAN relevance matrices of the split (checked against its caption and image counts)."""
@@ -422,11 +433,13 @@ class ITMDataModule(RetrievalDataModule):
         return {"relevances": {m: str(p) for m, p in present.items()}}
 
 
-def split_index(store: VisualStore, files: list[tuple[Path, ...]], captions: list[list[str]]) -> SplitIndex:
-    """A SplitIndex from per-image caption lists (image-major caption order)."""
+def split_index(
+    store: VisualStore, files: list[tuple[Path, ...]], captions: list[list[str]], keys: list[str]
+) -> SplitIndex:
+    """A SplitIndex from per-image caption lists (image-major caption order) and the images' stable ids."""
     flat = [c for caps in captions for c in caps]
     owner = [i for i, caps in enumerate(captions) for _ in caps]
-    return SplitIndex(store, list(range(len(files))), files, flat, owner)
+    return SplitIndex(store, list(range(len(files))), files, flat, owner, keys=keys)
 
 
 @register_datamodule("f30k")
@@ -493,6 +506,9 @@ class COCODataModule(ITMDataModule):
         """The bottom-up feature file id: the COCO image id."""
         return im.cocoid
 
+    def image_key(self, im: KarpathyImage) -> str:
+        return str(im.cocoid)
+
     def precomp_file(self, split: str) -> str:
         name = super().precomp_file(split)
         if split == "test" and name == "test" and not self.force:
@@ -544,6 +560,7 @@ class COCODataModule(ITMDataModule):
                 [coco.sizes[i] for i in ids],
                 [select_captions(by_image[i], self.caption_policy) for i in ids],
                 [() for _ in ids],
+                [str(i) for i in ids],
             )
         return out
 

@@ -27,6 +27,7 @@ from fgbench.data.module import RetrievalDataModule
 from fgbench.data.processor import BasicProcessor, Processor
 from fgbench.evaluation import EvalResult, EvalSpec, FunctionSource, evaluate
 from fgbench.evaluation.distributed import gather_by_index
+from fgbench.evaluation.per_query import pooled_ids
 from fgbench.evaluation.submission import write_cirr_submission
 from fgbench.features import Features
 from fgbench.optim import OptimConfig, build_optimizer, build_scheduler, param_groups
@@ -288,7 +289,14 @@ class RetrievalMethod(L.LightningModule):
         if spec.protocol in POOLED_QUERIES:
             assert spec.query_labels is not None
             q, labels = self.pool_queries(q, spec.query_labels)
-            spec = EvalSpec(spec.protocol, labels.cpu(), spec.gallery_labels, info=dict(spec.info))
+            spec = EvalSpec(
+                spec.protocol,
+                labels.cpu(),
+                spec.gallery_labels,
+                query_ids=pooled_ids(spec, labels),  # one row per class: its name
+                gallery_names=spec.gallery_names,
+                info=dict(spec.info),
+            )
         rescore = _Timed(
             lambda r, c: self.rescore_pairs(q.take(r.flatten()), g.take(c.flatten())).view(r.shape)
         )
