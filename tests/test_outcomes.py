@@ -3,6 +3,7 @@ unique for every datamodule, runs store them beside result.json atomically (eval
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -498,3 +499,59 @@ def test_number_repeats_numbers_in_file_order_and_names_the_file() -> None:
     assert number_repeats(["a", "b", "a", "a"], "f.json") == ["a", "b", "a~2", "a~3"]
     with pytest.raises(DatasetFormatError, match=r"f\.json: 1 query ids repeat .*'a~2'"):
         number_repeats(["a", "a", "a~2"], "f.json")
+
+
+def test_same_outcomes_give_the_same_bytes(tmp_path: Path) -> None:
+    rng = np.random.default_rng(7)
+    S = tied(rng, 9, 9)
+    spec = EvalSpec("person_t2i", torch.arange(9), torch.arange(9), info={"split": "test"})
+    a = save_outcomes(tmp_path / "a.npz", evaluate(S, spec).outcomes)  # type: ignore[arg-type]
+    b = save_outcomes(tmp_path / "b.npz", evaluate(S, spec, block_rows=2).outcomes)  # type: ignore[arg-type]
+    assert a.read_bytes() == b.read_bytes()
+    with np.load(a, allow_pickle=False) as z:  # plain arrays, no pickles
+        assert all(z[k].dtype != object for k in z.files)
+
+
+# -- runs store them ------------------------------------------------------------------------------------
+
+
+def test_fit_and_retests_write_outcomes_beside_their_results(tmp_path: Path) -> None:
+    from test_run_records import _args, _run_dirs
+
+    from fgbench.cli import main
+
+    from fixtures.person import write_rstpreid
+
+    data, runs = tmp_path / "data", tmp_path / "runs"
+    write_rstpreid(data, n_train=6, n_val=2, n_test=3)
+    assert main(["fit", *_args(data, runs, "--trainer.max_epochs", "1")]) == 0
+    (run,) = _run_dirs(runs)
+    record = json.loads((run / "result.json").read_text())
+    assert record["outcomes"] == {"test": "outcomes.test.npz"}
+    path = run / "outcomes.test.npz"
+    o = load_outcomes(path)
+    assert (o.protocol, o.split, o.info["ids"], o.info["dataset"]) == (
+        "person_t2i",
+        "test",
+        "dataset",
+        "rstpreid",
+    )
+    assert len(o.directions["t2i"].ids) == 3 * 5 * 2  # 3 test persons x 5 images x 2 captions
+    for key, value in record["metrics"].items():
+        assert metric_values(o, key).values.mean() == pytest.approx(value, rel=1e-9, abs=1e-9), key
+    first = path.read_bytes()
+    ckpt, config = str(run / "checkpoints" / "last.ckpt"), str(run / "config.yaml")
+    # a re-test of the run (an old run's re-test adds them): the same file, byte for byte
+    path.unlink()
+    assert main(["test", "--config", config, "--ckpt_path", ckpt]) == 0
+    assert path.read_bytes() == first
+    retested = json.loads((run / "result.json").read_text())
+    assert retested["outcomes"] == record["outcomes"] and retested["config_hash"] == record["config_hash"]
+    assert _run_dirs(runs) == [run]  # the run's identity (its folder's hash) is unchanged
+    # a variant files its own beside result.<variant>.json, never over the run's
+    assert main(["test", "--config", config, "--ckpt_path", ckpt, "--run.variant", "again"]) == 0
+    named = json.loads((run / "result.again.json").read_text())
+    assert named["outcomes"] == {"test": "outcomes.test.again.npz"}
+    assert (run / "outcomes.test.again.npz").read_bytes() == first  # same weights, same outcomes
+    assert path.read_bytes() == first
+    assert not [p.name for p in run.iterdir() if p.name.startswith(".")]  # no temp file left

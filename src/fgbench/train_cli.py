@@ -5,7 +5,8 @@ Config files merge left to right (`--config data/... --config method/... --confi
 is named by the hash of the config's identity (fgbench.identity: the values that change results and differ
 from the defaults), never by time, and holds config.yaml, metrics.csv, checkpoints and result.json. `fit`
 also tests the last-epoch weights and writes result.json (the suite's default; docs/protocols.md §1
-"Checkpoint: last epoch").
+"Checkpoint: last epoch"). Every test also writes the per-query outcomes beside its result,
+`outcomes.<split>[.<variant>].npz` (fgbench.evaluation.outcomes), named in the result's `outcomes`.
 
 The record of a run is never lost or misfiled:
 
@@ -49,6 +50,7 @@ from rich.table import Table
 
 from fgbench.data.module import RetrievalDataModule
 from fgbench.errors import new_run_dir
+from fgbench.evaluation.outcomes import outcomes_file, save_outcomes
 from fgbench.identity import differences, group_hash, identity, legacy_hash, resolve_class, same
 from fgbench.io import check_checkpoint
 from fgbench.method import RetrievalMethod
@@ -226,12 +228,17 @@ class ResultWriter(Callback):
         if result is None or not trainer.is_global_zero:
             return
         dm = trainer.datamodule
+        split = getattr(dm, "test_split", "test")
         measured = {
-            "split": getattr(dm, "test_split", "test"),
+            "split": split,
             "metrics": result.metrics,
             "details": result.details,
             "data": dm.loaded.record() if isinstance(dm, RetrievalDataModule) else {},
         }
+        if result.outcomes is not None:  # what the metrics are made of, query by query, beside the result
+            name = outcomes_file(split, str(self.target.record.get("variant") or ""))
+            save_outcomes(self.target.directory / name, result.outcomes)
+            measured["outcomes"] = {split: name}
         setting = {
             "device": device_name(),
             "precision": str(trainer.precision),

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import json
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,9 +82,20 @@ def save_outcomes(path: str | Path, outcomes: QueryOutcomes) -> Path:
             arrays[f"{name}.{key}"] = np.asarray(arr)
         if d.unit is not None:
             arrays[f"{name}.unit"] = np.asarray(d.unit, dtype=str)
+    return atomic_write_bytes(path, _npz_bytes(arrays))
+
+
+def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    """A compressed .npz (what np.load reads) with fixed entry dates: the same outcomes give the same bytes,
+    so a re-test that measures the same thing rewrites the file identically."""
     buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)  # type: ignore[arg-type]
-    return atomic_write_bytes(path, buf.getvalue())
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for key, arr in arrays.items():
+            info = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            with zf.open(info, "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, np.asanyarray(arr), allow_pickle=False)
+    return buf.getvalue()
 
 
 def load_outcomes(path: str | Path) -> QueryOutcomes:
@@ -103,7 +115,7 @@ def load_outcomes(path: str | Path) -> QueryOutcomes:
             )
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: no per-query outcomes (re-test the run to write them)") from None
-    except (OSError, ValueError, KeyError, json.JSONDecodeError) as err:
+    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as err:
         raise ValueError(f"{path}: not a per-query outcomes file ({type(err).__name__}: {err})") from None
     if header.get("format_version") != FORMAT_VERSION:
         raise ValueError(
