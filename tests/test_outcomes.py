@@ -555,3 +555,20 @@ def test_fit_and_retests_write_outcomes_beside_their_results(tmp_path: Path) -> 
     assert (run / "outcomes.test.again.npz").read_bytes() == first  # same weights, same outcomes
     assert path.read_bytes() == first
     assert not [p.name for p in run.iterdir() if p.name.startswith(".")]  # no temp file left
+
+
+def test_evaluate_cli_writes_outcomes_keyed_by_names(tmp_path: Path) -> None:
+    from fgbench.cli import main
+
+    rng = np.random.default_rng(8)
+    np.save(tmp_path / "S.npy", rng.normal(size=(4, 20)).astype(np.float32))  # 4 images x 5 captions
+    (tmp_path / "images.txt").write_text("".join(f"im{i}\n" for i in range(4)))
+    (tmp_path / "captions.txt").write_text("".join(f"im{c // 5}#{c % 5}\n" for c in range(20)))
+    out = tmp_path / "o.npz"
+    args = ["evaluate", "--protocol", "f30k_1k", "--scores", str(tmp_path / "S.npy"), "--outcomes", str(out)]
+    names = ["--names", str(tmp_path / "images.txt"), str(tmp_path / "captions.txt")]
+    assert main([*args, *names, "--json", str(tmp_path / "m.json")]) == 0
+    o = load_outcomes(out)
+    assert o.directions["i2t"].ids.tolist() == [f"im{i}" for i in range(4)] and o.info["ids"] == "dataset"
+    rsum = json.loads((tmp_path / "m.json").read_text())["metrics"]["rsum"]
+    assert metric_values(o, "rsum").values.mean() == pytest.approx(rsum)

@@ -16,6 +16,7 @@ from rich.table import Table
 
 from fgbench.errors import UserError
 from fgbench.evaluation import EvalSpec, evaluate, list_protocols
+from fgbench.evaluation.outcomes import save_outcomes
 from fgbench.evaluation.submission import write_cirr_submission
 from fgbench.io import atomic_write_text, load_array, strict_json
 
@@ -38,10 +39,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", dest="json_out", help="write the metrics and details to this JSON file")
     p.add_argument("--submission", help="CIRR: write the two test-server JSON files into this folder")
     p.add_argument(
+        "--outcomes",
+        help="write the per-query outcomes (.npz, docs/protocols.md) to this file; ids from --names, "
+        "else row and column positions",
+    )
+    p.add_argument(
         "--names",
         nargs=2,
         metavar=("PAIR_IDS", "IMAGE_NAMES"),
-        help="CIRR: text files, one pair id per query row / one image name per gallery column",
+        help="text files, one id per query row / one name per gallery column (CIRR: pair ids and image "
+        "names; image-text: image and caption ids of the outcomes)",
     )
     p.add_argument("--block-rows", type=int, default=256)
     p.set_defaults(func=run)
@@ -228,6 +235,10 @@ def run(args: argparse.Namespace) -> int:
             args.submission,
         )
         console.print(f"wrote {paths[0]} and {paths[1]}")
+    if args.outcomes:
+        if result.outcomes is None:
+            raise UserError(f"--outcomes: protocol {args.protocol} without targets has no per-query outcomes")
+        console.print(f"wrote {save_outcomes(args.outcomes, result.outcomes)}")
     if args.json_out:
         record = {"protocol": args.protocol, "metrics": result.metrics, "details": result.details}
         atomic_write_text(args.json_out, strict_json(record, f"--json {args.json_out}"))
