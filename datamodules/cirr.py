@@ -186,6 +186,12 @@ class CIRRDataModule(RetrievalDataModule):
         handle_missing(self.name, split, missing, len(paths), self.skip_missing, self.missing_hint(split))
         return SplitData(names, paths, triplets, labelled, missing)
 
+    def pair_ids(self, split: str, queries: list[Triplet], labelled: bool) -> list[str]:
+        """The pair ids: the test-server submission's keys as written (test1), the per-query outcomes' keys
+        with a duplicate_pairid numbered (a split with targets, scored locally)."""
+        ids = [str(t.pairid) for t in queries]
+        return number_repeats(ids, self.caption_file(split)) if labelled else ids
+
     def caption_file(self, split: str) -> Path:
         return self.annotation(f"captions/cap.rc2.{split}.json")
 
@@ -343,9 +349,7 @@ class CIRRDataModule(RetrievalDataModule):
             subsets=torch.tensor([subset_row(t.members, gidx) for t in queries], dtype=torch.long).view(
                 len(queries), N_MEMBERS
             ),
-            query_ids=number_repeats(
-                [str(t.pairid) for t in queries], self.caption_file(split)
-            ),  # a duplicate_pairid numbered
+            query_ids=self.pair_ids(split, queries, d.labelled),
             gallery_names=names,
             info={"dataset": self.name, "split": split, "n_missing": len(d.missing)},
         )

@@ -407,7 +407,7 @@ DATAMODULES: dict[str, Callable[[Path], Callable[[], RetrievalDataModule]]] = {
     "fashion200k": _f200k,
     "fashion200k-quirks": lambda t: _f200k(t, quirky=True),
 }
-REPEATS = {"rstpreid-duplicate-path", "cirr-quirks", "fashioniq-b-quirks"}  # fixtures listing a query twice
+REPEATS = {"rstpreid-duplicate-path", "fashioniq-b-quirks"}  # fixtures listing a query twice
 ID_FORMAT = {  # a regular expression every query id of the dataset matches
     "person_t2i": r"\S+\.jpg(~\d+)?#\d+",
     "class_reed": r"\d{3}\.Bird_\d+/Bird_\d+_\d{4}_\d+#\d+",
@@ -439,10 +439,11 @@ def _pooled(spec: EvalSpec) -> EvalSpec:
 def test_query_ids_are_stable_unique_and_keyed_in_the_outcomes(case: str, tmp_path: Path) -> None:
     make = DATAMODULES[case](tmp_path)
     first, again = make(), make()
-    numbered = [i for s in first.loaded.eval_sets for i in first.eval_spec(s).query_ids or [] if "~" in i]
+    labelled = [s for s in first.loaded.eval_sets if first.eval_spec(s).query_labels is not None]
+    numbered = [i for s in labelled for i in first.eval_spec(s).query_ids or [] if "~" in i]
     # the quirks a loader keeps twice (a repeated path, pair id, entry) are numbered, never dropped
     assert bool(numbered) == (case in REPEATS), numbered
-    for split in first.loaded.eval_sets:
+    for split in labelled:  # (CIRR test1 keeps its pair ids as written: the submission's keys)
         spec, spec2 = first.eval_spec(split), again.eval_spec(split)
         ids = spec.query_ids
         assert ids is not None and len(ids) == spec.n_query and len(set(ids)) == len(ids), split
@@ -458,8 +459,6 @@ def test_query_ids_are_stable_unique_and_keyed_in_the_outcomes(case: str, tmp_pa
         if spec.protocol == "class_reed":
             spec = _pooled(spec)
             assert all(re.fullmatch(r"\d{3}\.Bird_\d+", i) for i in spec.query_ids or [])
-        if spec.query_labels is None:  # CIRR test1 / FashionIQ test: no targets, no outcomes
-            continue
         if spec.protocol == "coco_1k_5fold" and spec.n_query % 5:
             continue
         rng = np.random.default_rng(0)
@@ -572,3 +571,18 @@ def test_evaluate_cli_writes_outcomes_keyed_by_names(tmp_path: Path) -> None:
     assert o.directions["i2t"].ids.tolist() == [f"im{i}" for i in range(4)] and o.info["ids"] == "dataset"
     rsum = json.loads((tmp_path / "m.json").read_text())["metrics"]["rsum"]
     assert metric_values(o, "rsum").values.mean() == pytest.approx(rsum)
+
+
+def test_cirr_repeated_pair_id_is_numbered_where_scored_and_kept_for_the_submission(tmp_path: Path) -> None:
+    from datamodules.cirr import CIRRDataModule
+    from tests.fixtures.composed import write_cirr
+
+    root = write_cirr(tmp_path)
+    val = next(root.rglob("cap.rc2.val.json"))
+    entries = json.loads(val.read_text())
+    val.write_text(json.dumps([*entries, entries[0]]))
+    dm = CIRRDataModule(root=str(tmp_path))
+    ids = dm.eval_spec("val").query_ids
+    pid = str(entries[0]["pairid"])
+    assert ids is not None and ids[0] == pid and ids[-1] == f"{pid}~2" and len(set(ids)) == len(ids)
+    assert dm.loaded.quirks["val"]["duplicate_pairid"]["count"] == 1
