@@ -262,15 +262,19 @@ def _fiq(o: QueryOutcomes, metric: str) -> MetricSample:
     if len(o.directions) == 1 and _recall_k(metric) is not None:  # no categories: plain R<K>
         d = next(iter(o.directions.values()))
         return _by_query(d, metric, 100.0 * (d.first < _recall_k(metric)))  # type: ignore[operator]
-    ks = {"avg": (10, 50)}.get(metric) or ((_recall_k(metric, "avg_"),) if metric.startswith("avg_") else ())
-    if not ks or None in ks:
+    k = _recall_k(metric, "avg_") if metric.startswith("avg_") else None
+    if metric == "avg":
+        ks: tuple[int, ...] = (10, 50)  # avg = (avg_R10 + avg_R50) / 2
+    elif k is not None:
+        ks = (k,)
+    else:
         raise _known(o.protocol, metric, "<category>_R<K>, avg_R<K>, avg")
     n_total = sum(len(d.ids) for d in o.directions.values())
     ids, values = [], []
     for d in o.directions.values():
         w = n_total / (len(o.directions) * len(d.ids))
         ids.append(np.asarray(d.ids))
-        values.append(w * np.mean([100.0 * (d.first < k) for k in ks], axis=0))  # type: ignore[operator]
+        values.append(w * np.mean([100.0 * (d.first < kk) for kk in ks], axis=0))
     both = DirectionOutcomes(np.concatenate(ids), np.zeros(n_total, dtype=np.int64))
     return _by_query(both, metric, np.concatenate(values))
 
