@@ -35,7 +35,10 @@ def make_data() -> tuple[torch.Tensor, torch.Tensor, EvalSpec]:
 def run_eval(qf: torch.Tensor, gf: torch.Tensor, spec: EvalSpec) -> dict:
     src = FunctionSource(lambda r, c: qf[r] @ gf[c].T, NQ, NG, col_block=5)
     res = evaluate(src, spec, block_rows=4)
-    return {**res.metrics, "n_tied": res.details["n_tied"]}
+    assert res.outcomes is not None  # the per-query outcomes too: every rank holds the summed statistics
+    d = res.outcomes.directions["t2i"]
+    per_query = {"first": d.first.tolist(), **{k: v.tolist() for k, v in d.stats.items()}}
+    return {**res.metrics, "n_tied": res.details["n_tied"], "outcomes": per_query}
 
 
 def worker(rank: int, port: int, out: str) -> None:
