@@ -1,0 +1,157 @@
+"""Image-text matching scored once for both directions: blocks of image rows x all captions feed i2t and t2i.
+
+i2t statistics come from each block exactly as in `engine.direction_stats`. Every caption has exactly one
+relevant image (the image labels are distinct), so its t2i rank under the §0 order is the number of images
+scoring higher than that image plus those with an equal score at a lower index: counts summed over the row
+blocks once the positive pair's score is known. That score is read in a small pre-pass (each image against
+its own captions, a few rows at a time) and checked against the walk's value for the same pair. A scorer
+whose value for a pair depends on the other rows and columns of the call fails that check; t2i is then
+ranked by a second walk over the transposed source, as the two-walk path does, and a warning says so.
+
+With re-ranking, each caption keeps a running coarse top-k (k x captions, merged block by block and, under
+DDP, across ranks), which is re-scored with the source's pair scorer in the caption blocks the two-walk path
+would use. Memory stays bounded by one block plus O(k x captions); the numbers equal the two-walk ones.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import Tensor
+
+from fgbench.evaluation.distributed import all_gather_cat, all_reduce_sum, world
+from fgbench.evaluation.engine import (
+    Direction,
+    Options,
+    Positives,
+    _check_finite,
+    block,
+    block_size,
+    direction_stats,
+    prepare,
+)
+from fgbench.evaluation.ranking import rerank_ranks, stable_topk
+from fgbench.evaluation.source import ScoreSource
+
+log = logging.getLogger(__name__)
+
+PRE_ROWS = 32  # image rows per pre-pass call: the pre-pass scores about PRE_ROWS/n_images of the matrix
+
+
+def itm_stats(
+    source: ScoreSource, img_labels: Tensor, cap_labels: Tensor, opts: Options
+) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """(i2t, t2i) per-query statistics of one image-text fold, rows = images, columns = captions."""
+    if torch.unique(img_labels).numel() != img_labels.numel():
+        raise ValueError("one-walk image-text evaluation needs distinct image labels (one row per image)")
+    i2t_d = Direction(source=source, row_labels=img_labels, col_labels=cap_labels, name="i2t")
+    t2i_d = Direction(source=source.T, row_labels=cap_labels, col_labels=img_labels, name="t2i")
+    pos, _, k_i2t, i2t = prepare(i2t_d, opts)
+    t2i_pos, _, k_t2i, t2i = prepare(t2i_d, opts)
+    assert pos is not None and t2i_pos is not None
+    n_img, n_cap, dev = source.n_rows, source.n_cols, source.device
+    owner = t2i_pos.order[t2i_pos.start].to(dev)  # each caption's single relevant image
+
+    rank_id, n_ranks = world()
+    split = n_ranks > 1 and opts.distributed is not False
+
+    def mine(n: int, b: int) -> list[int]:
+        return [s for i, s in enumerate(range(0, n, b)) if not split or i % n_ranks == rank_id]
+
+    v = _positive_scores(source, pos, owner, mine(n_img, PRE_ROWS), split)
+    ahead = torch.zeros(n_cap, dtype=torch.long, device=dev)
+    n_eq = torch.zeros_like(ahead)
+    mismatch = torch.zeros_like(ahead)
+    top_v = top_i = None
+    if k_t2i is not None:
+        top_v = torch.full((n_cap, k_t2i), float("-inf"), device=dev)
+        top_i = torch.full((n_cap, k_t2i), n_img, dtype=torch.long, device=dev)  # sentinel: after any image
+    starts = mine(n_img, block_size(n_cap, opts))
+    for done, s0 in enumerate(starts, 1):
+        s1 = min(n_img, s0 + block_size(n_cap, opts))
+        rows = torch.arange(s0, s1, device=dev)
+        scores = source.scores(rows)
+        block(i2t_d, opts, pos, None, k_i2t, rows, i2t, scores=scores)  # raises on NaN scores
+        eq = scores == v
+        ahead += ((scores > v) | (eq & (rows[:, None] < owner[None, :]))).sum(0)
+        n_eq += eq.sum(0)
+        here = torch.nonzero((owner >= s0) & (owner < s1)).squeeze(1)
+        mismatch[here] = (scores[owner[here] - s0, here] != v[here]).long()
+        if top_v is not None and top_i is not None:
+            bv, bi = scores.T, rows[None, :].expand(n_cap, -1)
+            if bv.shape[1] > k_t2i:  # only the block's own top-k per caption can enter the merged top-k
+                local = stable_topk(bv, k_t2i)
+                bv, bi = bv.gather(1, local), local + s0
+            top_v, top_i = _merge_topk(torch.cat([top_v, bv], 1), torch.cat([top_i, bi], 1), k_t2i)
+        if opts.progress is not None:
+            opts.progress(done, len(starts))
+    if split:
+        i2t = {name: all_reduce_sum(t) for name, t in i2t.items()}
+        ahead, n_eq, mismatch = (all_reduce_sum(t) for t in (ahead, n_eq, mismatch))
+        if top_v is not None and top_i is not None:
+            top_v, top_i = _merge_topk(
+                _gather_cols(top_v, n_ranks), _gather_cols(top_i, n_ranks), top_v.shape[1]
+            )
+
+    if bool(mismatch.any()):
+        log.warning(
+            "one-walk evaluation: the score of %d positive pairs differs between the pre-pass and the walk "
+            "(the scorer's value depends on the block shape); ranking t2i by a second walk",
+            int((mismatch > 0).sum()),
+        )
+        return i2t, direction_stats(t2i_d, opts)
+    ahead, n_eq = ahead.cpu(), n_eq.cpu()
+    if top_i is None:
+        t2i["first"], t2i["last"], t2i["n_pos"] = ahead.clone(), ahead.clone(), torch.ones_like(ahead)
+        t2i["ap"] = 1.0 / (ahead.double() + 1.0)
+        t2i["tied"] = (n_eq > 1).long()
+        return i2t, t2i
+    b = block_size(
+        n_img, opts
+    )  # the caption blocks of the two-walk t2i, so the pair scorer sees the same calls
+    for s0 in mine(n_cap, b):
+        caps = torch.arange(s0, min(n_cap, s0 + b), device=dev)
+        cand = top_i[caps]
+        rescores = t2i_d.source.pair_scores(caps[:, None].expand_as(cand), cand)
+        _check_finite(rescores, caps, "t2i: re-rank scores")
+        ranks, ties = rerank_ranks(ahead.to(dev)[caps][:, None], owner[caps][:, None], cand, rescores)
+        sl = slice(s0, s0 + caps.numel())
+        r = ranks[:, 0].cpu()
+        t2i["first"][sl], t2i["last"][sl], t2i["n_pos"][sl] = r, r, 1
+        t2i["ap"][sl] = 1.0 / (r.double() + 1.0)
+        t2i["tied"][sl] = (ties[:, 0] > 0).long().cpu()
+    if split:
+        t2i = {name: all_reduce_sum(t) for name, t in t2i.items()}
+    return i2t, t2i
+
+
+def _positive_scores(
+    source: ScoreSource, pos: Positives, owner: Tensor, starts: list[int], split: bool
+) -> Tensor:
+    """Each caption's score with its own image, from calls of PRE_ROWS images x their captions."""
+    v = torch.zeros(source.n_cols, device=source.device)
+    for s0 in starts:
+        rows = torch.arange(s0, min(source.n_rows, s0 + PRE_ROWS), device=source.device)
+        items = pos.items(rows)
+        caps = items[items >= 0]
+        scores = source.scores(rows, caps)
+        v[caps] = scores[owner[caps] - s0, torch.arange(caps.numel(), device=caps.device)]
+    return all_reduce_sum(v) if split else v  # one rank fills each caption, the others add zeros
+
+
+def _merge_topk(vals: Tensor, idx: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """The first k of each row's (score, image index) candidates in the §0 order.
+
+    Sorting by index, then stably by descending score, orders equal scores by index wherever they came from.
+    """
+    o = torch.argsort(idx, dim=1, stable=True)
+    vals, idx = vals.gather(1, o), idx.gather(1, o)
+    o = torch.argsort(vals, dim=1, descending=True, stable=True)[:, :k]
+    return vals.gather(1, o), idx.gather(1, o)
+
+
+def _gather_cols(t: Tensor, n_ranks: int) -> Tensor:
+    """[C, k] on each rank -> [C, n_ranks * k]: every rank's candidates of each caption side by side."""
+    c, k = t.shape
+    return all_gather_cat(t).view(n_ranks, c, k).permute(1, 0, 2).reshape(c, n_ranks * k)
