@@ -36,7 +36,7 @@ from fgbench.evaluation.source import ScoreSource
 
 log = logging.getLogger(__name__)
 
-PRE_ROWS = 32  # image rows per pre-pass call: the pre-pass scores about PRE_ROWS/n_images of the matrix
+PRE_ROWS = 16  # image rows per pre-pass call: the pre-pass scores about PRE_ROWS/n_images of the matrix
 
 
 def itm_stats(
