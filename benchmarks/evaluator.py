@@ -418,7 +418,7 @@ def ours_itm_pairwise(case: Case, quick: bool, one_walk: bool) -> Callable[[], d
     gen = torch.Generator().manual_seed(SEED)
     img = torch.randn(n_img, sz["regions"], sz["dim"], generator=gen)
     own = img[torch.arange(n_cap) // sz["caps"], : sz["words"]]
-    cap = own + 2.0 * torch.randn(n_cap, sz["words"], sz["dim"], generator=gen)
+    cap = own + 3.5 * torch.randn(n_cap, sz["words"], sz["dim"], generator=gen)
     img, cap = torch.nn.functional.normalize(img, dim=-1), torch.nn.functional.normalize(cap, dim=-1)
     fn_seconds, pairs = [0.0], [0]
 
