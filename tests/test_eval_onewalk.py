@@ -133,12 +133,42 @@ def test_one_walk_scores_each_pair_once_plus_a_small_pre_pass() -> None:
     assert N_IMG * n_cap < pairs[True] <= N_IMG * n_cap + PRE_ROWS * n_cap
 
 
-def test_shape_dependent_scorer_falls_back_to_a_second_walk(caplog: pytest.LogCaptureFixture) -> None:
-    """A scorer whose value for a pair depends on the call's size cannot be counted from the pre-pass:
-    t2i is then ranked by the transposed walk, with a warning, and equals the two-walk path."""
+def test_last_bit_differences_between_calls_are_settled_against_the_walks_own_scores() -> None:
+    """A scorer whose value for a pair moves by a few ulp with the call's size (as matrix-multiply kernels
+    may): the pre-pass estimate differs from the walk's value, yet the one walk ranks t2i exactly on the
+    matrix the walk computed, i.e. equals the two-walk evaluation of that very matrix."""
     d = data()
     base = global_fn(d)
-    src = FunctionSource(lambda r, c: base(r, c) + 1e-3 * r.numel(), N_IMG, d["cap"].shape[0])
+
+    def fn(r: torch.Tensor, c: torch.Tensor) -> torch.Tensor:  # integer scores + a call-size offset
+        return base(r, c) + 1e-6 * (r.numel() % 5)
+
+    n_cap = d["cap"].shape[0]
+    # the walk's blocks: 3 or 8 rows (a shorter last one); the folds' 4 images in blocks that also tile the
+    # whole matrix (2, 4), so that `walked` is the matrix each fold's walk sees. The pre-pass takes 16 rows.
+    cases = [(p, b) for p in ("f30k_1k", "coco_5k") for b in (3, 8)] + [("coco_1k_5fold", b) for b in (2, 4)]
+    for protocol, block_rows in cases:
+        src = FunctionSource(fn, N_IMG, n_cap, col_block=17, pair_fn=global_pairs(d))
+        walked = torch.cat(
+            [src.scores(torch.arange(s, min(N_IMG, s + block_rows))) for s in range(0, N_IMG, block_rows)]
+        )
+        v_pre = src.scores(torch.arange(16), torch.arange(n_cap))
+        assert not torch.equal(walked[:16], v_pre)  # the calls do disagree
+        for rerank_k in (None, 4):
+            kw = dict(rerank_k=rerank_k, block_rows=block_rows)
+            one = evaluate(src, specs(d)[protocol], **kw)
+            ref = evaluate(
+                MatrixSource(walked, pair_fn=global_pairs(d)), specs(d)[protocol], one_walk=False, **kw
+            )
+            assert one.metrics == ref.metrics and one.details == ref.details, (protocol, block_rows, rerank_k)
+
+
+def test_shape_dependent_scorer_falls_back_to_a_second_walk(caplog: pytest.LogCaptureFixture) -> None:
+    """A scorer whose values depend on the call beyond rounding cannot be settled from the pre-pass: t2i is
+    then ranked by the transposed walk, with a warning, and equals the two-walk path."""
+    d = data()
+    base = global_fn(d)
+    src = FunctionSource(lambda r, c: base(r, c) + 0.1 * r.numel(), N_IMG, d["cap"].shape[0])
     spec = specs(d)["f30k_1k"]
     with caplog.at_level(logging.WARNING, logger="fgbench.evaluation.onewalk"):
         one = evaluate(src, spec, block_rows=8)

@@ -3,14 +3,20 @@
 i2t statistics come from each block exactly as in `engine.direction_stats`. Every caption has exactly one
 relevant image (the image labels are distinct), so its t2i rank under the §0 order is the number of images
 scoring higher than that image plus those with an equal score at a lower index: counts summed over the row
-blocks once the positive pair's score is known. That score is read in a small pre-pass (each image against
-its own captions, a few rows at a time) and checked against the walk's value for the same pair. A scorer
-whose value for a pair depends on the other rows and columns of the call fails that check; t2i is then
-ranked by a second walk over the transposed source, as the two-walk path does, and a warning says so.
+blocks. The positive pair's score is needed before the walk reaches it, so a small pre-pass (each image
+against its own captions, a few rows at a time) estimates it. A scorer's value for a pair may differ in the
+last bits with the shape of the call (matrix-multiply kernels do), so the walk counts only the scores clearly
+above that estimate and keeps those within a narrow window around it; at the end the window is settled
+against the positive score the walk itself computed. The ranks are thus exact for the matrix the walk saw,
+the same one i2t ranks. Should the walk's positive score fall outside the window (a scorer whose values
+depend on the call beyond rounding), or the window hold too many scores (masses of ties), t2i is ranked by
+a second walk over the transposed source, as the two-walk path does, and a warning says so.
 
 With re-ranking, each caption keeps a running coarse top-k (k x captions, merged block by block and, under
 DDP, across ranks), which is re-scored with the source's pair scorer in the caption blocks the two-walk path
-would use. Memory stays bounded by one block plus O(k x captions); the numbers equal the two-walk ones.
+would use. Memory stays bounded by one block plus O(k x captions). On a scorer whose value for a pair does not
+depend on the call (tested), every statistic equals the two-walk one; otherwise the two paths rank t2i on
+matrices that may differ in the last bits, as the two-walk path's own i2t and t2i already do.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from fgbench.evaluation.source import ScoreSource
 log = logging.getLogger(__name__)
 
 PRE_ROWS = 16  # image rows per pre-pass call: the pre-pass scores about PRE_ROWS/n_images of the matrix
+WINDOW = 1e-4  # relative half-width around the pre-pass score inside which scores are settled at the end
 
 
 def itm_stats(
@@ -59,25 +66,34 @@ def itm_stats(
     def mine(n: int, b: int) -> list[int]:
         return [s for i, s in enumerate(range(0, n, b)) if not split or i % n_ranks == rank_id]
 
-    v = _positive_scores(source, pos, owner, mine(n_img, PRE_ROWS), split)
+    v_pre = _positive_scores(source, pos, owner, mine(n_img, PRE_ROWS), split)
+    # scores within `delta` of the pre-pass value are kept and compared with the walk's own value at the end
+    scale = float(v_pre[torch.isfinite(v_pre)].abs().mean()) if bool(torch.isfinite(v_pre).any()) else 0.0
+    delta = torch.where(torch.isfinite(v_pre), WINDOW * (v_pre.abs() + scale), torch.zeros_like(v_pre))
+    lo, hi = v_pre - delta, v_pre + delta
+    v_walk = torch.zeros_like(v_pre)  # each caption's positive score as the walk computed it
     ahead = torch.zeros(n_cap, dtype=torch.long, device=dev)
-    n_eq = torch.zeros_like(ahead)
-    mismatch = torch.zeros_like(ahead)
+    near: list[tuple[Tensor, Tensor, Tensor]] = []  # (image, caption, score) inside the window
+    n_near, overflow = 0, False
     top_v = top_i = None
     if k_t2i is not None:
         top_v = torch.full((n_cap, k_t2i), float("-inf"), device=dev)
         top_i = torch.full((n_cap, k_t2i), n_img, dtype=torch.long, device=dev)  # sentinel: after any image
-    starts = mine(n_img, block_size(n_cap, opts))
+    b = block_size(n_cap, opts)
+    starts = mine(n_img, b)
     for done, s0 in enumerate(starts, 1):
-        s1 = min(n_img, s0 + block_size(n_cap, opts))
+        s1 = min(n_img, s0 + b)
         rows = torch.arange(s0, s1, device=dev)
         scores = source.scores(rows)
         block(i2t_d, opts, pos, None, k_i2t, rows, i2t, scores=scores)  # raises on NaN scores
-        eq = scores == v
-        ahead += ((scores > v) | (eq & (rows[:, None] < owner[None, :]))).sum(0)
-        n_eq += eq.sum(0)
+        ahead += (scores > hi).sum(0)
+        if not overflow:
+            r, c = torch.nonzero((scores >= lo) & (scores <= hi), as_tuple=True)
+            n_near += r.numel()
+            overflow = n_near > opts.max_elems // 8
+            near.append((rows[r], c, scores[r, c]))
         here = torch.nonzero((owner >= s0) & (owner < s1)).squeeze(1)
-        mismatch[here] = (scores[owner[here] - s0, here] != v[here]).long()
+        v_walk[here] = scores[owner[here] - s0, here]
         if top_v is not None and top_i is not None:
             bv, bi = scores.T, rows[None, :].expand(n_cap, -1)
             if bv.shape[1] > k_t2i:  # only the block's own top-k per caption can enter the merged top-k
@@ -86,20 +102,30 @@ def itm_stats(
             top_v, top_i = _merge_topk(torch.cat([top_v, bv], 1), torch.cat([top_i, bi], 1), k_t2i)
         if opts.progress is not None:
             opts.progress(done, len(starts))
+    if split:  # one rank computed each caption's positive; the others hold zeros
+        v_walk = all_reduce_sum(v_walk)
+    outside = int(((v_walk < lo) | (v_walk > hi)).sum())
+    n_eq = torch.zeros_like(ahead)
+    if not overflow and near:  # resolve the window against the walk's own positive scores
+        ri, ci, sv = (torch.cat(t) for t in zip(*near, strict=True))
+        vt = v_walk[ci]
+        ahead.index_add_(0, ci, ((sv > vt) | ((sv == vt) & (ri < owner[ci]))).long())
+        n_eq.index_add_(0, ci, (sv == vt).long())
     if split:
         i2t = {name: all_reduce_sum(t) for name, t in i2t.items()}
-        ahead, n_eq, mismatch = (all_reduce_sum(t) for t in (ahead, n_eq, mismatch))
+        ahead, n_eq = all_reduce_sum(ahead), all_reduce_sum(n_eq)
+        overflow = bool(all_reduce_sum(torch.tensor([int(overflow)])).item())  # `outside` is global already
         if top_v is not None and top_i is not None:
             top_v, top_i = _merge_topk(
                 _gather_cols(top_v, n_ranks), _gather_cols(top_i, n_ranks), top_v.shape[1]
             )
-
-    if bool(mismatch.any()):
-        log.warning(
-            "one-walk evaluation: the score of %d positive pairs differs between the pre-pass and the walk "
-            "(the scorer's value depends on the block shape); ranking t2i by a second walk",
-            int((mismatch > 0).sum()),
+    if outside or overflow:
+        why = (
+            f"{outside} positive pairs scored differently by the pre-pass and the walk (beyond the window)"
+            if outside
+            else f"more than {opts.max_elems // 8} scores near the positive ones (ties)"
         )
+        log.warning("one-walk evaluation: %s; ranking t2i by a second walk", why)
         return i2t, direction_stats(t2i_d, opts)
     ahead, n_eq = ahead.cpu(), n_eq.cpu()
     if top_i is None:
@@ -107,9 +133,7 @@ def itm_stats(
         t2i["ap"] = 1.0 / (ahead.double() + 1.0)
         t2i["tied"] = (n_eq > 1).long()
         return i2t, t2i
-    b = block_size(
-        n_img, opts
-    )  # the caption blocks of the two-walk t2i, so the pair scorer sees the same calls
+    b = block_size(n_img, opts)  # the two-walk t2i's caption blocks: the pair scorer sees the same calls
     for s0 in mine(n_cap, b):
         caps = torch.arange(s0, min(n_cap, s0 + b), device=dev)
         cand = top_i[caps]
