@@ -75,10 +75,7 @@ def itm_stats(
     ahead = torch.zeros(n_cap, dtype=torch.long, device=dev)
     near: list[tuple[Tensor, Tensor, Tensor]] = []  # (image, caption, score) inside the window
     n_near, overflow = 0, False
-    top_v = top_i = None
-    if k_t2i is not None:
-        top_v = torch.full((n_cap, k_t2i), float("-inf"), device=dev)
-        top_i = torch.full((n_cap, k_t2i), n_img, dtype=torch.long, device=dev)  # sentinel: after any image
+    top_v = top_i = None  # [captions, <= k] running coarse top-k of this rank's rows, in the §0 order
     b = block_size(n_cap, opts)
     starts = mine(n_img, b)
     for done, s0 in enumerate(starts, 1):
@@ -94,12 +91,11 @@ def itm_stats(
             near.append((rows[r], c, scores[r, c]))
         here = torch.nonzero((owner >= s0) & (owner < s1)).squeeze(1)
         v_walk[here] = scores[owner[here] - s0, here]
-        if top_v is not None and top_i is not None:
+        if k_t2i is not None:
             bv, bi = scores.T, rows[None, :].expand(n_cap, -1)
-            if bv.shape[1] > k_t2i:  # only the block's own top-k per caption can enter the merged top-k
-                local = stable_topk(bv, k_t2i)
-                bv, bi = bv.gather(1, local), local + s0
-            top_v, top_i = _merge_topk(torch.cat([top_v, bv], 1), torch.cat([top_i, bi], 1), k_t2i)
+            if top_v is not None and top_i is not None:
+                bv, bi = torch.cat([top_v, bv], 1), torch.cat([top_i, bi], 1)
+            top_v, top_i = _running_topk(bv, bi, min(k_t2i, bv.shape[1]))
         if opts.progress is not None:
             opts.progress(done, len(starts))
     if split:  # one rank computed each caption's positive; the others hold zeros
@@ -115,10 +111,9 @@ def itm_stats(
         i2t = {name: all_reduce_sum(t) for name, t in i2t.items()}
         ahead, n_eq = all_reduce_sum(ahead), all_reduce_sum(n_eq)
         overflow = bool(all_reduce_sum(torch.tensor([int(overflow)])).item())  # `outside` is global already
-        if top_v is not None and top_i is not None:
-            top_v, top_i = _merge_topk(
-                _gather_cols(top_v, n_ranks), _gather_cols(top_i, n_ranks), top_v.shape[1]
-            )
+        if k_t2i is not None:
+            top_v, top_i = _pad(top_v, top_i, n_cap, k_t2i, n_img, dev)
+            top_v, top_i = _merge_topk(_gather_cols(top_v, n_ranks), _gather_cols(top_i, n_ranks), k_t2i)
     if outside or overflow:
         why = (
             f"{outside} positive pairs scored differently by the pre-pass and the walk (beyond the window)"
@@ -128,7 +123,7 @@ def itm_stats(
         log.warning("one-walk evaluation: %s; ranking t2i by a second walk", why)
         return i2t, direction_stats(t2i_d, opts)
     ahead, n_eq = ahead.cpu(), n_eq.cpu()
-    if top_i is None:
+    if k_t2i is None or top_i is None:
         t2i["first"], t2i["last"], t2i["n_pos"] = ahead.clone(), ahead.clone(), torch.ones_like(ahead)
         t2i["ap"] = 1.0 / (ahead.double() + 1.0)
         t2i["tied"] = (n_eq > 1).long()
@@ -162,6 +157,37 @@ def _positive_scores(
         scores = source.scores(rows, caps)
         v[caps] = scores[owner[caps] - s0, torch.arange(caps.numel(), device=caps.device)]
     return all_reduce_sum(v) if split else v  # one rank fills each caption, the others add zeros
+
+
+def _running_topk(vals: Tensor, idx: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """The first k of each row's candidates in the §0 order, when equal scores sit in ascending index order
+    along the row (true of [running top-k, next block's rows] on one rank: the block's rows come later).
+
+    `topk` finds the set wherever no score ties at the k-th value, the usual case for float scores; rows with
+    such a tie take `stable_topk`, which keeps the lowest positions. Then the set is ordered by score, ties
+    by position."""
+    top = torch.topk(vals, k, dim=1, sorted=False)
+    pos = top.indices
+    kth = top.values.min(1, keepdim=True).values
+    tied = torch.nonzero((vals >= kth).sum(1) != k).squeeze(1)
+    if tied.numel():
+        pos = pos.clone()
+        pos[tied] = stable_topk(vals[tied], k)
+    pos = pos.sort(1).values
+    pos = pos.gather(1, torch.sort(vals.gather(1, pos), dim=1, descending=True, stable=True).indices)
+    return vals.gather(1, pos), idx.gather(1, pos)
+
+
+def _pad(
+    top_v: Tensor | None, top_i: Tensor | None, n: int, k: int, sentinel: int, dev: torch.device
+) -> tuple[Tensor, Tensor]:
+    """A rank's running top-k widened to k with (-inf, sentinel index) entries, which sort after any real
+    candidate in `_merge_topk` (a rank may have seen fewer than k rows, or none)."""
+    pad_v = torch.full((n, k), float("-inf"), device=dev)
+    pad_i = torch.full((n, k), sentinel, dtype=torch.long, device=dev)
+    if top_v is not None and top_i is not None:
+        pad_v[:, : top_v.shape[1]], pad_i[:, : top_i.shape[1]] = top_v, top_i
+    return pad_v, pad_i
 
 
 def _merge_topk(vals: Tensor, idx: Tensor, k: int) -> tuple[Tensor, Tensor]:
