@@ -20,6 +20,15 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
+QUICK_RESULTS = RESULTS / "quick"  # gitignored: the smoke figures of --quick runs
+
+
+def out_csv(out: Path | None, quick: bool, script: str) -> Path:
+    """A benchmark's CSV: `--out` when given, else results/<script>.csv, or results/quick/<script>.csv for
+    a --quick run, so smoke figures never replace the committed full-size tables."""
+    if out is not None:
+        return out
+    return (QUICK_RESULTS if quick else RESULTS) / f"{script}.csv"
 
 
 _T0 = time.perf_counter()

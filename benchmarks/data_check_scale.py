@@ -38,11 +38,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from _bench import out_csv
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
-RESULTS = ROOT / "benchmarks" / "results"
 WORDS = "a woman in a red coat with black boots walks next to the white wall carrying small blue bag".split()
 
 
@@ -243,13 +243,13 @@ def profile_setup(name: str, root: Path, verify: bool, lines: int = 25) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="5%% of the real sizes; CSV in the temp folder")
+    ap.add_argument("--quick", action="store_true", help="5%% of the real sizes; CSV in results/quick/")
     ap.add_argument(
         "--scale", type=float, default=None, help="fraction of the real sizes (default 1, quick 0.05)"
     )
     ap.add_argument("--only", default=",".join(GENERATORS), help="comma-separated datasets")
     ap.add_argument(
-        "--out", default=None, help="CSV path (default results/data_check_scale.csv; quick: temp)"
+        "--out", default=None, help="CSV path (default results/data_check_scale.csv; --quick: results/quick/)"
     )
     ap.add_argument("--profile", action="store_true", help="print cProfile's top lines of each setup()")
     ap.add_argument("--workdir", default=None, help="where to write the datasets (default: a temp folder)")
@@ -257,11 +257,7 @@ def main() -> None:
     scale = args.scale if args.scale is not None else (0.05 if args.quick else 1.0)
     tmp = Path(args.workdir or tempfile.mkdtemp(prefix="fgbench-scale-"))
     tmp.mkdir(parents=True, exist_ok=True)
-    out = (
-        Path(args.out)
-        if args.out
-        else (tmp / "data_check_scale.csv" if args.quick else RESULTS / "data_check_scale.csv")
-    )
+    out = out_csv(Path(args.out) if args.out else None, args.quick, "data_check_scale")
     os.environ["FGBENCH_CACHE_DIR"] = str(tmp / "cache")  # a cold cache, not the user's
     logging.getLogger("fgbench.data").setLevel(logging.ERROR)  # the count warnings are expected here
     env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT}", "OMP_NUM_THREADS": "1"}

@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from _bench import RESULTS, cpu_model, fmt, loadavg, log, render, versions, write_csv
+from _bench import RESULTS, cpu_model, fmt, loadavg, log, out_csv, render, versions, write_csv
 from PIL import Image
 
 OUT_CSV = RESULTS / "data_throughput.csv"
@@ -258,8 +258,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=None, help="default 64 (quick: 8)")
     p.add_argument("--batches", type=int, default=None, help="timed batches per run (default 20; quick: 3)")
     p.add_argument("--pin-memory", action="store_true", help="pin batches (as for a GPU)")
-    p.add_argument("--out", type=Path, default=OUT_CSV, help="CSV path")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="CSV path (default results/data_throughput.csv; --quick: results/quick/)",
+    )
     args = p.parse_args(argv)
+    args.out = out_csv(args.out, args.quick, OUT_CSV.stem)
     names = list(PRESETS) if args.only is None else args.only.split(",")
     unknown = sorted(set(names) - set(PRESETS))
     if unknown:

@@ -47,6 +47,7 @@ from _bench import (
     loadavg,
     log,
     matmul_rate,
+    out_csv,
     pick_device,
     render,
     sync,
@@ -368,8 +369,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", default=None, help=f"comma-separated subset of {','.join(CASES)}")
     p.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda, cuda:1 ...")
     p.add_argument("--max-seconds", type=float, default=600.0, help="skip cases estimated to take longer")
-    p.add_argument("--out", type=Path, default=OUT_CSV, help="CSV path")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="CSV path (default results/eval_throughput.csv; --quick: results/quick/)",
+    )
     args = p.parse_args(argv)
+    args.out = out_csv(args.out, args.quick, OUT_CSV.stem)
     names = list(CASES) if args.only is None else args.only.split(",")
     unknown = sorted(set(names) - set(CASES))
     if unknown:

@@ -39,9 +39,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _bench import out_csv
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results" / "evaluator.csv"
 SEED = 0
 CHECK_RTOL = 1e-6  # relative agreement required between implementations
 GOAL_SPEEDUP, GOAL_MEM_FRACTION, GOAL_FUNCTION_PEAK_MB = 10.0, 0.1, 4096.0
@@ -93,6 +93,15 @@ CASES: dict[str, Case] = {
             quick_skip={
                 "torchmetrics": "--quick (its import and per-query loop cost ~15 s; covered on person_t2i)"
             },
+        ),
+        Case(
+            "itm_pairwise",
+            full={"n_img": 1000, "caps": 5, "regions": 36, "words": 12, "dim": 64},
+            quick={"n_img": 100, "caps": 5, "regions": 8, "words": 6, "dim": 32},
+            impls=("ours", "two_walk"),
+            check_keys=("i2t_R1", "i2t_R5", "i2t_R10", "t2i_R1", "t2i_R5", "t2i_R10", "rsum"),
+            r1_keys=("i2t_R1", "t2i_R1"),
+            extra_key="rsum",
         ),
         Case(
             "function_100k",
@@ -397,11 +406,51 @@ def ours_function(case: Case, quick: bool) -> Callable[[], dict[str, Any]]:
     return run
 
 
+def ours_itm_pairwise(case: Case, quick: bool, one_walk: bool) -> Callable[[], dict[str, Any]]:
+    """f30k_1k on a TERAN-like pairwise scorer (mean over words of the best region's cosine), every pair
+    scored by a FunctionSource: the one-walk path (ours) against the two-walk one (each direction walks)."""
+    import torch
+
+    from fgbench.evaluation import EvalSpec, FunctionSource, evaluate
+
+    sz = case.sizes(quick)
+    n_img, n_cap = sz["n_img"], sz["n_img"] * sz["caps"]
+    gen = torch.Generator().manual_seed(SEED)
+    img = torch.randn(n_img, sz["regions"], sz["dim"], generator=gen)
+    own = img[torch.arange(n_cap) // sz["caps"], : sz["words"]]
+    cap = own + 3.5 * torch.randn(n_cap, sz["words"], sz["dim"], generator=gen)
+    img, cap = torch.nn.functional.normalize(img, dim=-1), torch.nn.functional.normalize(cap, dim=-1)
+    fn_seconds, pairs = [0.0], [0]
+
+    def score_fn(rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        t = time.perf_counter()
+        out = torch.einsum("ard,bwd->abrw", img[rows], cap[cols]).amax(2).mean(-1)
+        fn_seconds[0] += time.perf_counter() - t
+        pairs[0] += rows.numel() * cols.numel()
+        return out
+
+    source = FunctionSource(score_fn, n_img, n_cap, col_block=128)
+    spec = EvalSpec("f30k_1k", torch.arange(n_img), torch.arange(n_cap) // sz["caps"])
+
+    def run() -> dict[str, Any]:
+        res = evaluate(source, spec, one_walk=one_walk)
+        return {
+            **res.metrics,
+            **{k: v for k, v in res.details.items() if k.endswith("n_tied")},
+            "score_fn_seconds": fn_seconds[0],
+            "pairs_scored": pairs[0],
+        }
+
+    return run
+
+
 def child(case_name: str, impl: str, quick: bool, cache: Path | None) -> dict[str, Any]:
     """Build the inputs, then measure one implementation; the result goes to stdout as JSON."""
     case = CASES[case_name]
     if case_name == "function_100k":
         run = ours_function(case, quick)
+    elif case_name == "itm_pairwise":
+        run = ours_itm_pairwise(case, quick, one_walk=impl == "ours")
     else:
         inp = load_inputs(case, quick, cache)
         if impl == "ours":
@@ -490,6 +539,8 @@ def _row_from_result(case: str, impl: str, res: dict[str, Any]) -> Row:
         notes.append(f"n_tied {tied}")
     if "score_fn_seconds" in m:
         notes.append(f"{m['score_fn_seconds']:.0f} s of it in the score function")
+    if "pairs_scored" in m:
+        notes.append(f"{m['pairs_scored']:,} pairs scored")
     return Row(
         case,
         impl,
@@ -707,7 +758,12 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="shrink every case ~25-50x (fast test)")
     p.add_argument("--only", choices=list(CASES), help="run a single case")
-    p.add_argument("--out", type=Path, default=RESULTS, help="CSV path")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="CSV path (default results/evaluator.csv; --quick: results/quick/)",
+    )
     p.add_argument("--child", choices=list(CASES), help=argparse.SUPPRESS)
     p.add_argument("--impl", default="ours", help=argparse.SUPPRESS)
     p.add_argument("--cache", type=Path, default=None, help=argparse.SUPPRESS)
@@ -715,7 +771,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         print(json.dumps(child(args.child, args.impl, args.quick, args.cache)), flush=True)
         return 0
-    return parent(args.only, args.quick, args.out)
+    return parent(args.only, args.quick, out_csv(args.out, args.quick, "evaluator"))
 
 
 if __name__ == "__main__":

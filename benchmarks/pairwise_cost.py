@@ -5,9 +5,9 @@ encoded once (timed), and then:
 
 - **score**: `method.score` on n captions x n images, the split's captions and images repeated up to n (a
   pair's cost does not depend on which items it holds), best of `--repeats`; reported per n x n and per pair;
-- **exact eval**: `evaluate_features` on the whole split, as the test run does it (on f30k-style protocols the
-  evaluator walks the matrix once per direction), with the protocol's headline metric, so the time belongs
-  to a result that can be checked against the run's result.json.
+- **exact eval**: `evaluate_features` on the whole split, as the test run does it (on f30k-style protocols
+  the evaluator scores every pair once for both directions), with the protocol's headline metric, so the
+  time belongs to a result that can be checked against the run's result.json.
 
 The table names the scorer's shapes as stored (word slots, region slots, width, heads). Threads default to
 one (`--threads`), as the sweeps run their cells. Progress goes to stderr, the table to stdout and to

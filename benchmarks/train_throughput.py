@@ -60,6 +60,7 @@ from _bench import (
     loadavg,
     log,
     matmul_rate,
+    out_csv,
     pick_device,
     render,
     sync,
@@ -901,8 +902,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=None, help="timed steps per run")
     p.add_argument("--rounds", type=int, default=None, help="alternating suite/bare rounds (median)")
     p.add_argument("--distinct-batches", type=int, default=4, help="different synthetic batches cycled")
-    p.add_argument("--out", type=Path, default=OUT_CSV, help="CSV path")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="CSV path (default results/train_throughput.csv; --quick: results/quick/)",
+    )
     args = p.parse_args(argv)
+    # decided by the flag asked for: without a GPU a plain run falls back to the quick sizes below and
+    # still writes the tracked table (its `quick` column says so), as `make bench` does on a CPU host
+    args.out = out_csv(args.out, args.quick, OUT_CSV.stem)
     if not args.quick and args.device == "auto" and not torch.cuda.is_available():
         print("no GPU: running the --quick sizes (the paper sizes need a GPU; --device cpu forces them)")
         args.quick = True

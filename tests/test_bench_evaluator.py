@@ -9,7 +9,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "evaluator.py"
-CASES = ("person_t2i", "coco_5k", "function_100k")
+CASES = ("person_t2i", "coco_5k", "itm_pairwise", "function_100k")
 
 
 def test_quick_benchmark_runs(tmp_path: Path) -> None:

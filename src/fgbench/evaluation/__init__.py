@@ -40,11 +40,13 @@ def evaluate(
     distributed: bool | None = None,
     keep_lists: bool = False,
     progress: Progress | None = None,
+    one_walk: bool = True,
 ) -> EvalResult:
     """Score `spec.protocol` on `scores` [queries, gallery] (a matrix or a `ScoreSource`).
 
     `rerank_k` re-scores each query's coarse top-k with the source's pair scorer (docs/methods.md,
-    re-ranking); the other options only change speed and memory, never a metric.
+    re-ranking); the other options only change speed and memory, never a metric (`one_walk=False`: the
+    image-text protocols walk the pairs once per direction, as before the one-walk path).
     """
     if spec.protocol not in PROTOCOLS:
         raise KeyError(f"unknown protocol {spec.protocol!r}; known: {', '.join(list_protocols())}")
@@ -58,6 +60,7 @@ def evaluate(
         distributed=distributed,
         progress=progress,
         keep_lists=keep_lists,
+        one_walk=one_walk,
     )
     result = PROTOCOLS[spec.protocol](source, spec, opts)
     details: dict[str, Any] = {

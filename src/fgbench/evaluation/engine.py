@@ -31,6 +31,7 @@ class Options:
     distributed: bool | None = None  # None: split blocks across ranks when a process group is up
     progress: Progress | None = None  # called with (blocks done, blocks total)
     keep_lists: bool = False  # keep top-k lists and subset orders (CIRR test-server submission)
+    one_walk: bool = True  # image-text: score the pair matrix once for both directions (onewalk.py)
 
 
 @dataclass
@@ -132,6 +133,32 @@ def _check_finite(scores: Tensor, rows: Tensor, what: str) -> None:
 
 def direction_stats(d: Direction, opts: Options) -> dict[str, Tensor]:
     """Per-query statistics of one direction: first/last positive rank, AP, ties, subset rank, top-k."""
+    pos, exclude, k, stats = prepare(d, opts)
+    rank_id, n_ranks = world()
+    split = n_ranks > 1 and opts.distributed is not False
+    b = block_size(d.source.n_cols, opts)
+    starts = list(range(0, d.source.n_rows, b))
+    mine = [s for i, s in enumerate(starts) if not split or i % n_ranks == rank_id]
+    dev = d.source.device
+    for done, s0 in enumerate(mine, 1):
+        rows = torch.arange(s0, min(d.source.n_rows, s0 + b), device=dev)
+        block(d, opts, pos, exclude, k, rows, stats)
+        if opts.progress is not None:
+            opts.progress(done, len(mine))
+    if split:
+        stats = {name: all_reduce_sum(t) for name, t in stats.items()}
+    return stats
+
+
+def block_size(n_cols: int, opts: Options) -> int:
+    """Query rows per block: `block_rows`, shrunk so a block holds at most `max_elems` scores."""
+    return max(1, min(opts.block_rows, opts.max_elems // max(1, n_cols)))
+
+
+def prepare(
+    d: Direction, opts: Options
+) -> tuple[Positives | None, Tensor | None, int | None, dict[str, Tensor]]:
+    """Validate a direction; its positives, exclusions, effective re-rank k and zeroed statistics."""
     d.validate()
     q, g = d.source.n_rows, d.source.n_cols
     dev = d.source.device
@@ -168,22 +195,10 @@ def direction_stats(d: Direction, opts: Options) -> dict[str, Tensor]:
     if d.topk:
         stats["topk"] = torch.zeros(q, d.topk, dtype=torch.long)
 
-    rank_id, n_ranks = world()
-    split = n_ranks > 1 and opts.distributed is not False
-    b = max(1, min(opts.block_rows, opts.max_elems // max(1, g)))
-    starts = list(range(0, q, b))
-    mine = [s for i, s in enumerate(starts) if not split or i % n_ranks == rank_id]
-    for done, s0 in enumerate(mine, 1):
-        rows = torch.arange(s0, min(q, s0 + b), device=dev)
-        _block(d, opts, pos, exclude, k, rows, stats)
-        if opts.progress is not None:
-            opts.progress(done, len(mine))
-    if split:
-        stats = {name: all_reduce_sum(t) for name, t in stats.items()}
-    return stats
+    return pos, exclude, k, stats
 
 
-def _block(
+def block(
     d: Direction,
     opts: Options,
     pos: Positives | None,
@@ -191,8 +206,11 @@ def _block(
     k: int | None,
     rows: Tensor,
     stats: dict[str, Tensor],
+    scores: Tensor | None = None,
 ) -> None:
-    scores = d.source.scores(rows)
+    """Fill the statistics of `rows` (consecutive queries); `scores` = their rows when already computed."""
+    if scores is None:
+        scores = d.source.scores(rows)
     _check_finite(scores, rows, f"{d.name}: scores")
     ex = None if exclude is None else exclude[rows]
     cand = rescores = None

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from fgbench.evaluation import per_query
 from fgbench.evaluation.engine import Direction, Options, Ranked, direction_stats
+from fgbench.evaluation.onewalk import itm_stats
 from fgbench.evaluation.outcomes import QueryOutcomes
 from fgbench.evaluation.source import ScoreSource
 from fgbench.evaluation.spec import EvalSpec
@@ -117,9 +118,14 @@ def class_reed(source: ScoreSource, spec: EvalSpec, opts: Options) -> EvalResult
 def _itm_fold(
     source: ScoreSource, img_labels: Tensor, cap_labels: Tensor, opts: Options
 ) -> tuple[dict, dict]:
-    """One fold: rows = images, columns = captions. i2t rank = best of the image's captions."""
-    i2t = _rank(source, opts, row_labels=img_labels, col_labels=cap_labels, name="i2t")
-    t2i = _rank(source.T, opts, row_labels=cap_labels, col_labels=img_labels, name="t2i")
+    """One fold: rows = images, columns = captions. i2t rank = best of the image's captions.
+
+    `opts.one_walk` scores the pairs once for both directions; otherwise t2i walks the transposed source."""
+    if opts.one_walk:
+        i2t, t2i = (Ranked(st) for st in itm_stats(source, img_labels, cap_labels, opts))
+    else:
+        i2t = _rank(source, opts, row_labels=img_labels, col_labels=cap_labels, name="i2t")
+        t2i = _rank(source.T, opts, row_labels=cap_labels, col_labels=img_labels, name="t2i")
     m: dict[str, float] = {}
     for name, r in (("i2t", i2t), ("t2i", t2i)):
         m.update(_recalls(r, (1, 5, 10), f"{name}_"))

@@ -71,7 +71,8 @@ class MatrixSource(ScoreSource):
 
     @property
     def T(self) -> ScoreSource:
-        return MatrixSource(self.matrix.T)
+        pf = self.pair_fn  # a custom pair scorer follows the transpose (the default reads the matrix)
+        return MatrixSource(self.matrix.T, None if pf == self._pairs else (lambda r, c: pf(c, r)))
 
     @property
     def device(self) -> torch.device:
