@@ -110,7 +110,10 @@ class Interval:
 
 
 def metric_ci(
-    values: np.ndarray, resamples: int = DEFAULT_RESAMPLES, seed: int | None = DEFAULT_SEED, level: float = LEVEL
+    values: np.ndarray,
+    resamples: int = DEFAULT_RESAMPLES,
+    seed: int | None = DEFAULT_SEED,
+    level: float = LEVEL,
 ) -> Interval:
     """CI of the metric mean(values) from a [seeds, units] (or [units]) matrix: queries and seeds."""
     v = _as_matrix(values)
