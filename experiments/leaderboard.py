@@ -465,9 +465,10 @@ def _board_bars(ax: Any, dataset: str, board: Board) -> None:
         colors = [BAR] * len(t)
     ax.barh(y, mean, xerr=err, color=colors, capsize=3, height=0.7, zorder=2, error_kw={"zorder": 3})
     top = float(np.nanmax(mean + np.asarray(err[1] if isinstance(err, list) else err))) if len(t) else 1.0
-    for yi, v in zip(y, mean, strict=True):
+    right = np.asarray(err[1] if isinstance(err, list) else err, dtype=float)
+    for yi, v, e in zip(y, mean, right, strict=True):
         if not math.isnan(v):
-            ax.text(v + 0.01 * max(top, 1.0), yi + 0.22, f"{v:.1f}", va="center", fontsize=8, zorder=4)
+            ax.text(v + e + 0.01 * max(top, 1.0), yi, f"{v:.1f}", va="center", fontsize=8, zorder=4)
     labels = []
     for _, r in t.iterrows():
         rank = f"  #{r['rank']}" if "rank" in t and r.get("rank") else ""
@@ -481,7 +482,7 @@ def _board_bars(ax: Any, dataset: str, board: Board) -> None:
         ax.axvline(
             chance, color="#c44e52", linestyle="--", linewidth=1, zorder=4, label=f"chance {chance:.1f}"
         )
-    ax.set_xlim(0, max(top, chance or 0.0) * 1.12 + 1e-9)
+    ax.set_xlim(0, max(top, chance or 0.0) * 1.15 + 1e-9)
     ax.set_xlabel(f"{metric} (%), whiskers: {err_name}")
     if pub.notna().any() or chance is not None:
         ax.legend(loc="lower right", fontsize=8)
@@ -501,7 +502,9 @@ def pairwise_png(board: Board) -> bytes:
 
     assert board.stats is not None
     pairs = board.stats.pairwise
-    names = list(dict.fromkeys([*pairs["a"], *pairs["b"]]))
+    t = board.table.sort_values(f"{board.stats.metric}_mean", ascending=False)
+    present = set(pairs["a"]) | set(pairs["b"])
+    names = [n for n in (f"{r['method']} ({r['profile']})" for _, r in t.iterrows()) if n in present]
     pos = {n: i for i, n in enumerate(names)}
     diff = np.full((len(names), len(names)), np.nan)
     sig = np.zeros_like(diff, dtype=bool)
@@ -515,8 +518,9 @@ def pairwise_png(board: Board) -> bytes:
     for i in range(len(names)):
         for j in range(len(names)):
             if not math.isnan(diff[i, j]):
+                dark = abs(diff[i, j]) > 0.6 * lim
                 ax.text(j, i, f"{diff[i, j]:+.1f}" + ("*" if sig[i, j] else ""), ha="center", va="center",
-                        fontsize=7)  # fmt: skip
+                        fontsize=7, color="white" if dark else "black")  # fmt: skip
     ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
     ax.set_yticks(range(len(names)), names, fontsize=8)
     fig.colorbar(im, ax=ax, label=f"{board.stats.metric}: row − column (points)")
@@ -570,9 +574,10 @@ def build(
             if b.stats is not None and len(b.stats.pairwise):
                 pair_base = out / "leaderboards" / f"{dataset}.{b.protocol}.{b.split}.pairwise"
                 csv = public_pairs(b.stats).to_csv(index=False, float_format="%.6g")
-                written.append(atomic_write_text(pair_base.with_suffix(".csv"), csv))
+                written.append(atomic_write_text(pair_base.parent / f"{pair_base.name}.csv", csv))
                 if png:
-                    written.append(atomic_write_bytes(pair_base.with_suffix(".png"), pairwise_png(b)))
+                    png_path = pair_base.parent / f"{pair_base.name}.png"
+                    written.append(atomic_write_bytes(png_path, pairwise_png(b)))
         written.append(atomic_write_text(base.with_suffix(".csv"), dataset_csv(bs)))
         written.append(atomic_write_text(base.with_suffix(".md"), dataset_markdown(dataset, bs)))
         if png:

@@ -140,6 +140,10 @@ def add_stats(
 
 def _pairs_and_ranks(table: pd.DataFrame, heads: dict[int, RowSample], bs: BoardStats) -> None:
     idx = list(heads)
+    # a Monte Carlo p-value is at least 2/(B+1): enough resamples that Holm over m pairs can still reach
+    # alpha/5 (B >= 10 m / alpha), else a large gap could never be called significant in a big table
+    n_pairs = len(idx) * (len(idx) - 1) // 2
+    resamples = max(bs.resamples, math.ceil(10 * n_pairs / st.ALPHA))
     rows, skipped = [], []
     for a_pos, a in enumerate(idx):
         for b in idx[a_pos + 1 :]:
@@ -147,10 +151,10 @@ def _pairs_and_ranks(table: pd.DataFrame, heads: dict[int, RowSample], bs: Board
             if len(ua) != len(ub) or not np.array_equal(ua, ub):
                 skipped.append(f"{row_name(table.loc[a])} vs {row_name(table.loc[b])}")
                 continue
-            r = st.paired_test(heads[a].values, heads[b].values, bs.resamples, bs.seed)
+            r = st.paired_test(heads[a].values, heads[b].values, resamples, bs.seed)
             rows.append({"metric": bs.metric, "a": row_name(table.loc[a]), "b": row_name(table.loc[b]),
                          "difference": r.difference, "ci_low": r.low, "ci_high": r.high, "p": r.p,
-                         "n_units": r.n_units, "sd_diff": r.sd_diff, "resamples": bs.resamples,
+                         "n_units": r.n_units, "sd_diff": r.sd_diff, "resamples": resamples,
                          "stats_seed": bs.seed, "_a": a, "_b": b})  # fmt: skip
     if skipped:
         bs.notes.append("Not paired (different query units): " + "; ".join(skipped) + ".")
