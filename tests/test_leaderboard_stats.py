@@ -79,7 +79,7 @@ def test_pairwise_csv_and_heat_map(built: tuple[lb.BuildReport, Path]) -> None:
     assert (pairs["p_holm"] >= pairs["p"]).all()
     weak = pairs[(pairs["b"] == "weak (tiny)") | (pairs["a"] == "weak (tiny)")]
     assert weak["significant"].all() and (weak["p_holm"] < 0.05).all()
-    assert base.parent / f"{base.name}.png".read_bytes()[:4] == b"\x89PNG"
+    assert (base.parent / f"{base.name}.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_markdown_notes_power_chance_and_the_missing_outcomes(built: tuple[lb.BuildReport, Path]) -> None:
