@@ -202,7 +202,7 @@ def _pairs_and_ranks(table: pd.DataFrame, heads: dict[int, RowSample], bs: Board
     bs.notes.append(
         f"rank: the {bs.metric} ranks a row can hold given the pairwise tests (Holm-corrected, 5%): "
         "best = 1 + rows significantly ahead of it, worst = rows − rows significantly behind it. "
-        "tie: `tied` = not significantly behind the leader. "
+        "tie: `tied` = no row significantly ahead of it (so not behind the leader). "
         f"CIs: 95%, {bs.resamples} bootstrap resamples, stats seed {bs.seed}."
     )
 
