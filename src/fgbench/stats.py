@@ -13,8 +13,9 @@ docs/statistics.md explains the choices; in short:
   has about 2/3 of the true variance and a normal quantile where a t quantile belongs); the t term is exact
   for normal seed effects and the bootstrap handles the skewed, bounded query part.
 - Paired test (`paired_test`): per-unit values averaged over each method's seeds, paired on unit ids; the
-  p-value is scipy's permutation test with sign flips of the per-unit differences
-  (permutation_type='samples'), so it asks "could these queries have produced this gap by chance?" for the
+  p-value is the permutation test with sign flips of the per-unit differences (scipy's
+  permutation_test(permutation_type='samples') computes the same; `sign_flip_p` is its fast form), so it
+  asks "could these queries have produced this gap by chance?" for the
   models as trained. The difference's CI is built like `metric_ci` (bootstrap of the per-unit differences,
   plus each method's seed term).
 - Correction (`holm`): Holm's step-down over all pairs of a table. It controls the family-wise error rate
@@ -157,14 +158,7 @@ def paired_test(
     d = a.mean(axis=0) - b.mean(axis=0)
     diff = float(d.mean())
     rng = np.random.default_rng(seed)
-    if np.all(d == 0):
-        p = 1.0
-    else:
-        res = sps.permutation_test(
-            (d,), _mean_stat, permutation_type="samples", n_resamples=resamples, vectorized=True,
-            alternative="two-sided", random_state=rng,
-        )  # fmt: skip
-        p = float(res.pvalue)
+    p = 1.0 if np.all(d == 0) else sign_flip_p(d, resamples, rng)
     if not ci:
         return PairedResult(diff, math.nan, math.nan, p, float(np.std(d, ddof=1)), len(d), resamples, seed)
     q_low, q_high = bootstrap_half_widths(d, resamples, rng, level)
@@ -179,6 +173,27 @@ def paired_test(
         resamples,
         seed,
     )
+
+
+def sign_flip_p(d: np.ndarray, resamples: int, rng: np.random.Generator, batch: int = 1024) -> float:
+    """Two-sided Monte Carlo p-value of the paired sign-flip permutation test of mean(d) = 0.
+
+    The same test as scipy.stats.permutation_test((d,), mean, permutation_type="samples") (tests compare
+    the two), computed as one matrix product per batch of random sign vectors: scipy's generic pairing code
+    takes about 0.6 s per pair at 2,048 queries and 9,000 permutations, which a 10-row table (45 pairs)
+    cannot afford. p = (1 + #{|mean(s * d)| >= |mean(d)|}) / (B + 1), never 0.
+    """
+    d = np.asarray(d, dtype=np.float64)
+    observed = abs(d.sum())
+    tol = 1e-9 * max(np.abs(d).sum(), 1.0)  # count ties with the observed statistic as extreme
+    total, extreme = 0, 0
+    while total < resamples:
+        b = min(batch, resamples - total)
+        flips = (rng.random((b, len(d))) < 0.5).astype(np.float64)  # 1 = this unit's sign is flipped
+        null = d.sum() - 2.0 * (flips @ d)
+        extreme += int(np.sum(np.abs(null) >= observed - tol))
+        total += b
+    return (1 + extreme) / (resamples + 1)
 
 
 def holm(pvalues: np.ndarray | list[float]) -> np.ndarray:
