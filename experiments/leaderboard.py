@@ -602,13 +602,15 @@ def print_boards(report: BuildReport) -> None:
         for b in boards:
             tag = " (synthetic)" if is_synthetic(dataset) else ""
             table = Table(title=f"{dataset}{tag}: {b.protocol}, split {b.split}")
-            for col in ("method", "profile", "n", *b.metrics):
+            ranked = "rank" in b.table.columns and b.table["rank"].astype(bool).any()
+            for col in ("method", "profile", "n", *(["rank"] if ranked else []), *b.metrics):
                 left = col in ("method", "profile")
                 table.add_column(col, justify="left" if left else "right", no_wrap=left)
             for _, row in b.table.iterrows():
                 cells = (cell_text(row, m) for m in b.metrics)
+                rank = [rank_text(row)] if ranked else []
                 # escaped: `method[variant]` is a name, not rich markup (which would swallow the variant)
-                table.add_row(escape(row["method"]), row["profile"], n_text(row), *cells)
+                table.add_row(escape(row["method"]), row["profile"], n_text(row), *rank, *cells)
             console.print(table)
 
 
