@@ -18,7 +18,13 @@ import numpy as np
 import pandas as pd
 
 from fgbench import stats as st
-from fgbench.evaluation.outcomes import QueryOutcomes, load_outcomes, metric_values, outcomes_file
+from fgbench.evaluation.outcomes import (
+    METRIC_VALUES,
+    QueryOutcomes,
+    load_outcomes,
+    metric_values,
+    outcomes_file,
+)
 
 
 @dataclass
@@ -101,6 +107,7 @@ def add_stats(
     heads: dict[int, RowSample] = {}
     reasons: list[str] = []
     no_file: list[str] = []
+    missing: dict[str, list[str]] = {}
     for i, row in table.iterrows():
         name = row_name(row)
         try:
@@ -111,14 +118,18 @@ def add_stats(
         except ValueError as err:
             reasons.append(f"{name}: {err}")
             continue
+        if outs[0].protocol not in METRIC_VALUES:
+            missing.setdefault(
+                f"no per-query decomposition for protocol {outs[0].protocol!r} yet", []
+            ).append(name)
+            continue
         if bs.chance is None:
             bs.chance = chance_level(outs[0], head)
         for m in metrics:
             try:
                 sample = row_sample(outs, m, name)
-            except KeyError as err:
-                if m == head:
-                    reasons.append(f"{name}: {err.args[0]}")
+            except KeyError as err:  # no decomposition for the protocol or this metric: one note per cause
+                missing.setdefault(str(err.args[0]), []).append(name if m == head else f"{name} {m}")
                 continue
             except ValueError as err:
                 reasons.append(str(err))
@@ -132,6 +143,8 @@ def add_stats(
             f"No CI, rank or test for {', '.join(no_file)}: a seed has no per-query outcomes file "
             f"(outcomes.{split}.npz beside its result; re-test the run to write it)."
         )
+    for cause, names in missing.items():
+        bs.notes.append(f"No CI for {', '.join(dict.fromkeys(names))}: {cause}.")
     if reasons:
         bs.notes.append("No CI for " + "; ".join(reasons) + ".")
     _pairs_and_ranks(table, heads, bs)

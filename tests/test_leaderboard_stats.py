@@ -97,3 +97,19 @@ def test_resamples_option_is_checked(tmp_path: Path, capsys: pytest.CaptureFixtu
     (tmp_path / "runs").mkdir()
     assert lb.main(["--runs-root", str(tmp_path / "runs"), "--out", str(tmp_path), "--resamples", "5"]) == 2
     assert "--resamples 5" in capsys.readouterr().err
+
+
+def test_a_protocol_without_decomposition_keeps_its_point_estimates(tmp_path: Path) -> None:
+    rng = np.random.default_rng(2)
+    runs = tmp_path / "runs"
+    for method in ("a", "b"):
+        o = person_outcomes(rng, 0.5)
+        o.protocol = "toy_protocol"  # no per-query decomposition registered
+        path = write_run(runs, "synth-toy", method, "tiny", 0, {"R1": 50.0}, protocol="toy_protocol")
+        save_outcomes(path.parent / outcomes_file("test"), o)
+    report = lb.build(runs, tmp_path / "out", resamples=199)
+    table = report.boards["synth-toy"][0].table
+    assert table["R1_mean"].tolist() == [50.0, 50.0] and table["R1_ci_low"].isna().all()
+    md = (tmp_path / "out" / "leaderboards" / "synth-toy.md").read_text()
+    assert "No CI for a (tiny), b (tiny): no per-query decomposition for protocol 'toy_protocol' yet." in md
+    assert not (tmp_path / "out" / "leaderboards" / "synth-toy.toy_protocol.test.pairwise.csv").exists()
