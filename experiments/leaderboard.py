@@ -14,6 +14,10 @@ per run x metric, with provenance), and each dataset gets `<out>/leaderboards/<d
 - beside each measured number, the published one from `published.csv` and the delta (measured − published,
   points), only where dataset, split and protocol match (docs/protocols.md §7) and only for the `paper`
   profile: a tiny-profile model is not the paper's model. Synthetic datasets are labelled and never compared.
+- where the runs wrote per-query outcomes (docs/statistics.md): a 95% CI per headline metric over queries
+  and seeds (`<metric>_ci_low`, `<metric>_ci_high`), a `rank` interval and `tie` mark from Holm-corrected
+  paired tests on the first headline metric, `<dataset>.<protocol>.<split>.pairwise.csv|.png`, the minimal
+  detectable difference in the notes and the chance level on the chart (`--resamples`, `--stats-seed`).
 
 Every file is written atomically, so a reader never sees a half-written leaderboard.
 """
