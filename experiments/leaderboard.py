@@ -14,6 +14,10 @@ per run x metric, with provenance), and each dataset gets `<out>/leaderboards/<d
 - beside each measured number, the published one from `published.csv` and the delta (measured − published,
   points), only where dataset, split and protocol match (docs/protocols.md §7) and only for the `paper`
   profile: a tiny-profile model is not the paper's model. Synthetic datasets are labelled and never compared.
+- where the runs wrote per-query outcomes (docs/statistics.md): a 95% CI per headline metric over queries
+  and seeds (`<metric>_ci_low`, `<metric>_ci_high`), a `rank` interval and `tie` mark from Holm-corrected
+  paired tests on the first headline metric, `<dataset>.<protocol>.<split>.pairwise.csv|.png`, the minimal
+  detectable difference in the notes and the chance level on the chart (`--resamples`, `--stats-seed`).
 
 Every file is written atomically, so a reader never sees a half-written leaderboard.
 """
@@ -30,8 +34,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
+from experiments.leaderboard_stats import BoardStats, add_stats, public_pairs
+from fgbench import stats as st
 from fgbench.errors import UserError, cli_entry
 from fgbench.io import atomic_write_bytes, atomic_write_text
 from fgbench.results import RESULT_GLOB, is_result_file, read_result
@@ -165,9 +172,10 @@ def runs_frame(records: Sequence[dict[str, Any]]) -> pd.DataFrame:
             "_mtime": rec.get("_mtime", 0.0),
             "_trained": trained(rec),
             "_file": rec.get("_file", rec["run_dir"]),
+            "_variant": rec.get("variant") or "",
         }
         rows += [{**base, "metric": m, "value": float(v)} for m, v in rec["metrics"].items()]
-    return pd.DataFrame(rows, columns=[*RUN_COLUMNS, "_mtime", "_trained", "_file"])
+    return pd.DataFrame(rows, columns=[*RUN_COLUMNS, "_mtime", "_trained", "_file", "_variant"])
 
 
 def trained(rec: dict[str, Any]) -> bool:
@@ -259,14 +267,35 @@ class Board:
     metrics: list[str]
     table: pd.DataFrame  # one row per method x profile; n, flagged, <m>_mean/_std/_published/_delta
     set_aside: int = 0  # older runs of an already counted seed
+    stats: BoardStats | None = None  # CIs, pairwise tests, ranks, power (docs/statistics.md)
 
     @property
     def max_n(self) -> int:
         return int(self.table["n"].max()) if len(self.table) else 0
 
 
-def boards_for(dataset: str, compared: pd.DataFrame, set_aside: pd.Series) -> list[Board]:
-    """The tables of one dataset, one per (protocol, split), rows sorted by method then profile."""
+def seeds_by_row(kept: pd.DataFrame, dataset: str, protocol: str, split: str) -> dict:
+    """(method, profile) -> the kept seeds' (run_dir, variant), seed order: where their outcomes lie."""
+    part = kept[(kept["dataset"] == dataset) & (kept["protocol"] == protocol) & (kept["split"] == split)]
+    part = part.drop_duplicates(["method", "profile", "seed"]).sort_values("seed")
+    out: dict[tuple[str, str], list[tuple[str, str]]] = {}
+    for method, profile, run_dir, variant in zip(
+        part["method"], part["profile"], part["run_dir"], part["_variant"], strict=True
+    ):
+        out.setdefault((method, profile), []).append((run_dir, variant))
+    return out
+
+
+def boards_for(
+    dataset: str,
+    compared: pd.DataFrame,
+    set_aside: pd.Series,
+    kept: pd.DataFrame | None = None,
+    resamples: int = st.DEFAULT_RESAMPLES,
+    stats_seed: int = st.DEFAULT_SEED,
+) -> list[Board]:
+    """The tables of one dataset, one per (protocol, split), rows sorted by method then profile; with
+    `kept` (the counted runs), each table gets its statistics from the runs' per-query outcomes."""
     boards = []
     data = compared[compared["dataset"] == dataset]
     for (protocol, split), part in data.groupby(["protocol", "split"], sort=True):
@@ -287,7 +316,11 @@ def boards_for(dataset: str, compared: pd.DataFrame, set_aside: pd.Series) -> li
         aside = sum(
             int(set_aside.get((dataset, protocol, split, r.method, r.profile), 0)) for r in table.itertuples()
         )
-        boards.append(Board(dataset, str(protocol), str(split), metrics, table, aside))
+        board = Board(dataset, str(protocol), str(split), metrics, table, aside)
+        if kept is not None:
+            seeds = seeds_by_row(kept, dataset, str(protocol), str(split))
+            board.stats = add_stats(table, metrics, seeds, str(split), resamples, stats_seed)
+        boards.append(board)
     return boards
 
 
@@ -296,11 +329,15 @@ def _num(x: float) -> str:
 
 
 def cell_text(row: pd.Series, metric: str) -> str:
-    """'54.05 ± 1.20 (paper 60.13†, Δ −6.08)': the measured mean ± std, then the published number."""
+    """'54.05 ± 1.20 [52.10, 56.02] (paper 60.13†, Δ −6.08)': the measured mean ± std, its 95% CI where
+    per-query outcomes exist, then the published number."""
     mean, std = row[f"{metric}_mean"], row[f"{metric}_std"]
     if math.isnan(mean):
         return ""
     text = _num(mean) + (f" ± {_num(std)}" if not math.isnan(std) else "")
+    low, high = row.get(f"{metric}_ci_low", math.nan), row.get(f"{metric}_ci_high", math.nan)
+    if pd.notna(low) and pd.notna(high):
+        text += f" [{_num(low)}, {_num(high)}]"
     pub = row[f"{metric}_published"]
     if not math.isnan(pub):
         verified = row[f"{metric}_verified"]
@@ -309,13 +346,20 @@ def cell_text(row: pd.Series, metric: str) -> str:
     return text
 
 
+def rank_text(row: pd.Series) -> str:
+    """'1–3 (leader)', '1–2 (tied)', '4': the rank interval and the tie mark."""
+    rank, tie = row.get("rank", ""), row.get("tie", "")
+    return f"{rank} ({tie})" if rank and tie else str(rank or "")
+
+
 def n_text(row: pd.Series) -> str:
     return f"n={row['n']}" + ("*" if row["flagged"] else "")
 
 
 def board_markdown(board: Board) -> str:
     """One table in GitHub markdown, with its footnotes."""
-    head = ["method", "profile", "n", *board.metrics]
+    ranked = "rank" in board.table.columns and board.table["rank"].astype(bool).any()
+    head = ["method", "profile", "n", *(["rank"] if ranked else []), *board.metrics]
     lines = [
         f"## {board.protocol}, split {board.split}",
         "",
@@ -323,7 +367,14 @@ def board_markdown(board: Board) -> str:
         "|" + "|".join("---" for _ in head) + "|",
     ]
     for _, row in board.table.iterrows():
-        cells = [row["method"], row["profile"], n_text(row), *(cell_text(row, m) for m in board.metrics)]
+        rank = [rank_text(row)] if ranked else []
+        cells = [
+            row["method"],
+            row["profile"],
+            n_text(row),
+            *rank,
+            *(cell_text(row, m) for m in board.metrics),
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     notes = []
     if board.table["flagged"].any():
@@ -338,6 +389,8 @@ def board_markdown(board: Board) -> str:
             f"{board.set_aside} older run(s) of an already counted seed set aside "
             "(latest trained result kept)."
         )
+    if board.stats is not None:
+        notes += board.stats.notes
     return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
 
 
@@ -345,7 +398,9 @@ def dataset_markdown(dataset: str, boards: Sequence[Board]) -> str:
     """The whole `<dataset>.md`: title, conventions, then one table per (protocol, split)."""
     title = f"# {dataset}" + (" (synthetic)" if is_synthetic(dataset) else "")
     intro = [
-        "Mean ± sample std (ddof=1; blank for n=1) over seeds, in percent; n = seeds.",
+        "Mean ± sample std (ddof=1; blank for n=1) over seeds, in percent; n = seeds. [low, high] = 95% CI "
+        "over test queries and seeds; rank = the ranks a row can hold given the pairwise tests "
+        "(docs/statistics.md).",
         "Synthetic benchmark: never compared with paper numbers."
         if is_synthetic(dataset)
         else "Paper numbers only for the `paper` profile where dataset, split and protocol match; "
@@ -357,36 +412,126 @@ def dataset_markdown(dataset: str, boards: Sequence[Board]) -> str:
 def dataset_csv(boards: Sequence[Board]) -> str:
     """All tables of a dataset in one CSV (protocol and split as columns), std blank for n=1."""
     frames = [b.table.assign(dataset=b.dataset, protocol=b.protocol, split=b.split) for b in boards]
-    table = pd.concat(frames, ignore_index=True)
     front = ["dataset", "protocol", "split", "method", "profile", "n", "flagged", "published_as"]
+    for b, frame in zip(boards, frames, strict=True):
+        if b.stats is not None:
+            frame["ci_resamples"], frame["stats_seed"] = b.stats.resamples, b.stats.seed
+    table = pd.concat(frames, ignore_index=True)
     table = table[front + [c for c in table.columns if c not in front]]
     return table.to_csv(index=False, float_format="%.6g")
 
 
+BAR, TIED, SHADE, PAPER = "#4c72b0", "#8fb3e0", "#e8eef8", "#dd8452"
+
+
 def dataset_png(dataset: str, boards: Sequence[Board]) -> bytes:
-    """Bar chart of each table's first headline metric (mean, sample-std error bars, paper number as ◆)."""
+    """Horizontal bars of each table's first headline metric, best on top: 95% CI whiskers (the seed std
+    where there is no CI), value labels, the chance level, the rows tied with the leader shaded, the paper
+    number as ◆. One bar per row label, so names never overlap; the figure grows with the rows."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(len(boards), 1, figsize=(8, 3.2 * len(boards)), squeeze=False)
+    heights = [1.4 + 0.42 * max(len(b.table), 1) for b in boards]
+    fig, axes = plt.subplots(
+        len(boards), 1, figsize=(9, sum(heights)), squeeze=False, gridspec_kw={"height_ratios": heights}
+    )
     for ax, board in zip(axes[:, 0], boards, strict=True):
-        metric, t = board.metrics[0], board.table
-        labels = [f"{r.method}\n({r.profile}, {n_text(pd.Series(r._asdict()))})" for r in t.itertuples()]
-        x = range(len(t))
-        ax.bar(x, t[f"{metric}_mean"], yerr=t[f"{metric}_std"].fillna(0.0), capsize=4, color="#4c72b0")
-        pub = t[f"{metric}_published"]
-        if pub.notna().any():
-            ax.scatter(x, pub, marker="D", color="#dd8452", zorder=3, label="paper")
-            ax.legend(loc="upper right")
-        ax.set_xticks(list(x), labels, fontsize=8)
-        ax.set_ylabel(f"{metric} (%)")
-        tag = " [synthetic]" if is_synthetic(dataset) else ""
-        ax.set_title(f"{dataset}{tag}: {metric}, {board.protocol} / {board.split}")
+        _board_bars(ax, dataset, board)
     fig.tight_layout()
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _board_bars(ax: Any, dataset: str, board: Board) -> None:
+    metric = board.metrics[0]
+    t = board.table.sort_values(f"{metric}_mean", ascending=True, na_position="first").reset_index(drop=True)
+    y = list(range(len(t)))
+    mean = t[f"{metric}_mean"].to_numpy(dtype=float)
+    if f"{metric}_ci_low" in t and t[f"{metric}_ci_low"].notna().any():
+        low = (mean - t[f"{metric}_ci_low"].to_numpy(dtype=float)).clip(min=0)
+        high = (t[f"{metric}_ci_high"].to_numpy(dtype=float) - mean).clip(min=0)
+        err, err_name = (
+            [[0 if math.isnan(v) else v for v in low], [0 if math.isnan(v) else v for v in high]],
+            "95% CI",
+        )
+    else:
+        err, err_name = t[f"{metric}_std"].fillna(0.0).to_numpy(), "± seed std"
+    tie = t["tie"] if "tie" in t else pd.Series([""] * len(t))
+    for yi, mark in zip(y, tie, strict=True):
+        if mark:
+            ax.axhspan(yi - 0.5, yi + 0.5, color=SHADE, zorder=0)
+    colors = [BAR if mark == "leader" else (TIED if mark == "tied" else "#9aa5b1") for mark in tie]
+    if not tie.astype(bool).any():
+        colors = [BAR] * len(t)
+    ax.barh(y, mean, xerr=err, color=colors, capsize=3, height=0.7, zorder=2, error_kw={"zorder": 3})
+    top = float(np.nanmax(mean + np.asarray(err[1] if isinstance(err, list) else err))) if len(t) else 1.0
+    right = np.asarray(err[1] if isinstance(err, list) else err, dtype=float)
+    for yi, v, e in zip(y, mean, right, strict=True):
+        if not math.isnan(v):
+            ax.text(v + e + 0.01 * max(top, 1.0), yi, f"{v:.1f}", va="center", fontsize=8, zorder=4)
+    labels = []
+    for _, r in t.iterrows():
+        rank = f"  #{r['rank']}" if "rank" in t and r.get("rank") else ""
+        labels.append(f"{r['method']} ({r['profile']}, {n_text(r)}){rank}")
+    ax.set_yticks(y, labels, fontsize=8)
+    pub = t[f"{metric}_published"]
+    if pub.notna().any():
+        ax.scatter(pub, y, marker="D", color=PAPER, zorder=5, label="paper")
+    chance = board.stats.chance if board.stats is not None else None
+    if chance is not None:
+        ax.axvline(
+            chance, color="#c44e52", linestyle="--", linewidth=1, zorder=4, label=f"chance {chance:.1f}"
+        )
+    ax.set_xlim(0, max(top, chance or 0.0) * 1.15 + 1e-9)
+    ax.set_xlabel(f"{metric} (%), whiskers: {err_name}")
+    if pub.notna().any() or chance is not None:
+        ax.legend(loc="lower right", fontsize=8)
+    tag = " [synthetic]" if is_synthetic(dataset) else ""
+    shaded = " — shaded: not significantly behind the leader" if tie.astype(bool).any() else ""
+    ax.set_title(f"{dataset}{tag}: {metric}, {board.protocol} / {board.split}{shaded}", fontsize=9)
+    ax.grid(axis="x", alpha=0.3, zorder=1)
+
+
+def pairwise_png(board: Board) -> bytes:
+    """Heat map of the headline metric's pairwise differences (row − column, points); * = significant after
+    Holm's correction."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    assert board.stats is not None
+    pairs = board.stats.pairwise
+    t = board.table.sort_values(f"{board.stats.metric}_mean", ascending=False)
+    present = set(pairs["a"]) | set(pairs["b"])
+    names = [n for n in (f"{r['method']} ({r['profile']})" for _, r in t.iterrows()) if n in present]
+    pos = {n: i for i, n in enumerate(names)}
+    diff = np.full((len(names), len(names)), np.nan)
+    sig = np.zeros_like(diff, dtype=bool)
+    for a, b, d, s in zip(pairs["a"], pairs["b"], pairs["difference"], pairs["significant"], strict=True):
+        diff[pos[a], pos[b]], diff[pos[b], pos[a]] = d, -d
+        sig[pos[a], pos[b]] = sig[pos[b], pos[a]] = bool(s)
+    size = 2.5 + 0.55 * len(names)
+    fig, ax = plt.subplots(figsize=(size + 1.5, size))
+    lim = float(np.nanmax(np.abs(diff))) if np.isfinite(diff).any() else 1.0
+    im = ax.imshow(diff, cmap="RdBu", vmin=-lim, vmax=lim)
+    for i in range(len(names)):
+        for j in range(len(names)):
+            if not math.isnan(diff[i, j]):
+                dark = abs(diff[i, j]) > 0.6 * lim
+                ax.text(j, i, f"{diff[i, j]:+.1f}" + ("*" if sig[i, j] else ""), ha="center", va="center",
+                        fontsize=7, color="white" if dark else "black")  # fmt: skip
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(len(names)), names, fontsize=8)
+    fig.colorbar(im, ax=ax, label=f"{board.stats.metric}: row − column (points)")
+    ax.set_title(f"{board.dataset}: {board.protocol} / {board.split} (* = significant, Holm 5%)", fontsize=9)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
     return buf.getvalue()
 
@@ -409,6 +554,8 @@ def build(
     out: str | Path = "results",
     published_path: str | Path | None = None,
     png: bool = True,
+    resamples: int = st.DEFAULT_RESAMPLES,
+    stats_seed: int = st.DEFAULT_SEED,
 ) -> BuildReport:
     """Collect every result.json and write runs.csv and the per-dataset leaderboards (atomically)."""
     out = Path(out)
@@ -425,8 +572,16 @@ def build(
     compared = compare(aggregate(kept), published)
     boards: dict[str, list[Board]] = {}
     for dataset in sorted(compared["dataset"].unique()):
-        boards[dataset] = bs = boards_for(dataset, compared, set_aside)
+        boards[dataset] = bs = boards_for(dataset, compared, set_aside, kept, resamples, stats_seed)
         base = out / "leaderboards" / dataset
+        for b in bs:
+            if b.stats is not None and len(b.stats.pairwise):
+                pair_base = out / "leaderboards" / f"{dataset}.{b.protocol}.{b.split}.pairwise"
+                csv = public_pairs(b.stats).to_csv(index=False, float_format="%.6g")
+                written.append(atomic_write_text(pair_base.parent / f"{pair_base.name}.csv", csv))
+                if png:
+                    png_path = pair_base.parent / f"{pair_base.name}.png"
+                    written.append(atomic_write_bytes(png_path, pairwise_png(b)))
         written.append(atomic_write_text(base.with_suffix(".csv"), dataset_csv(bs)))
         written.append(atomic_write_text(base.with_suffix(".md"), dataset_markdown(dataset, bs)))
         if png:
@@ -451,13 +606,15 @@ def print_boards(report: BuildReport) -> None:
         for b in boards:
             tag = " (synthetic)" if is_synthetic(dataset) else ""
             table = Table(title=f"{dataset}{tag}: {b.protocol}, split {b.split}")
-            for col in ("method", "profile", "n", *b.metrics):
+            ranked = "rank" in b.table.columns and b.table["rank"].astype(bool).any()
+            for col in ("method", "profile", "n", *(["rank"] if ranked else []), *b.metrics):
                 left = col in ("method", "profile")
                 table.add_column(col, justify="left" if left else "right", no_wrap=left)
             for _, row in b.table.iterrows():
                 cells = (cell_text(row, m) for m in b.metrics)
+                rank = [rank_text(row)] if ranked else []
                 # escaped: `method[variant]` is a name, not rich markup (which would swallow the variant)
-                table.add_row(escape(row["method"]), row["profile"], n_text(row), *cells)
+                table.add_row(escape(row["method"]), row["profile"], n_text(row), *rank, *cells)
             console.print(table)
 
 
@@ -477,6 +634,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--no-png", action="store_true", help="skip the bar charts")
     parser.add_argument("--quiet", action="store_true", help="do not print the tables")
+    parser.add_argument(
+        "--resamples",
+        type=int,
+        default=st.DEFAULT_RESAMPLES,
+        help=f"bootstrap and permutation resamples (default {st.DEFAULT_RESAMPLES}; recorded in the outputs)",
+    )
+    parser.add_argument(
+        "--stats-seed", type=int, default=st.DEFAULT_SEED, help="seed of the resampling (recorded)"
+    )
     args = parser.parse_args(argv)
     if not Path(args.runs_root).is_dir():
         raise UserError(
@@ -486,7 +652,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not Path(args.published).is_file():
             raise UserError(f"--published {args.published} not found")
         load_published(args.published)  # a malformed table is refused before anything is written
-    report = build(args.runs_root, args.out, args.published, png=not args.no_png)
+    if args.resamples < 99:
+        raise UserError(f"--resamples {args.resamples}: use at least 99 (a p-value needs resolution < 0.05)")
+    report = build(args.runs_root, args.out, args.published, not args.no_png, args.resamples, args.stats_seed)
     for reason in report.skipped:
         print(f"skipped: {reason}", file=sys.stderr)
     if not args.quiet:
