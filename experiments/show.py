@@ -171,7 +171,9 @@ def build_task(model: RetrievalMethod, dm: RetrievalDataModule, split: str, dire
     if direction == "i2t" and composed:
         raise UserError(f"--direction i2t: {spec.protocol} is composed retrieval; its only direction is t2i")
     text_labels, image_labels = (
-        (spec.gallery_labels, spec.query_labels) if rows_are_images else (spec.query_labels, spec.gallery_labels)
+        (spec.gallery_labels, spec.query_labels)
+        if rows_are_images
+        else (spec.query_labels, spec.gallery_labels)
     )
     images = Side(len(es.gallery), lambda i: describe(es.gallery, i), image_labels)
     if rows_are_images:
@@ -279,7 +281,8 @@ def resolve_queries(side: Side, wanted: Sequence[str]) -> Tensor:
             known = ", ".join((side.ids or [str(i) for i in range(side.n)])[:5])
             kind = "a query id of this split or" if side.ids is not None else ""
             raise UserError(
-                f"--query {w}: unknown query; expected {kind} a row index in [0, {side.n}) (ids start: {known})"
+                f"--query {w}: unknown query; expected {kind} a row index in [0, {side.n})"
+                f" (ids start: {known})"
             )
     return torch.tensor(out, dtype=torch.long)
 
@@ -298,7 +301,7 @@ def choose(task: Task, mode: str, n: int, k: int, seed: int, wanted: Sequence[st
     return Ranking(*(getattr(full, f.name)[order] for f in dataclasses.fields(Ranking)))
 
 
-# -- what is drawn --------------------------------------------------------------------------------------------
+# -- what is drawn ------------------------------------------------------------------------------------------
 
 
 @dataclasses.dataclass
@@ -352,38 +355,53 @@ def _wrap(text: str, width: int, lines: int) -> str:
     return "\n".join(out)
 
 
+CELL_W = 1.45  # inches per gallery column (the query column is QUERY_W times wider)
+QUERY_W = 1.8
+LINE_H = 0.105  # inches per text line at the cell font size
+HEAD_H = 0.2  # inches of the head line (query id / rank and score)
+CHARS = {True: 44, False: 24}  # wrap width of the query cell, of a gallery cell
+MAX_LINES = {True: 9, False: 14}
+
+
+def cell_text(item: Item) -> str:
+    """The text drawn in a PNG cell: an image's own text (a modification text, ground truth), or for a
+    text item its text (its name when it has none)."""
+    return item.text or ("" if item.image is not None else item.name)
+
+
 def render_png(rows: list[Row], title: str, k: int) -> bytes:
-    """A grid: one line per query (query cell, then its top-k), scores under the items, relevant framed."""
+    """A grid: one line per query (query cell, then its top-k), scores under the items, relevant framed.
+
+    Row height follows the content: the tallest image at column width (at most 2 inches) and the longest
+    wrapped text of the grid (capped, the rest elided)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.patches import Rectangle
 
-    cell_w, cell_h, img_frac = 1.45, 2.35, 0.6
-    ratios = [1.8] + [1.0] * k
-    fig = plt.figure(figsize=(cell_w * sum(ratios), cell_h * len(rows)))
-    grid = fig.add_gridspec(len(rows), k + 1, width_ratios=ratios, wspace=0.08, hspace=0.12)
+    cells = [(True, r.query) for r in rows] + [(False, c.item) for r in rows for c in r.cells]
+    sizes = {it.image: _open_rgb(it.image).size for _, it in cells if it.image is not None}
+    img_h = min(2.0, max([CELL_W * 0.96 * h / w for w, h in sizes.values()], default=0.0))
+    lines = max(len(_wrap(cell_text(it), CHARS[q], MAX_LINES[q]).splitlines()) for q, it in cells)
+    lines = lines if any(cell_text(it) for _, it in cells) else 0
+    cell_h = img_h + 0.08 + HEAD_H + lines * LINE_H + 0.06
+    ratios = [QUERY_W] + [1.0] * k
+    fig = plt.figure(figsize=(CELL_W * sum(ratios), cell_h * len(rows)))
+    grid = fig.add_gridspec(len(rows), k + 1, width_ratios=ratios, wspace=0.08, hspace=0.1)
     for r, row in enumerate(rows):
         for c in range(k + 1):
             ax = fig.add_subplot(grid[r, c])
             ax.set_xlim(0, 1)
             ax.set_ylim(0, 1)
             ax.axis("off")
-            w_in = cell_w * ratios[c]
+            box = (CELL_W * ratios[c], cell_h, img_h)
             if c == 0:
-                ax.add_patch(Rectangle((0, 0), 1, 1, color="#eef1f6", zorder=0))
                 head = f"query {row.qid}" + (f" · first relevant: #{row.first}" if row.first else "")
-                _draw(ax, row.query, head, row.query.text, False, w_in, cell_h, img_frac, 44, bold=True)
-                continue
-            if c - 1 >= len(row.cells):
-                continue
-            cell = row.cells[c - 1]
-            head = f"#{cell.rank}  {cell.score:.3f}"
-            text = cell.item.text if cell.item.image is None else ""
-            if cell.item.image is None and not cell.item.text:
-                text = cell.item.name
-            _draw(ax, cell.item, head, text, cell.relevant, w_in, cell_h, img_frac, 24, frame=True)
+                _draw(ax, row.query, head, cell_text(row.query), box, query=True)
+            elif c - 1 < len(row.cells):
+                cell = row.cells[c - 1]
+                head = f"#{cell.rank}  {cell.score:.3f}"
+                _draw(ax, cell.item, head, cell_text(cell.item), box, relevant=cell.relevant)
     fig.subplots_adjust(left=0, right=1, bottom=0, top=1)
     fig.text(0.5, 1.0 + 0.1 / (cell_h * len(rows)), title, ha="center", va="bottom", fontsize=9)
     buf = io.BytesIO()
@@ -397,33 +415,33 @@ def _draw(
     item: Item,
     head: str,
     text: str,
-    relevant: bool,
-    w_in: float,
-    h_in: float,
-    img_frac: float,
-    chars: int,
-    bold: bool = False,
-    frame: bool = False,
+    box: tuple[float, float, float],
+    query: bool = False,
+    relevant: bool = False,
 ) -> None:
-    """One cell: the image fitted (aspect kept) in the top part, then the head line and wrapped text; the
-    cell framed green when relevant."""
+    """One cell of `box` = (width, height, image height) inches: the image fitted (aspect kept) at the top,
+    then the head line and the wrapped text; a query cell shaded, a relevant item framed green."""
     from matplotlib.patches import Rectangle
 
-    top = 0.98
+    w_in, h_in, img_h = box
+    if query:
+        ax.add_patch(Rectangle((0, 0), 1, 1, color="#eef1f6", zorder=0))
+    top = 1.0 - 0.04 / h_in
     if item.image is not None:
         img = _open_rgb(item.image)
         iw, ih = img.size
-        scale = min(w_in * 0.96 / iw, h_in * img_frac / ih)
+        scale = min(w_in * 0.96 / iw, img_h / ih)
         bw, bh = iw * scale / w_in, ih * scale / h_in
-        x0, y0 = (1 - bw) / 2, 1 - bh - 0.01
+        x0, y0 = (1 - bw) / 2, top - bh
         ax.imshow(img, extent=(x0, x0 + bw, y0, y0 + bh), aspect="auto", zorder=1)
-        top = y0 - 0.02
-    ax.text(0.5, top, head, ha="center", va="top", fontsize=7, weight="bold" if bold else "normal", zorder=2)
+        top -= (img_h + 0.04) / h_in  # text-only cells start at the top
+    ax.text(0.5, top, head, ha="center", va="top", fontsize=7, weight="bold" if query else "normal", zorder=2)
     if text:
-        lines = max(1, int((top - 0.08) * h_in * 72 / 8.5))
-        body = _wrap(text, chars, lines)
-        ax.text(0.5, top - 0.075, body, ha="center", va="top", fontsize=6.3, zorder=2, linespacing=1.15)
-    if frame and relevant:
+        body = _wrap(text, CHARS[query], MAX_LINES[query])
+        ax.text(
+            0.5, top - HEAD_H / h_in, body, ha="center", va="top", fontsize=6.3, zorder=2, linespacing=1.2
+        )
+    if relevant:
         ax.add_patch(Rectangle((0, 0), 1, 1, fill=False, edgecolor="#1a9e3a", linewidth=3.5, zorder=3))
 
 
@@ -472,7 +490,9 @@ def render_html(rows: list[Row], title: str, meta: list[str]) -> str:
     ]
     for row in rows:
         first = "" if row.first is None else str(row.first)
-        out.append(f'<tr class="row" data-query="{e(row.qid)}" data-index="{row.index}" data-first="{first}">')
+        out.append(
+            f'<tr class="row" data-query="{e(row.qid)}" data-index="{row.index}" data-first="{first}">'
+        )
         rank_text = f"first relevant item at rank {row.first}" if row.first else "no targets"
         out.append(
             f'<td class="query"><div class="score">query {e(row.qid)}</div>{_cell_html(row.query)}'
@@ -529,7 +549,9 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     pick.add_argument("--random", action="store_true", help="a seeded random draw (the default)")
     pick.add_argument("--query", action="append", metavar="ID", help="a query id or row index (repeatable)")
     ap.add_argument("--seed", type=int, default=0, help="seed of --random (default 0)")
-    ap.add_argument("--direction", choices=DIRECTIONS, help="t2i or i2t (default: i2t for image-text, else t2i)")
+    ap.add_argument(
+        "--direction", choices=DIRECTIONS, help="t2i or i2t (default: i2t for image-text, else t2i)"
+    )
     ap.add_argument("--ckpt", type=Path, help="checkpoint (default RUN/checkpoints/last.ckpt)")
     ap.add_argument("--data-root", type=Path, help="dataset root, when not the one in the run's config")
     ap.add_argument("--out", type=Path, help="output folder (default RUN/show/)")
@@ -547,7 +569,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     split = args.split or dm.test_split
     task = build_task(model, dm, split, args.direction)
     rows = rows_to_show(task, choose(task, args.mode, args.n, args.k, args.seed, args.query or []))
-    title = f"{type(model).name} on {dm.name} {split} ({task.protocol}, {task.direction}): {args.mode} queries"
+    title = (
+        f"{type(model).name} on {dm.name} {split} ({task.protocol}, {task.direction}): {args.mode} queries"
+    )
     meta = [
         f"run: {args.run}",
         "ranked by the evaluator: stable descending order, ties by gallery index, excluded items removed;"

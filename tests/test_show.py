@@ -1,0 +1,289 @@
+"""experiments.show: on a tiny run of every task family (person and class-level text-to-image, image-text
+both ways, composed), the PNG and the HTML hold the chosen queries with their top-k items, in the order and
+with the relevance a brute-force ranking of the method's own score matrix gives (stable descending order,
+ties by gallery index, the excluded reference removed); ranking ties and exclusions against a known matrix;
+one clear error for a folder that is not a run, a missing checkpoint, an unknown query, missing data.
+"""
+
+from __future__ import annotations
+
+import json
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from PIL import Image
+
+from experiments import show
+from fgbench.cli import main as fgbench_main
+from fgbench.evaluation import MatrixSource
+from fgbench.method import POOLED_QUERIES, ROWS_ARE_IMAGES
+from fgbench.registry import DATAMODULES
+
+from fixtures.reed import write_cub
+
+CONFIG = Path(__file__).parents[1] / "experiments" / "configs"
+SIZES: dict[str, dict[str, int]] = {
+    "synth-person": {"train_ids": 4, "val_ids": 2, "test_ids": 3, "images_per_id": 2},
+    "synth-scenes": {"train_images": 6, "val_images": 3, "test_images": 4},
+    "synth-cir": {"train_sets": 2, "val_sets": 2, "test1_sets": 1, "queries_per_set": 2},
+}
+FAMILIES = ["synth-person", "synth-scenes", "synth-cir", "cub"]
+
+
+def _class_path(name: str) -> str:
+    cls = DATAMODULES.get(name)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """One 2-step clip_ft run (tiny profile) per task family, through `fgbench fit`."""
+    base = tmp_path_factory.mktemp("show")
+    data = base / "data"
+    write_cub(data, images_per_class=3)
+    out = {}
+    for name in FAMILIES:
+        extra = (["--data.sizes", json.dumps(SIZES[name])] if name in SIZES else []) + (
+            ["--data.test_split", "val"] if name == "synth-cir" else []
+        )
+        args = [
+            "fit",
+            "--config", str(CONFIG / "method" / "clip_ft.yaml"),
+            "--config", str(CONFIG / "profile" / "tiny.yaml"),
+            "--data", _class_path(name),
+            "--data.root", str(data),
+            "--data.batch_size", "4",
+            *extra,
+            "--trainer.max_steps", "2",
+            "--trainer.max_epochs", "1",
+            "--trainer.enable_progress_bar", "false",
+            "--run.root", str(base / "runs"),
+        ]  # fmt: skip
+        assert fgbench_main(args) == 0
+        (result,) = (base / "runs" / name / "clip_ft" / "tiny").glob("seed*/result.json")
+        out[name] = result.parent
+    return out
+
+
+class Page(HTMLParser):
+    """The rows of a show page: query id, index, first rank, and per item (index, rank, score, relevant)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: list[dict[str, Any]] = []
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        if tag == "tr" and a.get("class") == "row":
+            first = a["data-first"]
+            self.rows.append(
+                {"id": a["data-query"], "index": int(a["data-index"] or 0), "first": first, "items": []}
+            )
+        elif tag == "td" and "item" in (a.get("class") or "").split():
+            self.rows[-1]["items"].append(
+                (
+                    int(a["data-index"] or 0),
+                    int(a["data-rank"] or 0),
+                    float(a["data-score"] or "nan"),
+                    "relevant" in (a.get("class") or "").split(),
+                )
+            )
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)
+
+
+def read_page(path: Path) -> Page:
+    page = Page()
+    page.feed(path.read_text())
+    return page
+
+
+def brute_force(run: Path, direction: str | None) -> tuple[torch.Tensor, Any, Any, Any, str]:
+    """The method's full score matrix for the shown direction, with labels, exclusions and direction."""
+    model, dm = show.load(run, None, None)
+    with torch.no_grad():
+        q, g, spec = model.encode_split(dm, dm.test_split)
+        ql = spec.query_labels
+        if spec.protocol in POOLED_QUERIES:
+            q, ql = model.pool_queries(q, spec.query_labels)
+        s = model.score(q, g)  # loader queries x loader gallery
+    if spec.protocol in ROWS_ARE_IMAGES:
+        text_labels, image_labels = spec.gallery_labels, spec.query_labels
+    else:
+        text_labels, image_labels = ql, spec.gallery_labels
+    direction = direction or ("i2t" if spec.protocol in ROWS_ARE_IMAGES else "t2i")
+    if direction == "i2t":
+        return s.T, image_labels, text_labels, None, direction
+    exclude = None if spec.protocol in ROWS_ARE_IMAGES else spec.exclude
+    return s, text_labels, image_labels, exclude, direction
+
+
+def expected_order(scores: torch.Tensor, row: int, exclude: Any) -> list[int]:
+    """Gallery indices by descending score, ties by index, the excluded item removed (plain Python)."""
+    cand = [j for j in range(scores.shape[1]) if exclude is None or j != int(exclude[row])]
+    return sorted(cand, key=lambda j: (-float(scores[row, j]), j))
+
+
+def check_page(page: Page, scores: torch.Tensor, rows_l: Any, cols_l: Any, exclude: Any, k: int) -> None:
+    assert page.rows
+    for row in page.rows:
+        i = row["index"]
+        order = expected_order(scores, i, exclude)
+        rel = [bool(cols_l[j] == rows_l[i]) for j in order]
+        assert [it[0] for it in row["items"]] == order[:k]
+        assert [it[1] for it in row["items"]] == list(range(1, k + 1))
+        assert [it[3] for it in row["items"]] == rel[:k]
+        assert row["first"] == str(rel.index(True) + 1)
+        for j, _, score, _ in row["items"]:
+            assert score == pytest.approx(float(scores[i, j]), rel=1e-4, abs=1e-5)
+
+
+def run_show(run: Path, out: Path, *args: str) -> tuple[Path, Path]:
+    assert show.main([str(run), "--out", str(out), *args]) == 0
+    pngs, pages = sorted(out.glob("*.png")), sorted(out.glob("*.html"))
+    assert len(pngs) == len(pages) == 1 and pngs[0].stem == pages[0].stem
+    with Image.open(pngs[0]) as img:
+        assert img.format == "PNG" and img.width > 200 and img.height > 100
+    return pngs[0], pages[0]
+
+
+@pytest.mark.parametrize(
+    ("name", "direction"),
+    [
+        ("synth-person", None),
+        ("synth-scenes", None),
+        ("synth-scenes", "t2i"),
+        ("synth-cir", None),
+        ("cub", None),
+    ],
+)
+def test_worst_queries_match_a_brute_force_ranking(
+    runs: dict[str, Path], tmp_path: Path, name: str, direction: str | None
+) -> None:
+    k, n = 3, 4
+    extra = ["--direction", direction] if direction else []
+    png, page_path = run_show(runs[name], tmp_path, "--worst", "--n", str(n), "--k", str(k), *extra)
+    split = "val" if name == "synth-cir" else "test"
+    assert png.name == f"{split}_worst.png"
+    scores, rows_l, cols_l, exclude, _ = brute_force(runs[name], direction)
+    page = read_page(page_path)
+    assert len(page.rows) == min(n, scores.shape[0])
+    check_page(page, scores, rows_l, cols_l, exclude, k)
+    # the worst: no query left out ranks its first relevant item lower than the shown ones
+    firsts = []
+    for i in range(scores.shape[0]):
+        order = expected_order(scores, i, exclude)
+        firsts.append(next(p for p, j in enumerate(order) if cols_l[j] == rows_l[i]) + 1)
+    shown = [int(r["first"]) for r in page.rows]
+    assert shown == sorted(firsts, reverse=True)[: len(shown)]
+    assert page_path.read_text().count("data:image/png;base64,") >= len(page.rows)
+    assert "<script" not in page_path.read_text()
+
+
+def test_query_texts_are_on_the_page_escaped(runs: dict[str, Path], tmp_path: Path) -> None:
+    dm = show.load(runs["synth-person"], None, None)[1]
+    captions = dm.evaluation_set("test").queries.captions
+    _, page_path = run_show(runs["synth-person"], tmp_path, "--query", "0", "--query", "5", "--k", "2")
+    page = read_page(page_path)
+    assert [r["id"] for r in page.rows] == ["0", "5"]
+    text = "".join(page.text)
+    assert captions[0] in text and captions[5] in text
+
+
+def test_composed_query_by_its_pair_id_shows_reference_and_text(
+    runs: dict[str, Path], tmp_path: Path
+) -> None:
+    dm = show.load(runs["synth-cir"], None, None)[1]
+    es = dm.evaluation_set("val")
+    pid, row = es.spec.query_ids[3], 3
+    _, page_path = run_show(runs["synth-cir"], tmp_path, "--query", pid, "--k", "4")
+    page = read_page(page_path)
+    assert [(r["id"], r["index"]) for r in page.rows] == [(pid, row)]
+    assert es.queries.texts[row] in "".join(page.text)
+    reference = int(es.spec.exclude[row])
+    assert reference not in [it[0] for it in page.rows[0]["items"]]
+    assert len(page.rows[0]["items"]) == 4
+
+
+def test_random_draw_is_seeded(runs: dict[str, Path], tmp_path: Path) -> None:
+    _, a = run_show(runs["synth-scenes"], tmp_path / "a", "--n", "3", "--k", "2", "--seed", "7")
+    _, b = run_show(runs["synth-scenes"], tmp_path / "b", "--n", "3", "--k", "2", "--seed", "7")
+    assert a.name == "test_random.html"
+    assert [r["index"] for r in read_page(a).rows] == [r["index"] for r in read_page(b).rows]
+    assert len(read_page(a).rows) == 3
+
+
+def test_rank_breaks_ties_by_index_and_honours_exclusions_and_groups() -> None:
+    scores = torch.tensor(
+        [
+            [0.5, 0.9, 0.5, 0.9, 0.1, 0.5],
+            [0.2, 0.2, 0.2, 0.2, 0.2, 0.2],
+            [0.3, 0.1, 0.8, 0.7, 0.9, 0.0],
+        ]
+    )
+    item = lambda i: show.Item(text=str(i))  # noqa: E731
+    rows = show.Side(3, item, torch.tensor([2, 0, 4]))
+    cols = show.Side(6, item, torch.tensor([0, 1, 2, 3, 4, 5]))
+    task = show.Task("test", "t2i", MatrixSource(scores), rows, cols, exclude=torch.tensor([1, -1, 2]))
+    r = show.rank(task, torch.arange(3), 4)
+    assert r.topk.tolist() == [[3, 0, 2, 5], [0, 1, 2, 3], [4, 3, 0, 1]]  # ties by index, 1 and 2 excluded
+    assert r.first.tolist() == [2, 0, 0]
+    assert r.relevant.tolist() == [
+        [False, False, True, False],
+        [True, False, False, False],
+        [True] + [False] * 3,
+    ]
+    assert r.scores[0].tolist() == pytest.approx([0.9, 0.5, 0.5, 0.5])
+    groups = {
+        "a": (torch.tensor([0, 2]), torch.tensor([2, 3, 4])),
+        "b": (torch.tensor([1]), torch.tensor([0, 1])),
+    }
+    grouped = show.Task("test", "t2i", MatrixSource(scores), rows, cols, groups=groups)
+    g = show.rank(grouped, torch.arange(3), 3)
+    assert g.topk.tolist() == [[3, 2, 4], [0, 1, -1], [4, 2, 3]]
+    assert g.relevant[0].tolist() == [False, True, False] and g.first.tolist() == [1, 0, 0]
+
+
+def _error(capsys: pytest.CaptureFixture[str], argv: list[str], one_line: bool = True) -> str:
+    assert show.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "Traceback" not in err
+    assert len(err.splitlines()) == 1 or not one_line
+    return err
+
+
+def test_a_folder_that_is_not_a_run_is_one_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert "not a run folder (no config.yaml)" in _error(capsys, [str(tmp_path)])
+    assert "not a run folder" in _error(capsys, [str(tmp_path / "absent")])
+
+
+def test_a_missing_checkpoint_is_one_error(
+    runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    err = _error(capsys, [str(runs["synth-person"]), "--ckpt", str(tmp_path / "nope.ckpt")])
+    assert "nope.ckpt: checkpoint missing" in err and "last.ckpt" in err  # names the run's checkpoints
+
+
+def test_an_unknown_query_id_is_one_error(
+    runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    err = _error(capsys, [str(runs["synth-cir"]), "--query", "no-such-pair", "--out", str(tmp_path)])
+    assert "--query no-such-pair: unknown query" in err and "a query id of this split" in err
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_missing_dataset_files_are_one_error(
+    runs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    err = _error(capsys, [str(runs["cub"]), "--data-root", str(tmp_path / "empty")], one_line=False)
+    assert "the run's dataset cannot be read" in err and "--data-root" in err  # then the expected layout
+    assert "CUB_200_2011/images" in err
+
+
+def test_composed_retrieval_has_no_i2t(runs: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    assert "only direction is t2i" in _error(capsys, [str(runs["synth-cir"]), "--direction", "i2t"])
