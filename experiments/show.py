@@ -405,7 +405,7 @@ def render_png(rows: list[Row], title: str, k: int) -> bytes:
     fig.subplots_adjust(left=0, right=1, bottom=0, top=1)
     fig.text(0.5, 1.0 + 0.1 / (cell_h * len(rows)), title, ha="center", va="bottom", fontsize=9)
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
     plt.close(fig)
     return buf.getvalue()
 
@@ -437,9 +437,11 @@ def _draw(
         top -= (img_h + 0.04) / h_in  # text-only cells start at the top
     ax.text(0.5, top, head, ha="center", va="top", fontsize=7, weight="bold" if query else "normal", zorder=2)
     if text:
-        body = _wrap(text, CHARS[query], MAX_LINES[query])
+        big = query and item.image is None  # a caption query has the whole cell: larger type
+        body = _wrap(text, 34 if big else CHARS[query], MAX_LINES[query])
+        size = 8.0 if big else 6.3
         ax.text(
-            0.5, top - HEAD_H / h_in, body, ha="center", va="top", fontsize=6.3, zorder=2, linespacing=1.2
+            0.5, top - HEAD_H / h_in, body, ha="center", va="top", fontsize=size, zorder=2, linespacing=1.2
         )
     if relevant:
         ax.add_patch(Rectangle((0, 0), 1, 1, fill=False, edgecolor="#1a9e3a", linewidth=3.5, zorder=3))
@@ -458,12 +460,12 @@ img{max-width:160px;max-height:160px;display:block;margin:0 auto 4px}
 
 
 def thumbnail(path: Path) -> str:
-    """A PNG thumbnail of an image file as a data URI."""
+    """A JPEG thumbnail of an image file as a data URI (a PNG of a noisy image is several times larger)."""
     img = _open_rgb(path)
     img.thumbnail((THUMB, THUMB))
     buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    img.save(buf, format="JPEG", quality=85)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
 def _cell_html(item: Item) -> str:
