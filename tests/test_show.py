@@ -287,3 +287,17 @@ def test_missing_dataset_files_are_one_error(
 
 def test_composed_retrieval_has_no_i2t(runs: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
     assert "only direction is t2i" in _error(capsys, [str(runs["synth-cir"]), "--direction", "i2t"])
+
+
+def test_a_rerank_shortlist_is_shown_in_its_rescored_order_with_its_rescores() -> None:
+    scores = torch.tensor([[0.9, 0.8, 0.7, 0.1], [0.1, 0.2, 0.3, 0.4]])
+    source = MatrixSource(scores, pair_fn=lambda r, c: c.float())  # re-score = gallery index
+    item = lambda i: show.Item(text=str(i))  # noqa: E731
+    rows = show.Side(2, item, torch.tensor([0, 0]))
+    cols = show.Side(4, item, torch.tensor([0, 1, 2, 3]))
+    r = show.rank(show.Task("test", "t2i", source, rows, cols, rerank_k=2), torch.arange(2), 4)
+    # coarse shortlist {0, 1} re-ordered by re-score (1 before 0), then the coarse order
+    assert r.topk.tolist() == [[1, 0, 2, 3], [3, 2, 1, 0]]
+    assert r.scores[0].tolist() == pytest.approx([1.0, 0.0, 0.7, 0.1])
+    assert r.scores[1].tolist() == pytest.approx([3.0, 2.0, 0.2, 0.1])
+    assert r.first.tolist() == [1, 3] and r.relevant[0].tolist() == [False, True, False, False]
