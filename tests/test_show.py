@@ -8,6 +8,7 @@ one clear error for a folder that is not a run, a missing checkpoint, an unknown
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from fgbench.evaluation import MatrixSource
 from fgbench.method import POOLED_QUERIES, ROWS_ARE_IMAGES
 from fgbench.registry import DATAMODULES
 
+from fixtures.composed import write_fashion200k, write_fashioniq
 from fixtures.reed import write_cub
 
 CONFIG = Path(__file__).parents[1] / "experiments" / "configs"
@@ -30,7 +32,14 @@ SIZES: dict[str, dict[str, int]] = {
     "synth-scenes": {"train_images": 6, "val_images": 3, "test_images": 4},
     "synth-cir": {"train_sets": 2, "val_sets": 2, "test1_sets": 1, "queries_per_set": 2},
 }
-FAMILIES = ["synth-person", "synth-scenes", "synth-cir", "cub"]
+FAMILIES = ["synth-person", "synth-scenes", "synth-cir", "cub", "fashioniq", "fashion200k"]
+# CLI options of a tiny fit (FashionIQ under fiq_b: categories ranked apart, candidate excluded)
+DATA_ARGS: dict[str, list[str]] = {
+    "synth-cir": ["--data.test_split", "val"],
+    "fashioniq": ["--data.test_split", "val", "--data.protocol", "fiq_b", "--data.batch_size", "3"],
+    "fashion200k": ["--data.batch_size", "2", "--data.val_split", "test"],
+}
+SPLIT = {"synth-cir": "val", "fashioniq": "val"}
 
 
 def _class_path(name: str) -> str:
@@ -44,11 +53,11 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     base = tmp_path_factory.mktemp("show")
     data = base / "data"
     write_cub(data, images_per_class=3)
+    write_fashioniq(data)
+    write_fashion200k(data)
     out = {}
     for name in FAMILIES:
-        extra = (["--data.sizes", json.dumps(SIZES[name])] if name in SIZES else []) + (
-            ["--data.test_split", "val"] if name == "synth-cir" else []
-        )
+        extra = (["--data.sizes", json.dumps(SIZES[name])] if name in SIZES else []) + DATA_ARGS.get(name, [])
         args = [
             "fit",
             "--config", str(CONFIG / "method" / "clip_ft.yaml"),
@@ -56,7 +65,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             "--data", _class_path(name),
             "--data.root", str(data),
             "--data.batch_size", "4",
-            *extra,
+            *extra,  # a later --data.batch_size wins
             "--trainer.max_steps", "2",
             "--trainer.max_epochs", "1",
             "--trainer.enable_progress_bar", "false",
@@ -103,8 +112,27 @@ def read_page(path: Path) -> Page:
     return page
 
 
-def brute_force(run: Path, direction: str | None) -> tuple[torch.Tensor, Any, Any, Any, str]:
-    """The method's full score matrix for the shown direction, with labels, exclusions and direction."""
+@dataclass
+class Truth:
+    """The method's full score matrix for the shown direction, with what a brute-force ranking needs."""
+
+    scores: torch.Tensor
+    rows: torch.Tensor  # query labels
+    cols: torch.Tensor  # gallery labels
+    exclude: torch.Tensor | None
+    gallery_of: dict[int, set[int]]  # query -> the gallery it is ranked in (FashionIQ categories)
+
+    def order(self, row: int) -> list[int]:
+        """Gallery indices by descending score, ties by index, the excluded item removed (plain Python)."""
+        cand = self.gallery_of.get(row, range(self.scores.shape[1]))
+        cand = [j for j in cand if self.exclude is None or j != int(self.exclude[row])]
+        return sorted(cand, key=lambda j: (-float(self.scores[row, j]), j))
+
+    def first(self, row: int) -> int:
+        return next(p for p, j in enumerate(self.order(row)) if self.cols[j] == self.rows[row]) + 1
+
+
+def brute_force(run: Path, direction: str | None) -> Truth:
     model, dm = show.load(run, None, None)
     with torch.no_grad():
         q, g, spec = model.encode_split(dm, dm.test_split)
@@ -118,29 +146,24 @@ def brute_force(run: Path, direction: str | None) -> tuple[torch.Tensor, Any, An
         text_labels, image_labels = ql, spec.gallery_labels
     direction = direction or ("i2t" if spec.protocol in ROWS_ARE_IMAGES else "t2i")
     if direction == "i2t":
-        return s.T, image_labels, text_labels, None, direction
+        return Truth(s.T, image_labels, text_labels, None, {})
     exclude = None if spec.protocol in ROWS_ARE_IMAGES else spec.exclude
-    return s, text_labels, image_labels, exclude, direction
+    gallery_of = {int(i): set(gi.tolist()) for qi, gi in (spec.groups or {}).values() for i in qi}
+    return Truth(s, text_labels, image_labels, exclude, gallery_of)
 
 
-def expected_order(scores: torch.Tensor, row: int, exclude: Any) -> list[int]:
-    """Gallery indices by descending score, ties by index, the excluded item removed (plain Python)."""
-    cand = [j for j in range(scores.shape[1]) if exclude is None or j != int(exclude[row])]
-    return sorted(cand, key=lambda j: (-float(scores[row, j]), j))
-
-
-def check_page(page: Page, scores: torch.Tensor, rows_l: Any, cols_l: Any, exclude: Any, k: int) -> None:
+def check_page(page: Page, truth: Truth, k: int) -> None:
     assert page.rows
     for row in page.rows:
         i = row["index"]
-        order = expected_order(scores, i, exclude)
-        rel = [bool(cols_l[j] == rows_l[i]) for j in order]
+        order = truth.order(i)
+        rel = [bool(truth.cols[j] == truth.rows[i]) for j in order]
         assert [it[0] for it in row["items"]] == order[:k]
-        assert [it[1] for it in row["items"]] == list(range(1, k + 1))
+        assert [it[1] for it in row["items"]] == list(range(1, min(k, len(order)) + 1))
         assert [it[3] for it in row["items"]] == rel[:k]
         assert row["first"] == str(rel.index(True) + 1)
         for j, _, score, _ in row["items"]:
-            assert score == pytest.approx(float(scores[i, j]), rel=1e-4, abs=1e-5)
+            assert score == pytest.approx(float(truth.scores[i, j]), rel=1e-4, abs=1e-5)
 
 
 def run_show(run: Path, out: Path, *args: str) -> tuple[Path, Path]:
@@ -160,6 +183,8 @@ def run_show(run: Path, out: Path, *args: str) -> tuple[Path, Path]:
         ("synth-scenes", "t2i"),
         ("synth-cir", None),
         ("cub", None),
+        ("fashioniq", None),
+        ("fashion200k", None),
     ],
 )
 def test_worst_queries_match_a_brute_force_ranking(
@@ -168,19 +193,14 @@ def test_worst_queries_match_a_brute_force_ranking(
     k, n = 3, 4
     extra = ["--direction", direction] if direction else []
     png, page_path = run_show(runs[name], tmp_path, "--worst", "--n", str(n), "--k", str(k), *extra)
-    split = "val" if name == "synth-cir" else "test"
-    assert png.name == f"{split}_worst.png"
-    scores, rows_l, cols_l, exclude, _ = brute_force(runs[name], direction)
+    assert png.name == f"{SPLIT.get(name, 'test')}_worst.png"
+    truth = brute_force(runs[name], direction)
     page = read_page(page_path)
-    assert len(page.rows) == min(n, scores.shape[0])
-    check_page(page, scores, rows_l, cols_l, exclude, k)
+    assert len(page.rows) == min(n, truth.scores.shape[0])
+    check_page(page, truth, k)
     # the worst: no query left out ranks its first relevant item lower than the shown ones
-    firsts = []
-    for i in range(scores.shape[0]):
-        order = expected_order(scores, i, exclude)
-        firsts.append(next(p for p, j in enumerate(order) if cols_l[j] == rows_l[i]) + 1)
-    shown = [int(r["first"]) for r in page.rows]
-    assert shown == sorted(firsts, reverse=True)[: len(shown)]
+    firsts = sorted((truth.first(i) for i in range(truth.scores.shape[0])), reverse=True)
+    assert [int(r["first"]) for r in page.rows] == firsts[: len(page.rows)]
     assert page_path.read_text().count("data:image/jpeg;base64,") >= len(page.rows)
     assert "<script" not in page_path.read_text()
 
