@@ -320,10 +320,16 @@ class Row:
     query: Item
     first: int | None  # 1-based rank of the first relevant item
     cells: list[Cell]
+    group: str = ""  # the gallery it was ranked in (a FashionIQ category), if not the whole one
+
+    @property
+    def title(self) -> str:
+        return f"query {self.qid}" + (f" ({self.group})" if self.group else "")
 
 
 def rows_to_show(task: Task, r: Ranking) -> list[Row]:
     out = []
+    group = {i: name for name, (qi, _) in (task.groups or {}).items() for i in qi.tolist()}
     for i, q in enumerate(r.rows.tolist()):
         query = task.rows.item(q)
         if task.direction == "i2t" and task.rows.labels is not None and task.cols.labels is not None:
@@ -336,7 +342,7 @@ def rows_to_show(task: Task, r: Ranking) -> list[Row]:
             if j >= 0
         ]
         first = int(r.first[i]) + 1 if int(r.first[i]) >= 0 else None
-        out.append(Row(task.rows.id(q), q, query, first, cells))
+        out.append(Row(task.rows.id(q), q, query, first, cells, group.get(q, "")))
     return out
 
 
@@ -396,7 +402,7 @@ def render_png(rows: list[Row], title: str, k: int) -> bytes:
             ax.axis("off")
             box = (CELL_W * ratios[c], cell_h, img_h)
             if c == 0:
-                head = f"query {row.qid}" + (f" · first relevant: #{row.first}" if row.first else "")
+                head = row.title + (f" · first relevant: #{row.first}" if row.first else "")
                 _draw(ax, row.query, head, cell_text(row.query), box, query=True)
             elif c - 1 < len(row.cells):
                 cell = row.cells[c - 1]
@@ -497,7 +503,7 @@ def render_html(rows: list[Row], title: str, meta: list[str]) -> str:
         )
         rank_text = f"first relevant item at rank {row.first}" if row.first else "no targets"
         out.append(
-            f'<td class="query"><div class="score">query {e(row.qid)}</div>{_cell_html(row.query)}'
+            f'<td class="query"><div class="score">{e(row.title)}</div>{_cell_html(row.query)}'
             f'<div class="meta">{e(rank_text)}</div></td>'
         )
         for c in row.cells:

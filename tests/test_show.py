@@ -152,6 +152,11 @@ def brute_force(run: Path, direction: str | None) -> Truth:
     return Truth(s, text_labels, image_labels, exclude, gallery_of)
 
 
+def dm_spec(run: Path) -> Any:
+    dm = show.load(run, None, None)[1]
+    return dm.evaluation_set(dm.test_split).spec
+
+
 def check_page(page: Page, truth: Truth, k: int) -> None:
     assert page.rows
     for row in page.rows:
@@ -201,6 +206,9 @@ def test_worst_queries_match_a_brute_force_ranking(
     # the worst: no query left out ranks its first relevant item lower than the shown ones
     firsts = sorted((truth.first(i) for i in range(truth.scores.shape[0])), reverse=True)
     assert [int(r["first"]) for r in page.rows] == firsts[: len(page.rows)]
+    if name == "fashioniq":  # each query names the category it was ranked in
+        groups = {int(i): g for g, (qi, _) in dm_spec(runs[name]).groups.items() for i in qi}
+        assert all(f"query {r['id']} ({groups[r['index']]})" in page.text for r in page.rows)
     assert page_path.read_text().count("data:image/jpeg;base64,") >= len(page.rows)
     assert "<script" not in page_path.read_text()
 
