@@ -135,7 +135,7 @@ class Task:
     rerank_k: int | None = None
 
     def views(self) -> list[tuple[Tensor, Tensor]]:
-        """(query indices, gallery indices) ranked apart: the FashionIQ categories, else everything."""
+        """(query indices, gallery indices) ranked apart: FashionIQ categories, COCO 1K folds, else all."""
         if self.groups:
             return [(q.long().cpu(), g.long().cpu()) for q, g in self.groups.values()]
         return [(torch.arange(self.rows.n), torch.arange(self.cols.n))]
@@ -158,6 +158,18 @@ def class_side(es: Any, spec: Any, labels: Tensor) -> Side:
         return Item(text=" / ".join(caps[:2]), name=names_by_row[i])
 
     return Side(len(names_by_row), item, labels, names_by_row)
+
+
+def fold_groups(img_labels: Tensor, cap_labels: Tensor, direction: str) -> dict[str, tuple[Tensor, Tensor]]:
+    """COCO 1K x 5 folds as groups: fold f is image rows f*n/5.. with their captions, ranked apart."""
+    n = img_labels.numel()
+    size = n // 5
+    out = {}
+    for f in range(5):
+        img = torch.arange(f * size, (f + 1) * size)
+        caps = torch.nonzero(torch.isin(cap_labels.cpu(), img_labels.cpu()[img])).squeeze(1)
+        out[f"fold {f + 1}"] = (caps, img) if direction == "t2i" else (img, caps)
+    return out
 
 
 def build_task(model: RetrievalMethod, dm: RetrievalDataModule, split: str, direction: str | None) -> Task:
@@ -196,10 +208,14 @@ def build_task(model: RetrievalMethod, dm: RetrievalDataModule, split: str, dire
         pair_fn=lambda r, c: model.rescore_pairs(q.take(r.flatten()), g.take(c.flatten())).view(r.shape),
         device=q.index.device,
     )
+    groups = spec.groups
+    if spec.protocol == "coco_1k_5fold":
+        assert spec.query_labels is not None
+        groups = fold_groups(spec.query_labels, spec.gallery_labels, direction)
     if direction == "t2i":
         exclude = None if rows_are_images else spec.exclude
-        return Task(spec.protocol, direction, source, texts, images, exclude, spec.groups, model.rerank_k)
-    return Task(spec.protocol, direction, source.T, images, texts, None, None, model.rerank_k)
+        return Task(spec.protocol, direction, source, texts, images, exclude, groups, model.rerank_k)
+    return Task(spec.protocol, direction, source.T, images, texts, None, groups, model.rerank_k)
 
 
 # -- ranking, by the evaluator ------------------------------------------------------------------------------
@@ -320,7 +336,7 @@ class Row:
     query: Item
     first: int | None  # 1-based rank of the first relevant item
     cells: list[Cell]
-    group: str = ""  # the gallery it was ranked in (a FashionIQ category), if not the whole one
+    group: str = ""  # the gallery it was ranked in (a FashionIQ category, a COCO fold), if not the whole one
 
     @property
     def title(self) -> str:

@@ -329,3 +329,14 @@ def test_a_rerank_shortlist_is_shown_in_its_rescored_order_with_its_rescores() -
     assert r.scores[0].tolist() == pytest.approx([1.0, 0.0, 0.7, 0.1])
     assert r.scores[1].tolist() == pytest.approx([3.0, 2.0, 0.2, 0.1])
     assert r.first.tolist() == [1, 3] and r.relevant[0].tolist() == [False, True, False, False]
+
+
+def test_coco_folds_pair_each_thousand_images_with_their_captions() -> None:
+    images = torch.arange(10)  # 5 folds of 2 images; captions 2 per image, listed out of image order
+    captions = torch.tensor([9, 0, 1, 2, 3, 4, 5, 6, 7, 8, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9])
+    t2i = show.fold_groups(images, captions, "t2i")
+    assert list(t2i) == [f"fold {f}" for f in range(1, 6)]
+    caps, imgs = t2i["fold 1"]
+    assert imgs.tolist() == [0, 1] and caps.tolist() == [1, 2, 10, 11]
+    imgs, caps = show.fold_groups(images, captions, "i2t")["fold 5"]
+    assert imgs.tolist() == [8, 9] and caps.tolist() == [0, 9, 18, 19]
