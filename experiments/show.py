@@ -43,6 +43,7 @@ from fgbench.evaluation import FunctionSource, ScoreSource
 from fgbench.evaluation.engine import Direction, Options, direction_stats
 from fgbench.io import atomic_write_bytes, atomic_write_text
 from fgbench.method import POOLED_QUERIES, ROWS_ARE_IMAGES, RetrievalMethod
+from fgbench.results import RESULT_FILE, read_result
 
 DIRECTIONS = ("t2i", "i2t")
 THUMB = 160  # longest side of an HTML thumbnail, pixels
@@ -601,6 +602,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "ranked by the evaluator: stable descending order, ties by gallery index, excluded items removed;"
         " relevant items framed green",
     ]
+    record = args.run / RESULT_FILE
+    if split == dm.test_split and args.ckpt is None and record.is_file():
+        metrics = read_result(record).get("metrics") or {}
+        meta.append(
+            "the run's test metrics (result.json): " + ", ".join(f"{k} {v:.2f}" for k, v in metrics.items())
+        )
     out = args.out or args.run / "show"
     stem = out / f"{split}_{args.mode}"
     png = atomic_write_bytes(stem.with_suffix(".png"), render_png(rows, title, args.k))

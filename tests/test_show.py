@@ -211,6 +211,8 @@ def test_worst_queries_match_a_brute_force_ranking(
         assert all(f"query {r['id']} ({groups[r['index']]})" in page.text for r in page.rows)
     assert page_path.read_text().count("data:image/jpeg;base64,") >= len(page.rows)
     assert "<script" not in page_path.read_text()
+    r1 = json.loads((runs[name] / "result.json").read_text())["metrics"]
+    assert f"{next(iter(r1))} {next(iter(r1.values())):.2f}" in "".join(page.text)  # the run's metrics
 
 
 def test_query_texts_are_on_the_page_escaped(runs: dict[str, Path], tmp_path: Path) -> None:
