@@ -232,19 +232,36 @@ SCORE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 def _align_block(
-    words: Tensor, wmask: Tensor, regions: Tensor, rmask: Tensor, mode: str, full: bool, dtype: torch.dtype
+    words: Tensor, wmask: Tensor, regions: Tensor, rmask: Tensor, mode: str, dtype: torch.dtype
 ) -> Tensor:
-    """[n_q, n_g] pooled alignments of one chunk as one matmul [n_q W, e] x [e, n_g R]; with every region
-    valid (`full`), MrSw and MrAVGw skip the region mask (a pass over the whole alignment tensor)."""
+    """[n_q, n_g] pooled alignments of one chunk, as one matmul [n_q W, e] x [e, n_g R]."""
     n_q, W, e = words.shape
     n_g, R, _ = regions.shape
     A = torch.mm(words.reshape(n_q * W, e).to(dtype), regions.reshape(n_g * R, e).to(dtype).T)
-    A = A.view(n_q, W, n_g, R)
-    if full and mode in ("MrSw", "MrAVGw"):
-        m = A.amax(-1).float().masked_fill_(~wmask[:, :, None], 0.0)  # [n_q, W, n_g]
-        s = m.sum(1)
-        return s / wmask.sum(1, keepdim=True).clamp_min(1) if mode == "MrAVGw" else s
-    return pool_alignments(A.permute(0, 2, 1, 3).float(), wmask[:, None, :], rmask[None], mode)
+    A = A.view(n_q, W, n_g, R).permute(0, 2, 1, 3).float()  # [n_q, n_g, W, R]
+    return pool_alignments(A, wmask[:, None, :], rmask[None], mode)
+
+
+def _packed_words_max_regions(
+    words: Tensor, word_mask: Tensor, regions: Tensor, out: Tensor, chunk: int, dtype: torch.dtype
+) -> None:
+    """Add Σ_w max_r A_rw of every caption x image to `out` [n_q, n_g], the captions' real words packed into
+    one [n_words, e] matrix (no padded word is multiplied) and every region of `regions` [n_g, R, e] valid;
+    the per-word maxima are summed per caption by `index_add_`."""
+    rows_of, slots = word_mask.nonzero(as_tuple=True)
+    n_w, (n_g, R, e) = len(rows_of), regions.shape
+    if n_w == 0:
+        return
+    packed = words[rows_of, slots].to(dtype)  # [n_words, e]
+    cols = max(1, min(n_g, chunk // (R * min(n_w, 256))))
+    rows = max(1, min(n_w, chunk // (R * cols)))
+    for j in range(0, n_g, cols):
+        gal = regions[j : j + cols].to(dtype).reshape(-1, e)  # converted once per gallery chunk
+        part = out.new_zeros(len(out), min(cols, n_g - j))
+        for i in range(0, n_w, rows):
+            m = torch.mm(packed[i : i + rows], gal.T).view(-1, part.shape[1], R).amax(-1)
+            part.index_add_(0, rows_of[i : i + rows], m.float())
+        out[:, j : j + cols] += part
 
 
 def bucketed_alignment_matrix(
@@ -258,11 +275,12 @@ def bucketed_alignment_matrix(
 ) -> Tensor:
     """`alignment_matrix` (without the zero-padding quirk) over real slots only, for evaluation.
 
-    Captions are grouped by word extent and images by region extent (`length_buckets`); each pair of groups
-    is scored at its own lengths, in chunks of at most `chunk` alignment elements, and scattered back. Equal
-    to the padded computation up to float summation order (fp32); `score_dtype="bfloat16"` multiplies in
-    bf16 (the stored dtype) with a bf16 alignment tensor, pooled in fp32. Not differentiable-safe for
-    training: it reads the masks on the host.
+    Images are grouped by region extent (`length_buckets`). MrSw and MrAVGw over groups whose regions are all
+    valid pack the captions' real words into one matrix (`_packed_words_max_regions`); the other modes
+    group captions by word extent too and score each pair of groups at its own lengths. Chunks hold at
+    most `chunk` alignment elements; results are scattered back. Equal to the padded computation up to float
+    summation order (fp32); `score_dtype="bfloat16"` multiplies in bf16 (the stored dtype) with a bf16
+    alignment tensor, pooled in fp32. For evaluation: it reads the masks on the host.
     """
     if score_dtype not in SCORE_DTYPES:
         raise ValueError(f"teran: score_dtype {score_dtype!r} is not one of {', '.join(SCORE_DTYPES)}")
@@ -271,12 +289,21 @@ def bucketed_alignment_matrix(
     dtype = SCORE_DTYPES[score_dtype]
     n_q, n_g = len(words), len(regions)
     out = torch.zeros(n_q, n_g, dtype=torch.float32, device=words.device)
-    gal = [(gi, R, bool(region_mask[gi, :R].all())) for gi, R in length_buckets(region_mask)]
+    caption_groups: list[tuple[Tensor, int]] | None = None
     with torch.autocast(words.device.type, enabled=False):
-        for qi, W in length_buckets(word_mask):
-            w, wm = words[qi, :W], word_mask[qi, :W]
-            for gi, R, full in gal:
-                r, rm = regions[gi, :R], region_mask[gi, :R]
+        for gi, R in length_buckets(region_mask):
+            r, rm = regions[gi, :R], region_mask[gi, :R]
+            if mode in ("MrSw", "MrAVGw") and bool(rm.all()):
+                part = out.new_zeros(n_q, len(gi))
+                _packed_words_max_regions(words, word_mask, r, part, chunk, dtype)
+                if mode == "MrAVGw":
+                    part /= word_mask.sum(1, keepdim=True).clamp_min(1)
+                out[:, gi] = part
+                continue
+            if caption_groups is None:
+                caption_groups = length_buckets(word_mask)
+            for qi, W in caption_groups:
+                w, wm = words[qi, :W], word_mask[qi, :W]
                 cols = max(1, min(len(gi), chunk // (W * R)))
                 rows = max(1, min(len(qi), chunk // (W * R * cols)))
                 block = torch.cat(
@@ -289,7 +316,6 @@ def bucketed_alignment_matrix(
                                     r[j : j + cols],
                                     rm[j : j + cols],
                                     mode,
-                                    full,
                                     dtype,
                                 )
                                 for j in range(0, len(gi), cols)
