@@ -377,31 +377,30 @@ class Row:
 
 
 PROBE = (128, 1024)  # captions x images of the timed slice behind a skipped case's estimate
-_RATES: dict[tuple[Any, ...], float] = {}
 
 
-def shape_rate(device: torch.device, dtype: torch.dtype, m: int, k: int, n: int) -> float:
-    """FLOP/s of a plain [m, k] x [k, n] matmul in `dtype` (best of 5 timings of >= 50 ms each, after a
-    warm-up), cached per run."""
-    key = (str(device), dtype, m, k, n)
-    if key not in _RATES:
-        a = torch.randn(m, k, device=device).to(dtype)
-        b = torch.randn(n, k, device=device).to(dtype)
-        sync(device)
+class ShapeRate:
+    """A plain [m, k] x [k, n] matmul in `dtype`, timed on demand (one timing of >= 50 ms), so that each of
+    a case's timings has a matmul rate measured right beside it (the load of a shared machine varies)."""
+
+    def __init__(self, device: torch.device, dtype: torch.dtype, m: int, k: int, n: int) -> None:
+        self.device, self.flops = device, 2.0 * m * k * n
+        self.a = torch.randn(m, k, device=device).to(dtype)
+        self.b = torch.randn(n, k, device=device).to(dtype)
+        self.reps = 1
+        self.reps = max(1, int(0.05 / max(self.seconds(), 1e-6)))
+
+    def seconds(self) -> float:
+        sync(self.device)
         t0 = time.perf_counter()
-        a @ b.T
-        sync(device)
-        reps = max(1, int(0.05 / max(time.perf_counter() - t0, 1e-6)))
-        best = float("inf")
-        for _ in range(5):
-            sync(device)
-            t0 = time.perf_counter()
-            for _ in range(reps):
-                a @ b.T
-            sync(device)
-            best = min(best, (time.perf_counter() - t0) / reps)
-        _RATES[key] = 2.0 * m * k * n / best
-    return _RATES[key]
+        for _ in range(self.reps):
+            self.a @ self.b.T
+        sync(self.device)
+        return (time.perf_counter() - t0) / self.reps
+
+    def __call__(self) -> float:
+        """FLOP/s now: the best of two timings."""
+        return self.flops / min(self.seconds(), self.seconds())
 
 
 def chunk_shape(sz: Sizes, n_img: int) -> tuple[int, int, int]:
@@ -423,8 +422,9 @@ class Counted:
         return self._score(q, g)
 
 
-def probe(case: Case, sz: Sizes, device: torch.device) -> tuple[float, float]:
-    """(pairs/s, real FLOP/s) of the case's `score` on a PROBE-sized slice at the case's shapes, best of 2."""
+def probe(case: Case, sz: Sizes, device: torch.device, ref: ShapeRate) -> tuple[float, float, float]:
+    """(pairs/s, real FLOP/s, the matmul rate timed just before) of the case's `score` on a PROBE-sized slice
+    at the case's shapes, best of 2."""
     from dataclasses import replace
 
     n_cap, n_img = min(PROBE[0], sz.coco_cap), min(PROBE[1], sz.coco_img)
@@ -435,15 +435,17 @@ def probe(case: Case, sz: Sizes, device: torch.device) -> tuple[float, float]:
     counted = Counted(method, case.useful)
     with torch.no_grad():
         method.score(q.slice(0, 8), g.slice(0, 8))  # warm-up
-        seconds = float("inf")
-        for _ in range(2):  # the best of two (a shared machine's load comes and goes)
+        seconds, rate = float("inf"), 0.0
+        for _ in range(2):  # the best of two (a shared machine's load comes and goes), each beside a matmul
+            now = ref()
             counted.flops = 0.0
             sync(device)
             t0 = time.perf_counter()
             method.score(q, g)
             sync(device)
-            seconds = min(seconds, time.perf_counter() - t0)
-    return n_cap * n_img / seconds, counted.flops / seconds
+            if time.perf_counter() - t0 < seconds:
+                seconds, rate = time.perf_counter() - t0, now
+    return n_cap * n_img / seconds, counted.flops / seconds, rate
 
 
 def _features_mb(*feats: Any) -> float:
@@ -465,7 +467,8 @@ def run_case(name: str, sz: Sizes, device: torch.device, rate: float, max_s: flo
         return row
     row.scorer, row.pairs, row.note = case.scorer, case.pairwise_pairs, case.note
     if case.useful is not None:
-        rate = row.matmul_rate = shape_rate(device, case.dtype, *chunk_shape(sz, sz.coco_img))
+        ref = ShapeRate(device, case.dtype, *chunk_shape(sz, sz.coco_img))
+        rate = row.matmul_rate = ref()
     estimate = case.flops / rate
     if estimate > max_s:
         row.status = "skipped"
@@ -474,7 +477,7 @@ def run_case(name: str, sz: Sizes, device: torch.device, rate: float, max_s: flo
             f"{rate / 1e12:.3f} TFLOP/s)"
         )
         if case.useful is not None:
-            pairs_s, row.useful_rate = probe(case, sz, device)
+            pairs_s, row.useful_rate, row.matmul_rate = probe(case, sz, device, ref)
             row.note += (
                 f"; {case.pairwise_pairs / pairs_s / 3600:.2f} h from a timed {PROBE[0]} x {PROBE[1]} slice"
             )
@@ -490,6 +493,7 @@ def run_case(name: str, sz: Sizes, device: torch.device, rate: float, max_s: flo
     counted = None if case.useful is None else Counted(method, case.useful)
     peak = PeakMemory(device).start()
     for _ in range(repeats):  # the best of `repeats` (a shared machine's load comes and goes)
+        now = None if case.useful is None else ref()  # the matmul rate right beside this timing
         if counted is not None:
             counted.flops = 0.0
         sync(device)
@@ -507,7 +511,7 @@ def run_case(name: str, sz: Sizes, device: torch.device, rate: float, max_s: flo
         if row.seconds is None or seconds < row.seconds:
             row.seconds = seconds
             if counted is not None:
-                row.useful_rate = counted.flops / seconds
+                row.useful_rate, row.matmul_rate = counted.flops / seconds, now
     row.peak_mb = peak.stop()
     row.metrics = dict(result.metrics)
     return row
