@@ -292,7 +292,10 @@ def bucketed_alignment_matrix(
     caption_groups: list[tuple[Tensor, int]] | None = None
     with torch.autocast(words.device.type, enabled=False):
         for gi, R in length_buckets(region_mask):
-            r, rm = regions[gi, :R], region_mask[gi, :R]
+            if len(gi) == n_g:  # one group (indices in order): a view, not a copy of the gallery
+                r, rm = regions[:, :R], region_mask[:, :R]
+            else:
+                r, rm = regions[gi, :R], region_mask[gi, :R]
             if mode in ("MrSw", "MrAVGw") and bool(rm.all()):
                 part = out.new_zeros(n_q, len(gi))
                 _packed_words_max_regions(words, word_mask, r, part, chunk, dtype)
