@@ -10,18 +10,32 @@ Cases:
   (i2t and t2i);
 - ``coco_teran_exact``: COCO 5K with TERAN's MrSw alignment (`methods/teran.py`, paper profile: words of the
   scored window of 88 word-pieces = 86 slots, 8-20 of them valid; 36 regions; d = 1,024; stored in bf16,
-  scored in fp32) on every one of the 5,000 x 25,000 pairs; the suite walks the matrix once per direction;
+  scored in fp32) on every one of the 5,000 x 25,000 pairs; the suite walks the matrix once for both
+  directions (plus a pre-pass of each image against its own captions);
 - ``coco_teran_once``: the same scores computed once into the dense 25,000 x 5,000 matrix (500 MB), then
-  evaluated: what scoring both directions from one pass would cost (not the suite's path today);
+  evaluated: the one walk's cost without its blocks (a reference, not the suite's path);
 - ``coco_teran_rerank``: TERAN with `global_aux_loss` and `rerank_k` = 100: the globals' top-100 of every
-  query re-scored by the alignment (`rescore_pairs`), both directions.
+  query re-scored by the alignment (`rescore_pairs`), both directions;
+- ``coco_teran_exact_padded``: ``coco_teran_exact`` with `score_buckets` off: every padded word slot
+  multiplied (the scorer before length grouping), for the before/after ratio in one run;
+- ``coco_teran_exact_bf16``: ``coco_teran_exact`` multiplying in bf16 (`score_dtype`);
+- ``coco_racg_exact`` / ``coco_racg_exact_padded``: RACG's cross-graph attention (`methods/racg.py`, paper
+  profile: 8 heads, no Â in the features, so β plays no part) on the same sets and pairs, grouped by length
+  or padded.
+
+Per pairwise case the table gives the useful FLOP rate (matmul FLOPs of the real word and region slots only,
+counted from the masks of every `score` call: 2·d per word-region pair for TERAN; for RACG its two
+word-region products 4·d and its two Gram-form products 2·H·(W + R) per word-region pair) and its ratio to a
+plain matmul of the same dtype, measured in the same run at the shape of one length group's chunk
+([256, d] x [d, min(images, 4,096)·36]).
 
 Features are random but structured (each caption's words are noisy copies of its image's regions), so the
 metrics are far from chance and the table's R@1 column shows the scorer ran on what it was given. Time is
 wall clock around `evaluate_features` with the device synchronised; peak memory is the device's peak
 (GPU: allocated tensors including the features; CPU: resident set above the start). Cases whose estimated
 time on this device exceeds `--max-seconds` (the pairwise COCO 5K cases on a CPU) are skipped with the
-estimate, from their matmul FLOPs and the measured matrix rate.
+estimate: from a timed slice of the case (`PROBE` captions x images at the case's shapes, pairs/s), and
+from their FLOPs at the measured matmul rate of their dtype and shape.
 
     .venv/bin/python benchmarks/eval_throughput.py            # paper scale (a GPU)
     .venv/bin/python benchmarks/eval_throughput.py --quick    # tiny sizes on the CPU, seconds
@@ -174,6 +188,8 @@ class Case:
     flops: float  # matmul FLOPs of the scoring
     once: bool = False  # score the matrix once, then evaluate it (not the suite's path)
     note: str = ""
+    dtype: torch.dtype = torch.float32  # the scorer's matmul dtype
+    useful: Callable[[Tensor, Tensor, int], float] | None = None  # (word ext, region ext, d) -> real FLOPs
 
 
 CASES: dict[str, Callable[[Sizes, torch.device], Case]] = {}
@@ -215,20 +231,102 @@ def _coco_global(sz: Sizes, device: torch.device) -> Case:
     )
 
 
-def _alignment_flops(pairs: float, sz: Sizes) -> float:
-    return 2.0 * pairs * sz.words * sz.regions * sz.coco_dim
+def _alignment_flops(pairs: float, sz: Sizes, words: float | None = None) -> float:
+    return 2.0 * pairs * (sz.words if words is None else words) * sz.regions * sz.coco_dim
+
+
+def _mean_words(sz: Sizes) -> float:
+    return (sz.min_len + sz.max_len) / 2
+
+
+def teran_useful(w: Tensor, r: Tensor, d: int) -> float:
+    """TERAN's real matmul FLOPs of captions (word extents w) x images (region extents r): 2·d per pair of
+    real word and region slots."""
+    return 2.0 * d * float(w.sum()) * float(r.sum())
+
+
+def racg_useful(w: Tensor, r: Tensor, d: int, heads: int = 8) -> float:
+    """RACG's real matmul FLOPs: Q = t̂·v and P̃ = v̂·t (2·d each per word-region pair), ‖a'_w‖² through
+    Vʰ Vʰᵀ (2·H·R per pair) and ‖c'_r‖² through Tʰ Tʰᵀ (2·H·W per pair)."""
+    w, r = w.double(), r.double()
+    return float(
+        4.0 * d * w.sum() * r.sum() + 2.0 * heads * ((w * w).sum() * r.sum() + w.sum() * (r * r).sum())
+    )
 
 
 @register_case("coco_teran_exact")
 def _coco_teran_exact(sz: Sizes, device: torch.device) -> Case:
-    pairs = 2 * sz.coco_img * sz.coco_cap  # the suite walks the matrix once per direction
+    pairs = sz.coco_img * sz.coco_cap  # one walk scores each pair once for both directions
     return Case(
         "teran MrSw, exact",
         _method("teran", profile="paper"),
         lambda: coco_features(sz, device, with_sets=True),
         pairs,
+        _alignment_flops(pairs, sz, _mean_words(sz)),
+        note="one walk: each pair scored once for i2t and t2i",
+        useful=teran_useful,
+    )
+
+
+@register_case("coco_teran_exact_padded")
+def _coco_teran_exact_padded(sz: Sizes, device: torch.device) -> Case:
+    pairs = sz.coco_img * sz.coco_cap
+    return Case(
+        "teran MrSw, exact, padded",
+        _method("teran", profile="paper", overrides={"score_buckets": False}),
+        lambda: coco_features(sz, device, with_sets=True),
+        pairs,
         _alignment_flops(pairs, sz),
-        note="i2t and t2i each score all pairs",
+        note="every padded word slot multiplied (before length grouping)",
+        useful=teran_useful,
+    )
+
+
+@register_case("coco_teran_exact_bf16")
+def _coco_teran_exact_bf16(sz: Sizes, device: torch.device) -> Case:
+    pairs = sz.coco_img * sz.coco_cap
+    return Case(
+        "teran MrSw, bf16 matmul",
+        _method("teran", profile="paper", overrides={"score_dtype": "bfloat16"}),
+        lambda: coco_features(sz, device, with_sets=True),
+        pairs,
+        _alignment_flops(pairs, sz, _mean_words(sz)),
+        note="score_dtype=bfloat16 (approximate)",
+        dtype=torch.bfloat16,
+        useful=teran_useful,
+    )
+
+
+def _racg_flops(pairs: float, sz: Sizes, words: float) -> float:
+    w, r = words, sz.regions
+    return pairs * (4.0 * sz.coco_dim * w * r + 2.0 * 8 * (w * w * r + w * r * r))
+
+
+@register_case("coco_racg_exact")
+def _coco_racg_exact(sz: Sizes, device: torch.device) -> Case:
+    pairs = sz.coco_img * sz.coco_cap
+    return Case(
+        "racg cross-graph, exact",
+        _method("racg", profile="paper"),
+        lambda: coco_features(sz, device, with_sets=True),
+        pairs,
+        _racg_flops(pairs, sz, _mean_words(sz)),
+        note="8 heads; grouped by length",
+        useful=racg_useful,
+    )
+
+
+@register_case("coco_racg_exact_padded")
+def _coco_racg_exact_padded(sz: Sizes, device: torch.device) -> Case:
+    pairs = sz.coco_img * sz.coco_cap
+    return Case(
+        "racg cross-graph, padded",
+        _method("racg", profile="paper", overrides={"score_buckets": False}),
+        lambda: coco_features(sz, device, with_sets=True),
+        pairs,
+        _racg_flops(pairs, sz, sz.words),
+        note="8 heads; padded (before length grouping)",
+        useful=racg_useful,
     )
 
 
@@ -240,8 +338,9 @@ def _coco_teran_once(sz: Sizes, device: torch.device) -> Case:
         _method("teran", profile="paper"),
         lambda: coco_features(sz, device, with_sets=True),
         pairs,
-        _alignment_flops(pairs, sz),
+        _alignment_flops(pairs, sz, _mean_words(sz)),
         once=True,
+        useful=teran_useful,
         note="matrix scored once, then evaluated (not the suite's path)",
     )
 
@@ -275,6 +374,82 @@ class Row:
     metrics: dict[str, float] = field(default_factory=dict)
     status: str = "ok"
     note: str = ""
+    useful_rate: float | None = None  # real-slot FLOP/s of the pairwise scorer
+    matmul_rate: float | None = None  # a plain matmul's FLOP/s, same dtype and chunk shape, this run
+
+
+PROBE = (128, 1024)  # captions x images of the timed slice behind a skipped case's estimate
+
+
+class ShapeRate:
+    """A plain [m, k] x [k, n] matmul in `dtype`, timed on demand (one timing of >= 50 ms), so that each of
+    a case's timings has a matmul rate measured right beside it (the load of a shared machine varies)."""
+
+    def __init__(self, device: torch.device, dtype: torch.dtype, m: int, k: int, n: int) -> None:
+        self.device, self.flops = device, 2.0 * m * k * n
+        self.a = torch.randn(m, k, device=device).to(dtype)
+        self.b = torch.randn(n, k, device=device).to(dtype)
+        self.reps = 1
+        self.reps = max(1, int(0.05 / max(self.seconds(), 1e-6)))
+
+    def seconds(self) -> float:
+        sync(self.device)
+        t0 = time.perf_counter()
+        for _ in range(self.reps):
+            self.a @ self.b.T
+        sync(self.device)
+        return (time.perf_counter() - t0) / self.reps
+
+    def __call__(self) -> float:
+        """FLOP/s now: the best of two timings."""
+        return self.flops / min(self.seconds(), self.seconds())
+
+
+def chunk_shape(sz: Sizes, n_img: int) -> tuple[int, int, int]:
+    """The shape of one length group's chunk: ~20 captions of ~12 words x up to 4,096 images of 36 regions."""
+    return 256, sz.coco_dim, min(n_img, 4096) * sz.regions
+
+
+class Counted:
+    """Wraps a method's `score` to add up the real-slot FLOPs and the pairs of every call (the masks'
+    extents; the pairs as scored, so the table's count is measured, not assumed)."""
+
+    def __init__(self, method: Any, useful: Callable[[Tensor, Tensor, int], float]) -> None:
+        from methods.teran import extents
+
+        self.flops, self.pairs, self._score, self._useful, self._ext = 0.0, 0, method.score, useful, extents
+        method.score = self
+
+    def __call__(self, q: Any, g: Any) -> Tensor:
+        self.flops += self._useful(self._ext(q.mask), self._ext(g.mask), q.tok.shape[-1])
+        self.pairs += q.mask.shape[0] * g.mask.shape[0]
+        return self._score(q, g)
+
+
+def probe(case: Case, sz: Sizes, device: torch.device, ref: ShapeRate) -> tuple[float, float, float]:
+    """(pairs/s, real FLOP/s, the matmul rate timed just before) of the case's `score` on a PROBE-sized slice
+    at the case's shapes, best of 2."""
+    from dataclasses import replace
+
+    n_cap, n_img = min(PROBE[0], sz.coco_cap), min(PROBE[1], sz.coco_img)
+    q, g, _ = coco_features(replace(sz, coco_cap=max(n_cap, n_img), coco_img=n_img), device, with_sets=True)
+    q = q.slice(0, n_cap)
+    method = case.method.to(device)
+    assert case.useful is not None
+    counted = Counted(method, case.useful)
+    with torch.no_grad():
+        method.score(q.slice(0, 8), g.slice(0, 8))  # warm-up
+        seconds, rate = float("inf"), 0.0
+        for _ in range(2):  # the best of two (a shared machine's load comes and goes), each beside a matmul
+            now = ref()
+            counted.flops = 0.0
+            sync(device)
+            t0 = time.perf_counter()
+            method.score(q, g)
+            sync(device)
+            if time.perf_counter() - t0 < seconds:
+                seconds, rate = time.perf_counter() - t0, now
+    return n_cap * n_img / seconds, counted.flops / seconds, rate
 
 
 def _features_mb(*feats: Any) -> float:
@@ -287,7 +462,7 @@ def score_once(method: Any, q: Any, g: Any, block: int = 1024) -> Tensor:
     return torch.cat(rows)
 
 
-def run_case(name: str, sz: Sizes, device: torch.device, rate: float, max_s: float) -> Row:
+def run_case(name: str, sz: Sizes, device: torch.device, rate: float, max_s: float, repeats: int = 1) -> Row:
     row = Row(name)
     try:
         case = CASES[name](sz, device)
@@ -295,13 +470,22 @@ def run_case(name: str, sz: Sizes, device: torch.device, rate: float, max_s: flo
         row.status, row.note = "skipped", f"{type(err).__name__}: {str(err).splitlines()[0]}"[:160]
         return row
     row.scorer, row.pairs, row.note = case.scorer, case.pairwise_pairs, case.note
+    if case.useful is not None:
+        ref = ShapeRate(device, case.dtype, *chunk_shape(sz, sz.coco_img))
+        rate = row.matmul_rate = ref()
     estimate = case.flops / rate
     if estimate > max_s:
         row.status = "skipped"
         row.note = (
-            f"estimated {estimate / 3600:.1f} h here ({case.flops:.2e} matmul FLOP at the measured "
-            f"{rate / 1e12:.2f} TFLOP/s); raise --max-seconds or run on a GPU"
+            f"estimated {estimate / 3600:.2f} h here at the matmul rate ({case.flops:.2e} FLOP at "
+            f"{rate / 1e12:.3f} TFLOP/s)"
         )
+        if case.useful is not None:
+            pairs_s, row.useful_rate, row.matmul_rate = probe(case, sz, device, ref)
+            row.note += (
+                f"; {case.pairwise_pairs / pairs_s / 3600:.2f} h from a timed {PROBE[0]} x {PROBE[1]} slice"
+            )
+        row.note += "; raise --max-seconds or run on a GPU"
         return row
     t0 = time.perf_counter()
     q, g, spec = case.features()
@@ -310,19 +494,29 @@ def run_case(name: str, sz: Sizes, device: torch.device, rate: float, max_s: flo
     row.shape = f"{len(q)} x {len(g)}"
     row.features_mb = _features_mb(q, g)
     method = case.method.to(device)
+    counted = None if case.useful is None else Counted(method, case.useful)
     peak = PeakMemory(device).start()
-    sync(device)
-    t0 = time.perf_counter()
-    with torch.no_grad():
-        if case.once:
-            from fgbench.evaluation import evaluate
+    for _ in range(repeats):  # the best of `repeats` (a shared machine's load comes and goes)
+        now = None if case.useful is None else ref()  # the matmul rate right beside this timing
+        if counted is not None:
+            counted.flops, counted.pairs = 0.0, 0
+        sync(device)
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            if case.once:
+                from fgbench.evaluation import evaluate
 
-            scores = score_once(method, q, g)  # captions x images
-            result = evaluate(scores.T, spec)  # rows images, as evaluate_features transposes
-        else:
-            result = method.evaluate_features(q, g, spec)
-    sync(device)
-    row.seconds = time.perf_counter() - t0
+                scores = score_once(method, q, g)  # captions x images
+                result = evaluate(scores.T, spec)  # rows images, as evaluate_features transposes
+            else:
+                result = method.evaluate_features(q, g, spec)
+        sync(device)
+        seconds = time.perf_counter() - t0
+        if row.seconds is None or seconds < row.seconds:
+            row.seconds = seconds
+            if counted is not None:
+                row.useful_rate, row.matmul_rate = counted.flops / seconds, now
+                row.pairs = counted.pairs
     row.peak_mb = peak.stop()
     row.metrics = dict(result.metrics)
     return row
@@ -352,6 +546,14 @@ def display(rows: list[Row]) -> list[dict[str, str]]:
                 "M pairs/s": fmt(rate, ".2f"),
                 "peak MB": fmt(r.peak_mb, ".0f"),
                 "features MB": fmt(r.features_mb, ".0f"),
+                "useful GFLOP/s": fmt(None if r.useful_rate is None else r.useful_rate / 1e9, ".1f"),
+                "matmul GFLOP/s": fmt(None if r.matmul_rate is None else r.matmul_rate / 1e9, ".1f"),
+                "% of matmul": fmt(
+                    None
+                    if r.useful_rate is None or not r.matmul_rate
+                    else 100 * r.useful_rate / r.matmul_rate,
+                    ".0f",
+                ),
                 "R@1 (i2t / t2i)": r1,
                 "mAP / rsum": extra,
                 "note": r.note if r.status == "ok" else f"{r.status}: {r.note}",
@@ -360,7 +562,18 @@ def display(rows: list[Row]) -> list[dict[str, str]]:
     return out
 
 
-RIGHT = {"pairwise pairs", "seconds", "M pairs/s", "peak MB", "features MB", "R@1 (i2t / t2i)", "mAP / rsum"}
+RIGHT = {
+    "pairwise pairs",
+    "seconds",
+    "M pairs/s",
+    "peak MB",
+    "features MB",
+    "useful GFLOP/s",
+    "matmul GFLOP/s",
+    "% of matmul",
+    "R@1 (i2t / t2i)",
+    "mAP / rsum",
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -375,6 +588,7 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="CSV path (default results/eval_throughput.csv; --quick: results/quick/)",
     )
+    p.add_argument("--repeats", type=int, default=1, help="timed runs per case (the best is kept)")
     args = p.parse_args(argv)
     args.out = out_csv(args.out, args.quick, OUT_CSV.stem)
     names = list(CASES) if args.only is None else args.only.split(",")
@@ -392,7 +606,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         log(f"[{name}] ...")
         try:
-            row = run_case(name, sz, device, rate, args.max_seconds)
+            row = run_case(name, sz, device, rate, args.max_seconds, args.repeats)
         except Exception as err:
             import traceback
 

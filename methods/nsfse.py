@@ -87,6 +87,7 @@ from fgbench.optim import OptimConfig
 from fgbench.profiles import merge_overrides, resolve_profile
 from fgbench.registry import register_method
 from methods.clip_ft import ClipProfile, build_tokenizer, build_towers
+from methods.teran import length_buckets
 from methods.tirg import Composer, same_target_mask
 
 PROVENANCE = "re-implementation from the paper's description"
@@ -142,6 +143,7 @@ class NSFSEConfig:
     ema_momentum: float = 0.9  # momentum of the dynamic threshold's statistics
     init_a: tuple[float, float] = (1.0, 10.0)  # TIRG's initial (a0, a1)
     score_chunk: int = 1 << 24  # elements of one [b_q, b_g, L, N] tensor when scoring (memory bound)
+    score_buckets: bool = True  # evaluation scores real words only, captions grouped by length (exact)
     store_dtype: str = "bfloat16"  # dtype of the token sets kept for scoring (computed in fp32)
     optimizer: str = "adamw"  # fgbench.optim OPTIMIZERS key
     lr: float = 1e-3  # learning rate of the new layers
@@ -586,7 +588,20 @@ class NSFSE(RetrievalMethod):
     def full_score(self, q: Features, g: Features, layout: str = "matrix") -> Tensor:
         """The full score from stored features, in fp32 whatever the trainer's autocast."""
         with torch.autocast(q.index.device.type, enabled=False):
+            if layout == "matrix" and self.hp.score_buckets and "cross" in self.terms:
+                return self.bucketed(*self.unpack(q, g))
             return self.pairwise(*self.unpack(q, g), layout=layout)
+
+    def bucketed(self, q: Tensor, qs: QuerySets, g: Tensor, cs: CandidateSets) -> Tensor:
+        """`pairwise` [n_q, n_c] with the queries grouped by word extent (`length_buckets`), each group's
+        words cut to its own length, so s_cross multiplies no padded word (exact: later words are masked)."""
+        cs, glob = cs.prepared(), q @ g.T
+        out = torch.empty_like(glob)
+        for qi, n in length_buckets(qs.word_mask):
+            sub = QuerySets(qs.words[qi, :n], qs.word_mask[qi, :n], qs.text[qi], qs.context[qi])
+            terms = chunked_terms(sub, cs, self.hp.attn_scale, self.terms, "matrix", self.hp.score_chunk)
+            out[qi] = self.combine(glob[qi], terms)
+        return out
 
     def score(self, q: Features, g: Features) -> Tensor:
         """The full score of every pair; with `rerank_k`, s_glob (the shortlist's coarse score)."""

@@ -81,6 +81,7 @@ from methods.teran import (
     TEXT_ENCODERS,
     WORD_SPANS,
     TERANConfig,
+    length_buckets,
     punctuation_table,
     region_inputs,
     scored_tokens,
@@ -262,6 +263,14 @@ def relation_block(
     return SIDES[sides](s_a.mean(-1), s_c.mean(-1))
 
 
+def _sq_norm(weights: Tensor, X: Tensor) -> Tensor:
+    """‖Σ_n w_n x_n‖² for weights [.., M, N] over the nodes X [.., N, e]: the combination itself when e < N
+    (2e per weight), else the Gram form wᵀ (X Xᵀ) w (2N per weight)."""
+    if X.shape[-1] < X.shape[-2]:
+        return torch.matmul(weights, X).square().sum(-1)
+    return (torch.matmul(weights, X @ X.transpose(-1, -2)) * weights).sum(-1)
+
+
 def relation_matrix(
     words: Tensor,
     wmask: Tensor,
@@ -291,8 +300,8 @@ def relation_matrix(
     Tn, Vn = T / nt[..., None], V / nv[..., None]
     # Q = t̂·v [h, q, W, g, R]; E = exp(λ(cos - 1)) on valid word-region pairs, 0 elsewhere
     Q = torch.matmul(Tn.reshape(h, q * W, e), V.reshape(h, g * R, e).transpose(1, 2)).view(h, q, W, g, R)
-    valid = wmask[:, :, None, None] & rmask[None, None]  # [q, W, g, R]
-    bias = torch.where(valid, -lam, -1e4).to(Q.dtype)
+    bias_w = torch.where(wmask, 0.0, -1e4).to(Q.dtype)  # -1e4 (exp: 0) off the valid word-region pairs
+    bias = bias_w[:, :, None, None] + torch.where(rmask, -lam, -1e4).to(Q.dtype)[None, None]  # [q, W, g, R]
     E = torch.addcmul(bias, Q, (lam / nv)[:, None, None]).exp_()
     spread = beta > 0
     # words -> regions: a'_w = Σ_r π'_wr vʰ_r; cos(tʰ_w, a'_w) = Σ_r π'_wr Q_wr / ‖a'_w‖
@@ -301,24 +310,28 @@ def relation_matrix(
         pi = E / E.sum(-1, keepdim=True).clamp_min(torch.finfo(E.dtype).tiny)
         mix = beta * wadj.float() + (1.0 - beta) * torch.eye(W, device=E.device)  # [q, W, W]
         pi = torch.matmul(mix, pi.view(h, q, W, g * R)).view(h, q, W, g, R)
-    num_a = (pi * Q).sum(-1)  # [h, q, W, g]
+    PQ = pi * Q
+    num_a = PQ.sum(-1)  # [h, q, W, g]
     by_image = pi.reshape(h, q * W, g, R).transpose(1, 2).contiguous()  # [h, g, qW, R]
-    sq_a = (torch.matmul(by_image, V @ V.transpose(-1, -2)) * by_image).sum(-1)  # ‖a'_w‖² [h, g, qW]
+    sq_a = _sq_norm(by_image, V)  # ‖a'_w‖² [h, g, qW]
     cos_a = num_a / sq_a.view(h, g, q, W).permute(0, 2, 3, 1).clamp_min(EPS * EPS).sqrt()
     s_a = cos_a.masked_fill(~wmask[:, :, None], 0.0).sum(2) / wmask.sum(1).clamp_min(1)[:, None]  # [h, q, g]
     if sides == "words":
         return s_a.mean(0)
-    # regions -> words: c'_r = Σ_w ρ'_wr tʰ_w; cos(vʰ_r, c'_r) = Σ_w ρ'_wr P̃_wr / ‖c'_r‖, P̃ = v̂·t
-    rho = E.permute(0, 3, 4, 1, 2)  # [h, g, R, q, W]
+    # regions -> words: c'_r = Σ_w ρ'_wr tʰ_w; cos(vʰ_r, c'_r) = Σ_w ρ'_wr P̃_wr / ‖c'_r‖, P̃ = v̂·t = Q·‖t‖/‖v‖
     if spread and radj is not None:
-        rho = rho.contiguous()
+        rho = E.permute(0, 3, 4, 1, 2).contiguous()  # [h, g, R, q, W]
         rho = rho / rho.sum(-1, keepdim=True).clamp_min(torch.finfo(E.dtype).tiny)
         mix = beta * radj.float() + (1.0 - beta) * torch.eye(R, device=E.device)  # [g, R, R]
         rho = torch.matmul(mix, rho.view(h, g, R, q * W)).view(h, g, R, q, W)
-    Pt = torch.matmul(Vn.reshape(h, g * R, e), T.reshape(h, q * W, e).transpose(1, 2)).view(h, g, R, q, W)
-    num_c = (rho * Pt).sum(-1)  # [h, g, R, q]
-    by_caption = rho.reshape(h, g * R, q, W).transpose(1, 2).contiguous()  # [h, q, gR, W]
-    sq_c = (torch.matmul(by_caption, T @ T.transpose(-1, -2)) * by_caption).sum(-1)  # ‖c'_r‖² [h, q, gR]
+        Pt = torch.matmul(Vn.reshape(h, g * R, e), T.reshape(h, q * W, e).transpose(1, 2)).view(h, g, R, q, W)
+        num_c = (rho * Pt).sum(-1)  # [h, g, R, q]
+        by_caption = rho.reshape(h, g * R, q, W).transpose(1, 2).contiguous()  # [h, q, gR, W]
+    else:  # ρ' = E in E's own layout: P̃ from Q elementwise, and E·Q shared with the word side when π' = E
+        EQ = PQ if pi is E else E * Q
+        num_c = EQ.mul_(nt[..., None, None]).sum(2).div_(nv[:, None]).permute(0, 2, 3, 1)  # [h, g, R, q]
+        by_caption = E.reshape(h, q, W, g * R).transpose(2, 3).contiguous()  # [h, q, gR, W]
+    sq_c = _sq_norm(by_caption, T)  # ‖c'_r‖² [h, q, gR]
     cos_c = num_c / sq_c.view(h, q, g, R).permute(0, 2, 3, 1).clamp_min(EPS * EPS).sqrt()  # [h, g, R, q]
     s_c = cos_c.masked_fill(~rmask[:, :, None], 0.0).sum(2) / rmask.sum(1).clamp_min(1)[:, None]  # [h, g, q]
     return SIDES[sides](s_a.mean(0), s_c.transpose(1, 2).mean(0))
@@ -426,6 +439,35 @@ def relation_scores(
         return torch.cat(out) if out else words.new_zeros(0, n_g, dtype=torch.float32)
 
 
+def bucketed_relation_scores(
+    q: Nodes | Features,
+    g: Nodes | Features,
+    heads: int,
+    lam: float,
+    beta: float,
+    chunk: int = 1 << 22,
+    sides: str = "both",
+) -> Tensor:
+    """`relation_scores` [n_q, n_g] over real nodes only, for evaluation: captions grouped by word extent and
+    images by node extent (`length_buckets`, one host sync), each pair of groups scored at its own lengths
+    with its Â cut alike, scattered back (exact: the nodes cut are masked)."""
+    assert q.tok is not None and q.mask is not None and g.tok is not None and g.mask is not None
+    qa, ga = _adj_of(q), _adj_of(g)
+    qa, ga = (_fit(qa, q.tok.shape[1]), _fit(ga, g.tok.shape[1])) if beta else (None, None)
+
+    def part(x: Tensor, mask: Tensor, adj: Tensor | None, idx: Tensor, n: int) -> Nodes:
+        cut = None if adj is None else adj[idx, :n, :n]
+        return Nodes(tok=x[idx, :n], mask=mask[idx, :n], adj=cut, glob=x.new_zeros(0))
+
+    out = torch.zeros(len(q.tok), len(g.tok), dtype=torch.float32, device=q.tok.device)
+    gal = [(gi, part(g.tok, g.mask, ga, gi, R)) for gi, R in length_buckets(g.mask)]
+    for qi, W in length_buckets(q.mask):
+        qn = part(q.tok, q.mask, qa, qi, W)
+        for gi, gn in gal:
+            out[qi[:, None], gi[None, :]] = relation_scores(qn, gn, heads, lam, beta, "matrix", chunk, sides)
+    return out
+
+
 def _adj_of(x: Nodes | Features) -> Tensor | None:
     return x.adj if isinstance(x, Nodes) else x.aux.get("adj")
 
@@ -456,6 +498,7 @@ class RACGConfig:
     sum_warmup_epochs: int | None = None  # summed-hinge (VSE0) epochs first; None: per task family (vsepp)
     store_dtype: str = "bfloat16"  # dtype of the node sets and Â kept for scoring (computed in fp32)
     score_chunk: int = 1 << 22  # max elements of one [b_q, b_g, H, W, R] tensor while scoring
+    score_buckets: bool = True  # evaluation scores real nodes only, sets grouped by length (exact)
     optimizer: str = "adamw"  # fgbench.optim OPTIMIZERS key
     lr: float = 1e-3  # learning rate of the new modules
     text_lr_mult: float = 1.0  # lr multiplier of the pretrained text encoder (paper reading: 0.1 -> 2e-5)
@@ -667,6 +710,12 @@ class RACG(RetrievalMethod):
         """S(caption, image) for a block; the globals' v̄·t̄ with cross-graph off or with `rerank_k`."""
         if self.rerank_k is not None or not self.cross_graph:
             return super().score(q, g)
+        if self.hp.score_buckets:
+            hp = self.hp
+            beta = self.beta if self.text_graph is not None else 0.0
+            return bucketed_relation_scores(
+                q, g, hp.heads, hp.attn_lambda, beta, hp.score_chunk, self.score_sides
+            )
         return self.relation(q, g)
 
     def score_pairs(self, q: Features, g: Features) -> Tensor:

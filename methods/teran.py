@@ -35,7 +35,10 @@ Our reading [inf]:
   that padding irrelevant, except under `zero_pad_quirk`, which in training then also reaches the longest
   caption of a batch);
 - test time stores token and region sets in bf16 (`store_dtype`) and scores in fp32, in chunks of queries x
-  gallery items bounded by `score_chunk` elements, never the full [n_q, n_g, L, R] tensor;
+  gallery items bounded by `score_chunk` elements, never the full [n_q, n_g, L, R] tensor; captions are
+  grouped by length and region sets by count, each group scored at its own length (`score_buckets`), so no
+  padded slot is multiplied (exact; the padded path serves `zero_pad_quirk`, where padding takes part);
+  `score_dtype=bfloat16` multiplies the stored bf16 sets in bf16 (faster, approximate: benchmarks/README.md);
 - `rerank_k` (a shortlist by the position-0 globals, re-scored by the alignment) needs `global_aux_loss`,
   the coarse score the model was trained for; runs that use it are a variant;
 - the tiny profile: TinyText words (vocabulary from the training captions) -> Linear -> 2 TE layers at d 64;
@@ -203,6 +206,132 @@ def alignment_pairs(
     return torch.cat(parts) if parts else words.new_zeros(0, dtype=torch.float32)
 
 
+# -- scoring real slots only: sets grouped by length (evaluation) -------------------------------------------
+
+
+def extents(mask: Tensor) -> Tensor:
+    """[n] slots up to each row's last valid one (0 for an empty row): the row's length without padding."""
+    pos = torch.arange(1, mask.shape[1] + 1, device=mask.device)
+    return (mask.long() * pos).amax(1) if mask.shape[1] else mask.new_zeros(len(mask), dtype=torch.long)
+
+
+def length_buckets(mask: Tensor) -> list[tuple[Tensor, int]]:
+    """Rows of `mask` [n, S] grouped by extent: (row indices, slots) per distinct extent, shortest first.
+
+    Each group is cut to its own extent (at least 1 slot), so a group's padded work is its real work when
+    masks are prefixes (right padding); one host sync.
+    """
+    ext = extents(mask)
+    values, inverse = torch.unique(ext, return_inverse=True)
+    order = torch.argsort(inverse, stable=True)
+    counts = torch.bincount(inverse, minlength=len(values)).tolist()
+    return [(idx, max(1, int(v))) for idx, v in zip(order.split(counts), values.tolist(), strict=True)]
+
+
+SCORE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def _align_block(
+    words: Tensor, wmask: Tensor, regions: Tensor, rmask: Tensor, mode: str, dtype: torch.dtype
+) -> Tensor:
+    """[n_q, n_g] pooled alignments of one chunk, as one matmul [n_q W, e] x [e, n_g R]."""
+    n_q, W, e = words.shape
+    n_g, R, _ = regions.shape
+    A = torch.mm(words.reshape(n_q * W, e).to(dtype), regions.reshape(n_g * R, e).to(dtype).T)
+    A = A.view(n_q, W, n_g, R).permute(0, 2, 1, 3).float()  # [n_q, n_g, W, R]
+    return pool_alignments(A, wmask[:, None, :], rmask[None], mode)
+
+
+def _packed_words_max_regions(
+    words: Tensor, word_mask: Tensor, regions: Tensor, out: Tensor, chunk: int, dtype: torch.dtype
+) -> None:
+    """Add Σ_w max_r A_rw of every caption x image to `out` [n_q, n_g], the captions' real words packed into
+    one [n_words, e] matrix (no padded word is multiplied) and every region of `regions` [n_g, R, e] valid;
+    the per-word maxima are summed per caption by `index_add_`."""
+    rows_of, slots = word_mask.nonzero(as_tuple=True)
+    n_w, (n_g, R, e) = len(rows_of), regions.shape
+    if n_w == 0:
+        return
+    packed = words[rows_of, slots].to(dtype)  # [n_words, e]
+    cols = max(1, min(n_g, chunk // (R * min(n_w, 256))))
+    rows = max(1, min(n_w, chunk // (R * cols)))
+    for j in range(0, n_g, cols):
+        gal = regions[j : j + cols].to(dtype).reshape(-1, e)  # converted once per gallery chunk
+        part = out.new_zeros(len(out), min(cols, n_g - j))
+        for i in range(0, n_w, rows):
+            m = torch.mm(packed[i : i + rows], gal.T).view(-1, part.shape[1], R).amax(-1)
+            part.index_add_(0, rows_of[i : i + rows], m.float())
+        out[:, j : j + cols] += part
+
+
+def bucketed_alignment_matrix(
+    words: Tensor,
+    word_mask: Tensor,
+    regions: Tensor,
+    region_mask: Tensor,
+    mode: str = "MrSw",
+    chunk: int = 1 << 25,
+    score_dtype: str = "float32",
+) -> Tensor:
+    """`alignment_matrix` (without the zero-padding quirk) over real slots only, for evaluation.
+
+    Images are grouped by region extent (`length_buckets`). MrSw and MrAVGw over groups whose regions are all
+    valid pack the captions' real words into one matrix (`_packed_words_max_regions`); the other modes
+    group captions by word extent too and score each pair of groups at its own lengths. Chunks hold at
+    most `chunk` alignment elements; results are scattered back. Equal to the padded computation up to float
+    summation order (fp32); `score_dtype="bfloat16"` multiplies in bf16 (the stored dtype) with a bf16
+    alignment tensor, pooled in fp32. For evaluation: it reads the masks on the host.
+    """
+    if score_dtype not in SCORE_DTYPES:
+        raise ValueError(f"teran: score_dtype {score_dtype!r} is not one of {', '.join(SCORE_DTYPES)}")
+    if mode not in POOLINGS:
+        raise ValueError(f"teran: alignment_mode {mode!r} is not one of {', '.join(POOLINGS)}")
+    dtype = SCORE_DTYPES[score_dtype]
+    n_q, n_g = len(words), len(regions)
+    out = torch.zeros(n_q, n_g, dtype=torch.float32, device=words.device)
+    caption_groups: list[tuple[Tensor, int]] | None = None
+    with torch.autocast(words.device.type, enabled=False):
+        for gi, R in length_buckets(region_mask):
+            if len(gi) == n_g:  # one group (indices in order): a view, not a copy of the gallery
+                r, rm = regions[:, :R], region_mask[:, :R]
+            else:
+                r, rm = regions[gi, :R], region_mask[gi, :R]
+            if mode in ("MrSw", "MrAVGw") and bool(rm.all()):
+                part = out.new_zeros(n_q, len(gi))
+                _packed_words_max_regions(words, word_mask, r, part, chunk, dtype)
+                if mode == "MrAVGw":
+                    part /= word_mask.sum(1, keepdim=True).clamp_min(1)
+                out[:, gi] = part
+                continue
+            if caption_groups is None:
+                caption_groups = length_buckets(word_mask)
+            for qi, W in caption_groups:
+                w, wm = words[qi, :W], word_mask[qi, :W]
+                cols = max(1, min(len(gi), chunk // (W * R)))
+                rows = max(1, min(len(qi), chunk // (W * R * cols)))
+                block = torch.cat(
+                    [
+                        torch.cat(
+                            [
+                                _align_block(
+                                    w[i : i + rows],
+                                    wm[i : i + rows],
+                                    r[j : j + cols],
+                                    rm[j : j + cols],
+                                    mode,
+                                    dtype,
+                                )
+                                for j in range(0, len(gi), cols)
+                            ],
+                            dim=1,
+                        )
+                        for i in range(0, len(qi), rows)
+                    ]
+                )
+                out[qi[:, None], gi[None, :]] = block
+    return out
+
+
 # -- which token positions are words (docs/methods.md §2; docs/protocols.md §6.7) ----------------------------
 
 
@@ -291,6 +420,8 @@ class TERANConfig:
     sum_warmup_epochs: int | None = None  # summed-hinge (VSE0) epochs first; None: per task family (vsepp)
     store_dtype: str = "bfloat16"  # dtype of the token / region sets kept for scoring (computed in fp32)
     score_chunk: int = 1 << 25  # max elements of one [b_q, b_g, W, R] alignment chunk
+    score_buckets: bool = True  # evaluation scores real slots only, sets grouped by length (exact)
+    score_dtype: str = "float32"  # evaluation matmul dtype: float32 (exact) or bfloat16 (faster, approximate)
     optimizer: str = "adamw"  # fgbench.optim OPTIMIZERS key
     lr: float = 1e-3  # learning rate (every parameter)
     weight_decay: float = 0.01  # weight decay
@@ -451,6 +582,7 @@ class TERAN(RetrievalMethod):
             (pos_encoding, POS_ENCODINGS, "pos_encoding"),
             (word_span, WORD_SPANS, "word_span"),
             (hp.store_dtype, STORE_DTYPES, "store_dtype"),
+            (hp.score_dtype, SCORE_DTYPES, "score_dtype"),
             (hp.text_encoder, TEXT_ENCODERS, "text_encoder"),
         ]:
             if value not in allowed:
@@ -603,6 +735,11 @@ class TERAN(RetrievalMethod):
         if self.rerank_k is not None:
             return super().score(q, g)
         assert q.tok is not None and q.mask is not None and g.tok is not None and g.mask is not None
+        if self.hp.score_buckets and not self.zero_pad_quirk:
+            hp = self.hp
+            return bucketed_alignment_matrix(
+                q.tok, q.mask, g.tok, g.mask, self.alignment_mode, hp.score_chunk, hp.score_dtype
+            )
         (words, wmask), (regions, rmask) = self._cut(q.tok, q.mask), self._cut(g.tok, g.mask)
         return self.align(words, wmask, regions, rmask)
 

@@ -65,14 +65,24 @@ def test_train_throughput_quick(tmp_path: Path) -> None:
 def test_eval_throughput_quick(tmp_path: Path) -> None:
     stdout, rows = run_quick("eval_throughput", tmp_path)
     cases = {"person_global", "coco_global", "coco_teran_exact", "coco_teran_once", "coco_teran_rerank"}
+    cases |= {"coco_teran_exact_padded", "coco_teran_exact_bf16", "coco_racg_exact", "coco_racg_exact_padded"}
     assert {r["case"] for r in rows} == cases
     by = {r["case"]: r for r in rows}
     assert all(r["status"] == "ok" for r in rows), rows
-    # exact pairwise scoring walks the 100 x 500 matrix once per direction; the shortlist re-scores k each
-    assert by["coco_teran_exact"]["pairwise_pairs"] == "100,000"
+    # exact pairwise scoring walks the 100 x 500 matrix once for both directions (pairs as counted from the
+    # score calls: all 50,000 plus the pre-pass of images against captions, well under two walks' 100,000);
+    # the shortlist re-scores k per query in each direction
+    pairs = int(by["coco_teran_exact"]["pairwise_pairs"].replace(",", ""))
+    assert 50_000 < pairs < 60_000, pairs
+    assert by["coco_teran_once"]["pairwise_pairs"] == "50,000"
     assert by["coco_teran_rerank"]["pairwise_pairs"] == f"{10 * (100 + 500):,}"
     # the two exact ways of scoring give the same metrics
     assert by["coco_teran_exact"]["mAP_/_rsum"] == by["coco_teran_once"]["mAP_/_rsum"]
+    # grouped by length or padded: the same scores, so the same metrics (RACG likewise)
+    assert by["coco_teran_exact"]["mAP_/_rsum"] == by["coco_teran_exact_padded"]["mAP_/_rsum"]
+    assert by["coco_racg_exact"]["mAP_/_rsum"] == by["coco_racg_exact_padded"]["mAP_/_rsum"]
+    for case in ("coco_teran_exact", "coco_teran_exact_padded", "coco_racg_exact"):  # rates were measured
+        assert float(by[case]["useful_GFLOP/s"]) > 0 and float(by[case]["%_of_matmul"]) > 0
     assert "| coco_teran_exact " in stdout
 
 

@@ -185,6 +185,21 @@ def test_gram_shortcut_equals_the_explicit_computation(root: Path) -> None:
     torch.testing.assert_close(model.score(q, g).double(), full, rtol=1e-5, atol=1e-5)
 
 
+def test_bucketed_scoring_equals_the_padded_one(root: Path) -> None:
+    """Queries of 1..12 words grouped by length score as the padded computation (to 1e-5)."""
+    model = built(cir_dm(root)).eval()
+    qs, cs = random_sets(30, 7, L_=12, N=6, d=8, seed=5)
+    qs = QuerySets(qs.words.float(), qs.word_mask, qs.text.float(), qs.context.float())
+    cs = CandidateSets(cs.grid.float(), cs.grid_mask)
+    d = qs.words.shape[-1]
+    q, g = F.normalize(torch.randn(30, d), dim=-1), F.normalize(torch.randn(7, d), dim=-1)
+    assert len(set(qs.word_mask.sum(1).tolist())) > 3  # the lengths really vary
+    with torch.no_grad():
+        want = model.pairwise(q, qs, g, cs)
+        got = model.bucketed(q, qs, g, cs)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
 def test_attention_tends_to_argmax_selection() -> None:
     qs, cs = random_sets(3, 4, seed=3)
     got = enhanced_terms(qs, cs, 1e7, ("vis", "cross"))

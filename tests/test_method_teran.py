@@ -41,6 +41,8 @@ from methods.teran import (
     TERAN,
     alignment_matrix,
     alignment_pairs,
+    bucketed_alignment_matrix,
+    length_buckets,
     punctuation_table,
     scored_tokens,
     slots_used,
@@ -133,6 +135,50 @@ def test_pooling_is_differentiable_and_chunked_gradients_agree() -> None:
         grads.append(w.grad)
     torch.testing.assert_close(grads[0], grads[1])
     assert grads[0][~wm].abs().sum() == 0  # masked words get no gradient
+
+
+def with_holes(x: torch.Tensor, m: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Some valid slots masked inside the rows (as `drop_period` masks a caption's final period)."""
+    return x, m & (torch.rand(m.shape, generator=gen) > 0.2)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("chunk", [7, 1 << 25])
+@pytest.mark.parametrize("full_regions", [True, False])
+def test_bucketed_scoring_equals_the_padded_one(mode: str, chunk: int, full_regions: bool) -> None:
+    """Captions of 0..20 words and region sets of 1..36 (or all 36) scored per length group equal the padded
+    computation to 1e-5, garbage in the padded slots and holes in the masks included."""
+    gen = torch.Generator().manual_seed(11)
+    words, wm = with_holes(*ragged(40, 20, 16, gen), gen)
+    regions, rm = ragged(13, 36, 16, gen, min_len=1)
+    if full_regions:
+        rm = torch.ones_like(rm)
+    got = bucketed_alignment_matrix(words, wm, regions, rm, mode, chunk=chunk)
+    want = alignment_matrix(words, wm, regions, rm, mode)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    buckets = length_buckets(wm)
+    assert sorted(torch.cat([i for i, _ in buckets]).tolist()) == list(range(40))
+    assert len(buckets) > 3  # the lengths really vary: several groups were scored
+    model = TERAN(alignment_mode=mode).eval()
+    q, g = (
+        Features(index=torch.arange(40), tok=words, mask=wm),
+        Features(index=torch.arange(13), tok=regions, mask=rm),
+    )
+    torch.testing.assert_close(model.score(q, g), want, rtol=1e-5, atol=1e-5)
+    padded = TERAN(alignment_mode=mode, overrides={"score_buckets": False}).eval()
+    torch.testing.assert_close(padded.score(q, g), want, rtol=1e-5, atol=1e-5)
+
+
+def test_bf16_bucketed_scoring_is_close_to_fp32() -> None:
+    """bf16 multiplication of unit vectors: each alignment off by at most ~2^-8, a score by ~words x that."""
+    gen = torch.Generator().manual_seed(12)
+    words, wm = ragged(30, 12, 32, gen, min_len=1)
+    regions, rm = ragged(9, 10, 32, gen, min_len=1)
+    exact = bucketed_alignment_matrix(words, wm, regions, rm, "MrSw")
+    approx = bucketed_alignment_matrix(words, wm, regions, rm, "MrSw", score_dtype="bfloat16")
+    assert (approx - exact).abs().max() <= 12 * 2**-7
+    with pytest.raises(ValueError, match="score_dtype"):
+        bucketed_alignment_matrix(words, wm, regions, rm, "MrSw", score_dtype="int8")
 
 
 @pytest.mark.parametrize("mode", MODES)
