@@ -556,6 +556,33 @@ def test_fit_and_retests_write_outcomes_beside_their_results(tmp_path: Path) -> 
     assert not [p.name for p in run.iterdir() if p.name.startswith(".")]  # no temp file left
 
 
+def test_retest_of_a_variant_run_updates_its_own_result(tmp_path: Path) -> None:
+    """A run trained with `--run.variant` and re-tested from its own config (which carries the label) is a
+    re-test of that run: result.json gains the test and the outcomes, no result.<variant>.json appears (a
+    second file would count the run twice in a leaderboard)."""
+    from test_run_records import _args, _run_dirs
+
+    from fgbench.cli import main
+
+    from fixtures.person import write_rstpreid
+
+    data, runs = tmp_path / "data", tmp_path / "runs"
+    write_rstpreid(data, n_train=6, n_val=2, n_test=3)
+    assert main(["fit", *_args(data, runs, "--trainer.max_epochs", "1", "--run.variant", "abl")]) == 0
+    (run,) = _run_dirs(runs)
+    assert json.loads((run / "result.json").read_text())["outcomes"] == {"test": "outcomes.test.npz"}
+    first = (run / "outcomes.test.npz").read_bytes()
+    (run / "outcomes.test.npz").unlink()  # an old run, from before outcomes
+    ckpt, config = str(run / "checkpoints" / "last.ckpt"), str(run / "config.yaml")
+    assert main(["test", "--config", config, "--ckpt_path", ckpt]) == 0
+    record = json.loads((run / "result.json").read_text())
+    assert record["variant"] == "abl" and len(record["tests"]) == 1
+    assert not record["tests"][0]["changed_metrics"]
+    assert (run / "outcomes.test.npz").read_bytes() == first
+    assert sorted(p.name for p in run.glob("result*.json")) == ["result.json"]
+    assert sorted(p.name for p in run.glob("outcomes*")) == ["outcomes.test.npz"]
+
+
 def test_evaluate_cli_writes_outcomes_keyed_by_names(tmp_path: Path) -> None:
     from fgbench.cli import main
 

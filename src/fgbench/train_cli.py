@@ -236,7 +236,8 @@ class ResultWriter(Callback):
             "data": dm.loaded.record() if isinstance(dm, RetrievalDataModule) else {},
         }
         if result.outcomes is not None:  # what the metrics are made of, query by query, beside the result
-            name = outcomes_file(split, str(self.target.record.get("variant") or ""))
+            beside = self.target.result_name != RESULT_FILE  # outcomes.<split>[.<variant>].npz, as the result
+            name = outcomes_file(split, str(self.target.record.get("variant") or "") if beside else "")
             save_outcomes(self.target.directory / name, result.outcomes)
             measured["outcomes"] = {split: name}
         setting = {
@@ -503,14 +504,16 @@ class FgbenchCLI(LightningCLI):
         untrained = not cfg.get("ckpt_path") and trained is not None and getattr(model_cls, "trains", True)
         if not variant and (diff or step is not None or untrained):
             variant = "init" if untrained and not diff else _variant_name(diff, step)
-        mode = "test" if variant or trained is None else "retest"
+        # the trained run itself tested again (a variant run's own label included): it updates result.json
+        own = trained is not None and variant == str(trained.get("variant") or "")
+        mode = "retest" if own and not (diff or step is not None or untrained) else "test"
         record.update(
             variant=variant,
             run_dir=str(directory),
             config_hash=chash,
             ckpt_path=str(cfg.get("ckpt_path")) if cfg.get("ckpt_path") else None,
         )
-        name = result_file(variant) if variant else RESULT_FILE
+        name = result_file(variant) if mode == "test" and variant else RESULT_FILE
         self._target = RunTarget(directory, record, mode, name, ckpt)
         return self._target
 
@@ -532,7 +535,7 @@ class FgbenchCLI(LightningCLI):
             csv_logger = RunLogger(str(directory), keep=bool(self.config[sub].get("ckpt_path")))
             config_name = "config.yaml"
         else:  # a test or validate never touches the training run's log or config
-            suffix = record["variant"] or sub
+            suffix = (record["variant"] if target.mode == "test" else "") or sub
             csv_logger = RunLogger(str(directory), f"metrics.{suffix}.csv", keep=True)
             config_name = f"config.{suffix}.yaml"
         self.save_config_kwargs = {**self.save_config_kwargs, "config_filename": config_name}
