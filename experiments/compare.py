@@ -28,7 +28,7 @@ class Side:
     """One side of a comparison: what it is called, where its seeds' outcomes are, and its protocol."""
 
     name: str
-    seeds: list[tuple[str, str]]  # (run_dir, variant)
+    seeds: list[tuple[str, str]]  # (run_dir, outcomes file name; "" = outcomes.<split>.npz)
     protocol: str
     dataset: str
 
@@ -40,7 +40,8 @@ def from_run_dir(path: Path) -> Side:
         raise UserError(f"{path}: no {RESULT_FILE} in this run folder")
     rec = read_result(result)
     protocol = (rec.get("details") or {}).get("protocol", "unknown")
-    return Side(str(path), [(str(path), rec.get("variant") or "")], protocol, str(rec.get("dataset", "")))
+    named = str((rec.get("outcomes") or {}).get(rec.get("split", "test"), ""))  # beside result.json
+    return Side(str(path), [(str(path), named)], protocol, str(rec.get("dataset", "")))
 
 
 def from_label(label: str, runs_root: Path, split: str, dataset: str | None, profile: str | None) -> Side:

@@ -40,8 +40,9 @@ import pandas as pd
 from experiments.leaderboard_stats import BoardStats, add_stats, public_pairs
 from fgbench import stats as st
 from fgbench.errors import UserError, cli_entry
+from fgbench.evaluation.outcomes import outcomes_file
 from fgbench.io import atomic_write_bytes, atomic_write_text
-from fgbench.results import RESULT_GLOB, is_result_file, read_result
+from fgbench.results import RESULT_FILE, RESULT_GLOB, is_result_file, read_result
 
 # protocol id -> the metrics its published tables report (docs/protocols.md §5); the first is the chart's
 # metric
@@ -148,6 +149,17 @@ def method_label(rec: dict[str, Any]) -> str:
     return f"{rec['method']}[{variant}]" if variant else str(rec["method"])
 
 
+def outcomes_name(rec: dict[str, Any], split: str) -> str:
+    """The file holding a result's per-query outcomes: the one its result names, else the one a test of
+    that result would write (`outcomes.<split>.npz` beside result.json, `.<variant>` beside
+    result.<variant>.json)."""
+    named = (rec.get("outcomes") or {}).get(split)
+    if named:
+        return str(named)
+    beside_variant = Path(str(rec.get("_file", ""))).name not in ("", RESULT_FILE)
+    return outcomes_file(split, str(rec.get("variant") or "") if beside_variant else "")
+
+
 def runs_frame(records: Sequence[dict[str, Any]]) -> pd.DataFrame:
     """One row per run x metric (the runs.csv schema) plus `_mtime` for choosing among repeated seeds."""
     rows = []
@@ -172,10 +184,10 @@ def runs_frame(records: Sequence[dict[str, Any]]) -> pd.DataFrame:
             "_mtime": rec.get("_mtime", 0.0),
             "_trained": trained(rec),
             "_file": rec.get("_file", rec["run_dir"]),
-            "_variant": rec.get("variant") or "",
+            "_outcomes": outcomes_name(rec, rec.get("split", details.get("split", "test"))),
         }
         rows += [{**base, "metric": m, "value": float(v)} for m, v in rec["metrics"].items()]
-    return pd.DataFrame(rows, columns=[*RUN_COLUMNS, "_mtime", "_trained", "_file", "_variant"])
+    return pd.DataFrame(rows, columns=[*RUN_COLUMNS, "_mtime", "_trained", "_file", "_outcomes"])
 
 
 def trained(rec: dict[str, Any]) -> bool:
@@ -275,14 +287,14 @@ class Board:
 
 
 def seeds_by_row(kept: pd.DataFrame, dataset: str, protocol: str, split: str) -> dict:
-    """(method, profile) -> the kept seeds' (run_dir, variant), seed order: where their outcomes lie."""
+    """(method, profile) -> the kept seeds' (run_dir, outcomes file name), seed order."""
     part = kept[(kept["dataset"] == dataset) & (kept["protocol"] == protocol) & (kept["split"] == split)]
     part = part.drop_duplicates(["method", "profile", "seed"]).sort_values("seed")
     out: dict[tuple[str, str], list[tuple[str, str]]] = {}
-    for method, profile, run_dir, variant in zip(
-        part["method"], part["profile"], part["run_dir"], part["_variant"], strict=True
+    for method, profile, run_dir, name in zip(
+        part["method"], part["profile"], part["run_dir"], part["_outcomes"], strict=True
     ):
-        out.setdefault((method, profile), []).append((run_dir, variant))
+        out.setdefault((method, profile), []).append((run_dir, name))
     return out
 
 

@@ -36,8 +36,9 @@ class RowSample:
 
 
 def load_row_outcomes(seeds: list[tuple[str, str]], split: str) -> list[QueryOutcomes]:
-    """Every seed's outcomes of a row ((run_dir, variant) pairs); raises with the file that is missing."""
-    return [load_outcomes(Path(run_dir) / outcomes_file(split, variant)) for run_dir, variant in seeds]
+    """Every seed's outcomes of a row ((run_dir, outcomes file name) pairs; a bare file name is
+    `outcomes_file(split)`); raises with the file that is missing."""
+    return [load_outcomes(Path(run_dir) / (name or outcomes_file(split))) for run_dir, name in seeds]
 
 
 def row_sample(outcomes: list[QueryOutcomes], metric: str, where: str = "") -> RowSample:

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -557,6 +558,8 @@ def test_fit_and_retests_write_outcomes_beside_their_results(tmp_path: Path) -> 
 
 
 def test_retest_of_a_variant_run_updates_its_own_result(tmp_path: Path) -> None:
+    from experiments.leaderboard_stats import load_row_outcomes
+
     """A run trained with `--run.variant` and re-tested from its own config (which carries the label) is a
     re-test of that run: result.json gains the test and the outcomes, no result.<variant>.json appears (a
     second file would count the run twice in a leaderboard)."""
@@ -581,6 +584,15 @@ def test_retest_of_a_variant_run_updates_its_own_result(tmp_path: Path) -> None:
     assert (run / "outcomes.test.npz").read_bytes() == first
     assert sorted(p.name for p in run.glob("result*.json")) == ["result.json"]
     assert sorted(p.name for p in run.glob("outcomes*")) == ["outcomes.test.npz"]
+    # the leaderboard and experiments.compare find them (named by result.json), for the method[abl] row
+    from experiments import compare
+    from experiments import leaderboard as lb
+
+    lb.build(runs, tmp_path / "lb", resamples=99)
+    (row,) = pd.read_csv(tmp_path / "lb" / "leaderboards" / "rstpreid.csv").to_dict("records")
+    assert row["method"].endswith("[abl]") and np.isfinite(row["R1_ci_low"]), row
+    side = compare.from_run_dir(run)
+    assert len(load_row_outcomes(side.seeds, "test")[0].directions["t2i"].ids) == 30
 
 
 def test_evaluate_cli_writes_outcomes_keyed_by_names(tmp_path: Path) -> None:
