@@ -203,7 +203,27 @@ def build_grid(args: argparse.Namespace) -> list[Cell]:
     methods = entries("method", args.methods, configs)
     datasets = entries("data", args.datasets, configs)
     named = (not is_pattern(args.methods), not is_pattern(args.datasets))
-    return expand_grid(methods, datasets, args.seeds, profile, named)
+    return skip_cells(expand_grid(methods, datasets, args.seeds, profile, named), args.skip)
+
+
+def skip_cells(cells: list[Cell], skip: Sequence[str]) -> list[Cell]:
+    """Drop the cells whose `method@dataset` matches a `--skip` pattern (globs allowed, e.g. `racg@synth-*`).
+
+    A pattern that matches no cell of the grid is an error: a misspelt skip would otherwise run what the
+    user meant to leave out."""
+    import fnmatch
+
+    for pattern in skip:
+        if "@" not in pattern:
+            raise GridError(
+                f"--skip {pattern!r}: expected METHOD@DATASET (globs allowed), e.g. racg@synth-person"
+            )
+        if not any(fnmatch.fnmatch(f"{c.method.name}@{c.dataset.name}", pattern) for c in cells):
+            pairs = ", ".join(dict.fromkeys(f"{c.method.name}@{c.dataset.name}" for c in cells))
+            raise GridError(f"--skip {pattern!r} matches no cell of this grid ({pairs})")
+    return [
+        c for c in cells if not any(fnmatch.fnmatch(f"{c.method.name}@{c.dataset.name}", p) for p in skip)
+    ]
 
 
 def _option(extra: Sequence[str], name: str) -> str | None:
@@ -595,6 +615,13 @@ def parser() -> argparse.ArgumentParser:
         "--resume-from-last",
         action="store_true",
         help="continue an unfinished cell from its last.ckpt (only when the code has not changed since)",
+    )
+    p.add_argument(
+        "--skip",
+        action="append",
+        default=[],
+        metavar="METHOD@DATASET",
+        help="leave out a method on a dataset (globs allowed; repeatable), e.g. racg@synth-person",
     )
     p.add_argument("--no-leaderboard", action="store_true", help="do not build the leaderboards at the end")
     p.add_argument(

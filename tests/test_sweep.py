@@ -114,6 +114,20 @@ def test_grid_pairs_each_method_with_the_datasets_of_its_tasks(configs: Path) ->
     ]
 
 
+def test_skip_leaves_out_the_matching_cells_and_refuses_a_pattern_that_matches_none(configs: Path) -> None:
+    def cells(*more: str) -> list[tuple[str, str]]:
+        ns = sweep.parser().parse_args(args(configs, "tiny_dual,composed_only", "rstpreid,cirr", *more))
+        return [(c.method.name, c.dataset.name) for c in sweep.build_grid(ns)]
+
+    assert cells() == [("tiny_dual", "rstpreid"), ("composed_only", "cirr")]
+    assert cells("--skip", "composed_only@cirr") == [("tiny_dual", "rstpreid")]
+    assert cells("--skip", "*@rstpreid", "--skip", "composed_*@c*") == []
+    with pytest.raises(sweep.GridError, match="matches no cell of this grid"):
+        cells("--skip", "tiny_dual@cirr")  # not a cell (tasks differ): a typo-like skip is refused
+    with pytest.raises(sweep.GridError, match="expected METHOD@DATASET"):
+        cells("--skip", "tiny_dual")
+
+
 def test_named_incompatible_pair_is_an_error_that_says_why(
     configs: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
