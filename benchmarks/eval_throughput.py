@@ -254,80 +254,65 @@ def racg_useful(w: Tensor, r: Tensor, d: int, heads: int = 8) -> float:
     )
 
 
-@register_case("coco_teran_exact")
-def _coco_teran_exact(sz: Sizes, device: torch.device) -> Case:
-    pairs = sz.coco_img * sz.coco_cap  # one walk scores each pair once for both directions
-    return Case(
-        "teran MrSw, exact",
-        _method("teran", profile="paper"),
-        lambda: coco_features(sz, device, with_sets=True),
-        pairs,
-        _alignment_flops(pairs, sz, _mean_words(sz)),
-        note="one walk: each pair scored once for i2t and t2i",
-        useful=teran_useful,
-    )
-
-
-@register_case("coco_teran_exact_padded")
-def _coco_teran_exact_padded(sz: Sizes, device: torch.device) -> Case:
-    pairs = sz.coco_img * sz.coco_cap
-    return Case(
-        "teran MrSw, exact, padded",
-        _method("teran", profile="paper", overrides={"score_buckets": False}),
-        lambda: coco_features(sz, device, with_sets=True),
-        pairs,
-        _alignment_flops(pairs, sz),
-        note="every padded word slot multiplied (before length grouping)",
-        useful=teran_useful,
-    )
-
-
-@register_case("coco_teran_exact_bf16")
-def _coco_teran_exact_bf16(sz: Sizes, device: torch.device) -> Case:
-    pairs = sz.coco_img * sz.coco_cap
-    return Case(
-        "teran MrSw, bf16 matmul",
-        _method("teran", profile="paper", overrides={"score_dtype": "bfloat16"}),
-        lambda: coco_features(sz, device, with_sets=True),
-        pairs,
-        _alignment_flops(pairs, sz, _mean_words(sz)),
-        note="score_dtype=bfloat16 (approximate)",
-        dtype=torch.bfloat16,
-        useful=teran_useful,
-    )
-
-
 def _racg_flops(pairs: float, sz: Sizes, words: float) -> float:
     w, r = words, sz.regions
     return pairs * (4.0 * sz.coco_dim * w * r + 2.0 * 8 * (w * w * r + w * r * r))
 
 
-@register_case("coco_racg_exact")
-def _coco_racg_exact(sz: Sizes, device: torch.device) -> Case:
-    pairs = sz.coco_img * sz.coco_cap
-    return Case(
-        "racg cross-graph, exact",
-        _method("racg", profile="paper"),
-        lambda: coco_features(sz, device, with_sets=True),
-        pairs,
-        _racg_flops(pairs, sz, _mean_words(sz)),
-        note="8 heads; grouped by length",
-        useful=racg_useful,
-    )
+@dataclass(frozen=True)
+class Exact:
+    """An exact pairwise COCO 5K case: the method, its overrides and how its matmul FLOPs are counted."""
+
+    scorer: str
+    method: str
+    overrides: dict[str, Any]
+    padded: bool  # FLOPs over every word slot (the scorer before length grouping) or the mean real words
+    note: str
+    dtype: torch.dtype = torch.float32
 
 
-@register_case("coco_racg_exact_padded")
-def _coco_racg_exact_padded(sz: Sizes, device: torch.device) -> Case:
-    pairs = sz.coco_img * sz.coco_cap
-    return Case(
-        "racg cross-graph, padded",
-        _method("racg", profile="paper", overrides={"score_buckets": False}),
-        lambda: coco_features(sz, device, with_sets=True),
-        pairs,
-        _racg_flops(pairs, sz, sz.words),
-        note="8 heads; padded (before length grouping)",
-        useful=racg_useful,
-    )
+EXACT = {
+    "coco_teran_exact": Exact(
+        "teran MrSw, exact", "teran", {}, False, "one walk: each pair scored once for i2t and t2i"
+    ),
+    "coco_teran_exact_padded": Exact(
+        "teran MrSw, exact, padded", "teran", {"score_buckets": False}, True,
+        "every padded word slot multiplied (before length grouping)",
+    ),
+    "coco_teran_exact_bf16": Exact(
+        "teran MrSw, bf16 matmul", "teran", {"score_dtype": "bfloat16"}, False,
+        "score_dtype=bfloat16 (approximate)", torch.bfloat16,
+    ),
+    "coco_racg_exact": Exact("racg cross-graph, exact", "racg", {}, False, "8 heads; grouped by length"),
+    "coco_racg_exact_padded": Exact(
+        "racg cross-graph, padded", "racg", {"score_buckets": False}, True,
+        "8 heads; padded (before length grouping)",
+    ),
+}  # fmt: skip
+
+
+def _exact_case(e: Exact) -> Callable[[Sizes, torch.device], Case]:
+    def build(sz: Sizes, device: torch.device) -> Case:
+        pairs = sz.coco_img * sz.coco_cap  # one walk scores each pair once for both directions
+        words = float(sz.words) if e.padded else _mean_words(sz)
+        teran = e.method == "teran"
+        flops = _alignment_flops(pairs, sz, words) if teran else _racg_flops(pairs, sz, words)
+        return Case(
+            e.scorer,
+            _method(e.method, profile="paper", **({"overrides": e.overrides} if e.overrides else {})),
+            lambda: coco_features(sz, device, with_sets=True),
+            pairs,
+            flops,
+            note=e.note,
+            dtype=e.dtype,
+            useful=teran_useful if teran else racg_useful,
+        )
+
+    return build
+
+
+for _name, _exact in EXACT.items():
+    register_case(_name)(_exact_case(_exact))
 
 
 @register_case("coco_teran_once")
