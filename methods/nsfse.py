@@ -77,10 +77,10 @@ from fgbench.encoders import (
     build_text_encoder,
     register_preset,
 )
-from fgbench.encoders.layers import masked_max, zero_padding
+from fgbench.encoders.layers import masked_max, masked_softmax, zero_padding
 from fgbench.encoders.tokenizers import SPECIALS
 from fgbench.evaluation import EvalResult, EvalSpec
-from fgbench.features import Features
+from fgbench.features import STORE_DTYPES, Features
 from fgbench.losses.multi_similarity import DynamicThreshold, multi_similarity_ns
 from fgbench.method import RetrievalMethod
 from fgbench.optim import OptimConfig
@@ -100,7 +100,6 @@ SCORE_TERMS: dict[str, tuple[str, ...]] = {
     "glob+vis": ("vis",),
     "glob+vis+cross": ("vis", "cross"),
 }
-STORE_DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}
 MIN_RERANK_K = 50  # R@50 is reported on every composed dataset
 EPS = 1e-8  # floor of a norm
 
@@ -219,11 +218,6 @@ _EQ = {
     },
     "pairs": {"words": "pld,pnd->pln", "gram_l": "pln,pnm->plm", "vec": "pd,pnd->pn", "gram": "pn,pnm->pm"},
 }
-
-
-def masked_softmax(logits: Tensor, mask: Tensor) -> Tensor:
-    """Softmax over the last dim with `mask` (broadcastable, True = valid) positions only."""
-    return logits.masked_fill(~mask, float("-inf")).softmax(-1)
 
 
 def safe_norm(x: Tensor, dim: int = -1) -> Tensor:

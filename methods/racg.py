@@ -67,17 +67,16 @@ from torch import Tensor, nn
 from fgbench.data.batches import PairBatch, Text, TextBatch, Visual, VisualBatch
 from fgbench.data.module import RetrievalDataModule
 from fgbench.encoders import MethodProcessor, TinyCNN, build_image_encoder
-from fgbench.encoders.layers import masked_mean, text_inputs, zero_padding
+from fgbench.encoders.layers import masked_mean, masked_softmax, text_inputs, zero_padding
 from fgbench.encoders.regions import box_infos
 from fgbench.evaluation import EvalResult, EvalSpec
-from fgbench.features import Features
+from fgbench.features import STORE_DTYPES, Features
 from fgbench.losses import hardest_negative_triplet
 from fgbench.method import RetrievalMethod
 from fgbench.optim import OptimConfig
 from fgbench.profiles import merge_overrides, resolve_profile
 from fgbench.registry import register_method
 from methods.teran import (
-    STORE_DTYPES,
     TEXT_ENCODERS,
     WORD_SPANS,
     TERANConfig,
@@ -94,13 +93,6 @@ PROVENANCE = "re-implementation from the paper's description"
 EPS = 1e-8
 
 # -- graph edges and intra-graph relation aggregation -------------------------------------------------------
-
-
-def masked_softmax(logits: Tensor, mask: Tensor, dim: int = -1) -> Tensor:
-    """Softmax along `dim` over the positions where `mask` (broadcastable, True = valid) holds; masked
-    positions get exactly 0, and a row without a valid position is all 0 (not NaN)."""
-    x = logits.masked_fill(~mask, torch.finfo(logits.dtype).min).softmax(dim)
-    return x.masked_fill(~mask, 0.0)
 
 
 def spatial_edges(boxes: Tensor, mask: Tensor) -> Tensor:
@@ -159,22 +151,13 @@ class RelationGraph(nn.Module):
 
 # -- the cross-graph relation encoder and multi-head similarity (docs/methods.md §3) -------------------------
 
-# einsum layouts: "matrix" scores every caption q against every image g, "pairs" aligned pairs p
-_EQ: dict[str, dict[str, str]] = {
-    "matrix": {
-        "P": "qwhe,grhe->qghwr",
-        "mix_t": "qwv,qghvr->qghwr",
-        "mix_v": "grs,qghws->qghwr",
-        "gram_v": "qghwr,ghrs->qghws",
-        "gram_t": "qhwv,qghvr->qghwr",
-    },
-    "pairs": {
-        "P": "pwhe,prhe->phwr",
-        "mix_t": "pwv,phvr->phwr",
-        "mix_v": "prs,phws->phwr",
-        "gram_v": "phwr,phrs->phws",
-        "gram_t": "phwv,phvr->phwr",
-    },
+# einsum equations of aligned pairs p (captions q[p] with images g[p]): [p, H, W, R] tensors
+_PAIRS: dict[str, str] = {
+    "P": "pwhe,prhe->phwr",
+    "mix_t": "pwv,phvr->phwr",
+    "mix_v": "prs,phws->phwr",
+    "gram_v": "phwr,phrs->phws",
+    "gram_t": "phwv,phvr->phwr",
 }
 
 
@@ -194,19 +177,15 @@ def split_heads(x: Tensor, heads: int) -> Tensor:
     return x.float().reshape(n, t, heads, d // heads)
 
 
-def attention(
-    Th: Tensor, wmask: Tensor, Vh: Tensor, rmask: Tensor, lam: float, layout: str = "matrix"
-) -> Attention:
-    """Word-to-region (π) and region-to-word (ρ) attention per head, Th [n_q, W, H, e], Vh [n_g, R, H, e]."""
-    matrix = layout == "matrix"
+def attention(Th: Tensor, wmask: Tensor, Vh: Tensor, rmask: Tensor, lam: float) -> Attention:
+    """Word-to-region (π) and region-to-word (ρ) attention per head of aligned pairs, Th [n, W, H, e],
+    Vh [n, R, H, e] (blocks of captions x images go through `relation_matrix`)."""
     inv_t = 1.0 / Th.norm(dim=-1).clamp_min(EPS).transpose(1, 2)
     inv_v = 1.0 / Vh.norm(dim=-1).clamp_min(EPS).transpose(1, 2)
-    P = torch.einsum(_EQ[layout]["P"], Th, Vh)
-    it, iv = (inv_t[:, None], inv_v[None]) if matrix else (inv_t, inv_v)
-    logits = lam * P * it[..., :, None] * iv[..., None, :]
-    wm, rm = (wmask[:, None], rmask[None]) if matrix else (wmask, rmask)
-    pi = masked_softmax(logits, rm[..., None, None, :], dim=-1)
-    rho = masked_softmax(logits, wm[..., None, :, None], dim=-2)
+    P = torch.einsum(_PAIRS["P"], Th, Vh)
+    logits = lam * P * inv_t[..., :, None] * inv_v[..., None, :]
+    pi = masked_softmax(logits, rmask[..., None, None, :], dim=-1)
+    rho = masked_softmax(logits, wmask[..., None, :, None], dim=-2)
     return Attention(P, pi, rho, inv_t, inv_v)
 
 
@@ -235,29 +214,25 @@ def relation_block(
     heads: int,
     lam: float,
     beta: float,
-    layout: str = "matrix",
     sides: str = "both",
 ) -> Tensor:
-    """S of one block: [n_q, n_g] ("matrix") or [n] ("pairs"), by the Gram-matrix form (fp32). Scores aligned
-    pairs (re-ranking); `relation_matrix` is its faster form for blocks (tests check both by brute force).
+    """S [n] of aligned pairs (caption i with image i; the re-rank's pairs) by the Gram-matrix form (fp32);
+    `relation_matrix` is the same function for blocks of captions x images (tests check both by brute force).
 
     With π' the attention spread along the caption's Â (a'_w = Σ_r π'_wr vʰ_r): tʰ_w·a'_w = Σ_r π'_wr P_wr and
     ‖a'_w‖² = π'_wᵀ (Vʰ Vʰᵀ) π'_w; likewise c'_r with ρ' spread along the image's Â and Tʰ Tʰᵀ.
     """
-    eq = _EQ[layout]
     Th, Vh = split_heads(words, heads), split_heads(regions, heads)
-    att = attention(Th, wmask, Vh, rmask, lam, layout)
-    pi = _spread(att.pi, wadj, beta, eq["mix_t"])  # π' [..., H, W, R]
-    rho = _spread(att.rho, radj, beta, eq["mix_v"])  # ρ' [..., H, W, R]
+    att = attention(Th, wmask, Vh, rmask, lam)
+    pi = _spread(att.pi, wadj, beta, _PAIRS["mix_t"])  # π' [n, H, W, R]
+    rho = _spread(att.rho, radj, beta, _PAIRS["mix_v"])  # ρ' [n, H, W, R]
     gram_v = torch.einsum("grhe,gshe->ghrs", Vh, Vh)  # Vʰ Vʰᵀ per image
     gram_t = torch.einsum("qwhe,qvhe->qhwv", Th, Th)  # Tʰ Tʰᵀ per caption
-    inv_t, inv_v, wm, rm = att.inv_t, att.inv_v, wmask[:, None, :], rmask[:, None, :]
-    if layout == "matrix":  # per-caption tensors broadcast over images, per-image ones over captions
-        inv_t, inv_v, wm, rm = inv_t[:, None], inv_v[None], wm[:, None], rm[None]
-    sq_a = (torch.einsum(eq["gram_v"], pi, gram_v) * pi).sum(-1)  # ‖a'_w‖²
-    cos_a = (pi * att.P).sum(-1) * inv_t / sq_a.clamp_min(EPS * EPS).sqrt()  # [..., H, W]
-    sq_c = (torch.einsum(eq["gram_t"], gram_t, rho) * rho).sum(-2)  # ‖c'_r‖²
-    cos_c = (rho * att.P).sum(-2) * inv_v / sq_c.clamp_min(EPS * EPS).sqrt()  # [..., H, R]
+    wm, rm = wmask[:, None, :], rmask[:, None, :]
+    sq_a = (torch.einsum(_PAIRS["gram_v"], pi, gram_v) * pi).sum(-1)  # ‖a'_w‖²
+    cos_a = (pi * att.P).sum(-1) * att.inv_t / sq_a.clamp_min(EPS * EPS).sqrt()  # [n, H, W]
+    sq_c = (torch.einsum(_PAIRS["gram_t"], gram_t, rho) * rho).sum(-2)  # ‖c'_r‖²
+    cos_c = (rho * att.P).sum(-2) * att.inv_v / sq_c.clamp_min(EPS * EPS).sqrt()  # [n, H, R]
     s_a = cos_a.masked_fill(~wm, 0.0).sum(-1) / wm.sum(-1).clamp_min(1)
     s_c = cos_c.masked_fill(~rm, 0.0).sum(-1) / rm.sum(-1).clamp_min(1)
     return SIDES[sides](s_a.mean(-1), s_c.mean(-1))
@@ -343,7 +318,7 @@ def contexts(
     """Materialised contexts of aligned pairs, heads concatenated: a_w [n, W, D], c_r [n, R, D] (before the
     spreading; L_rec's inputs, so only the B positive pairs of a batch ever build them)."""
     Th, Vh = split_heads(words, heads), split_heads(regions, heads)
-    att = attention(Th, wmask, Vh, rmask, lam, "pairs")
+    att = attention(Th, wmask, Vh, rmask, lam)
     a = torch.einsum("phwr,prhe->pwhe", att.pi, Vh).flatten(2)
     c = torch.einsum("phwr,pwhe->prhe", att.rho, Th).flatten(2)
     return a, c
@@ -407,7 +382,6 @@ def relation_scores(
                     heads,
                     lam,
                     beta,
-                    "pairs",
                     sides,
                 )
                 for i in range(0, n_q, pairs)

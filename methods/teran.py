@@ -80,7 +80,7 @@ from fgbench.encoders import (
 from fgbench.encoders.layers import pixels_of, text_inputs, zero_padding
 from fgbench.encoders.regions import ConcatAndProcess, ProjectAndSum
 from fgbench.evaluation import EvalResult, EvalSpec
-from fgbench.features import Features
+from fgbench.features import STORE_DTYPES, Features
 from fgbench.losses import hardest_negative_triplet
 from fgbench.method import RetrievalMethod
 from fgbench.optim import OptimConfig
@@ -456,7 +456,6 @@ POS_ENCODINGS: dict[str, Callable[[int], nn.Module | None]] = {
     "project-and-sum": ProjectAndSum,
     "none": lambda dim: None,
 }
-STORE_DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}
 
 
 def _bert(hp: TERANConfig, bert_path: str, dm: RetrievalDataModule) -> tuple[Any, nn.Module]:

@@ -53,7 +53,7 @@ def test_train_batches(root: Path) -> None:
 
 
 def test_val_spec_follows_the_split_order(root: Path) -> None:
-    spec = CIRRDataModule(root=str(root)).eval_spec("val")
+    spec = CIRRDataModule(root=str(root)).evaluation_set("val").spec
     # split file order: images 3, 0, 7, 1, 2, 6, 4, 5
     assert spec.protocol == "cirr"
     assert spec.gallery_names == dev(3, 0, 7, 1, 2, 6, 4, 5)
@@ -70,14 +70,14 @@ def test_val_loaders(root: Path) -> None:
     q = next(iter(queries))
     assert isinstance(q, ComposedQueryBatch) and q.text.raw == ["has two dogs", "zoom in on the cup"]
     assert q.reference.pixels.shape == (2, 3, 64, 64)
-    assert dm.loaded.eval_sets["val"].queries.ref_ids == dm.eval_spec("val").exclude.tolist()
+    assert dm.loaded.eval_sets["val"].queries.ref_ids == dm.evaluation_set("val").spec.exclude.tolist()
     assert sum(len(b.visual) for b in gallery) == 8 and isinstance(next(iter(gallery)), VisualBatch)
 
 
 def test_test1_has_no_labels(root: Path) -> None:
     dm = CIRRDataModule(root=str(root))
     assert dm.test_split == "test1"
-    spec = dm.eval_spec("test1")
+    spec = dm.evaluation_set("test1").spec
     assert spec.query_labels is None and spec.n_query == 2
     assert spec.query_ids == ["20", "21"]
     assert spec.gallery_names == [cirr_name("test1", i) for i in [6, 5, 4, 3, 2, 1, 0]]
@@ -124,7 +124,7 @@ def test_missing_image_fails_then_skip_missing_drops(root: Path) -> None:
         CIRRDataModule(root=str(root)).setup()
     assert str(lost) in str(err.value)
     dm = CIRRDataModule(root=str(root), skip_missing=True)
-    spec = dm.eval_spec("val")
+    spec = dm.evaluation_set("val").spec
     # queries 11 (target 7) and 12 (image set holds 7) are dropped; the gallery loses image 7
     assert spec.gallery_names == dev(3, 0, 1, 2, 6, 4, 5)
     assert spec.query_ids == ["10"] and spec.query_labels.tolist() == [2] and spec.exclude.tolist() == [1]
@@ -208,12 +208,12 @@ def test_quirks_are_read_as_clip4cir_reads_them(quirky: Path) -> None:
     dm = CIRRDataModule(root=str(quirky))
     train = dm.loaded.train
     assert (train.ref_ids, train.tgt_ids) == ([0, 2, 5], [1, 2, 2])  # reference = target stays a triplet
-    spec = dm.eval_spec("val")
+    spec = dm.evaluation_set("val").spec
     es = dm.loaded.eval_sets["val"]
     assert es.queries.texts[1] == " "  # the caption as written
     # members 2, 3, 3, 5, 6, 7 -> the repeated 3 is padding; 2, 3, 5, 6, 7 sit at 4, 0, 7, 5, 2
     assert spec.subsets.tolist()[2] == [4, 0, -1, 7, 5, 2]
-    assert dm.eval_spec("test1").query_ids == ["20", "20"]
+    assert dm.evaluation_set("test1").spec.query_ids == ["20", "20"]
     stats = dm.check()
     assert (stats["train"]["queries"], stats["val"]["queries"], stats["test1"]["queries"]) == (3, 3, 2)
     assert (stats["val"]["gallery"], stats["test1"]["gallery"]) == (8, 7)

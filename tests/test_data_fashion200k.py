@@ -60,7 +60,7 @@ def test_train_pairs_differ_by_one_word(root: Path) -> None:
 
 def test_test_spec(root: Path) -> None:
     dm = Fashion200KDataModule(root=str(root))
-    spec = dm.eval_spec("test")
+    spec = dm.evaluation_set("test").spec
     assert dm.val_split == "test" and spec.protocol == "f200k"
     # gallery: 5001_0 blue midi, 5002_0 and 5002_1 green midi, 5003_0 blue maxi, 6001_0 white silk top?
     assert spec.gallery_labels.tolist() == [0, 1, 1, 2, 3]
@@ -93,7 +93,7 @@ def test_missing_image_fails_then_skip_missing_drops(root: Path) -> None:
         Fashion200KDataModule(root=str(root)).setup()
     assert str(lost) in str(err.value)
     dm = Fashion200KDataModule(root=str(root), skip_missing=True)
-    spec = dm.eval_spec("test")
+    spec = dm.evaluation_set("test").spec
     assert spec.gallery_labels.tolist() == [0, 1, 2, 3]  # 5002_1 still carries "green midi dress"
     assert spec.query_labels.tolist() == [0] and spec.exclude.tolist() == [2]
     assert spec.info["n_missing"] == 1 and dm.check()["test"]["missing"] == 1
@@ -121,7 +121,7 @@ def test_quirks_are_read_as_tirg_reads_them(tmp_path: Path) -> None:
     append(tmp_path, "test_queries.txt", "\n")  # a blank line, then the file's last line
     append(tmp_path, "test_queries.txt", f"{DRESS}/5002/5002_1.jpeg {DRESS}/5001/5001_0.jpeg\n")
     dm = Fashion200KDataModule(root=str(tmp_path))
-    spec = dm.eval_spec("test")
+    spec = dm.evaluation_set("test").spec
     # gallery: dress 5001_0, 5002_0, 5002_1, 5003_0 (score "n/a"); top 6001_0, 6002_0 (empty caption),
     # 5001_0 again (its last line: queries on 5001_0 mean index 6)
     assert spec.gallery_labels.tolist() == [0, 1, 1, 2, 3, 4, 0]

@@ -68,7 +68,7 @@ def test_concat_train_text(root: Path) -> None:
 
 def test_fiq_a_spec(root: Path) -> None:
     dm = FashionIQDataModule(root=str(root))
-    spec = dm.eval_spec("val")
+    spec = dm.evaluation_set("val").spec
     queries = dm.loaded.eval_sets["val"].queries
     # galleries: dress 0-3, shirt 4-7, toptee 8-12 (toptee also holds shirt_val_0)
     assert spec.protocol == "fiq_a" and spec.gallery_labels.tolist() == list(range(13))
@@ -88,7 +88,7 @@ def test_fiq_a_spec(root: Path) -> None:
 
 def test_fiq_b_spec(root: Path) -> None:
     dm = FashionIQDataModule(root=str(root), protocol="fiq_b")
-    spec = dm.eval_spec("val")
+    spec = dm.evaluation_set("val").spec
     assert spec.protocol == "fiq_b"
     assert dm.loaded.eval_sets["val"].queries.texts == TEXTS_B * 3
     assert spec.query_labels.tolist() == [1, 1, 3, 3, 5, 5, 7, 7, 9, 9, 11, 11]
@@ -98,14 +98,14 @@ def test_fiq_b_spec(root: Path) -> None:
 
 def test_one_category(root: Path) -> None:
     dm = FashionIQDataModule(root=str(root), categories="shirt")
-    spec = dm.eval_spec("val")
+    spec = dm.evaluation_set("val").spec
     assert spec.query_labels.tolist() == [1, 3] and spec.n_gallery == 4
     assert list(spec.groups) == ["shirt"] and spec.info["categories"] == ["shirt"]
     assert len(dm.loaded.train) == 2
 
 
 def test_test_split_has_no_labels(root: Path) -> None:
-    spec = FashionIQDataModule(root=str(root)).eval_spec("test")
+    spec = FashionIQDataModule(root=str(root)).evaluation_set("test").spec
     assert spec.query_labels is None and spec.n_query == 3 and spec.n_gallery == 9
 
 
@@ -189,7 +189,7 @@ def test_missing_image_fails_then_skip_missing_drops(root: Path) -> None:
         FashionIQDataModule(root=str(root)).setup()
     assert str(lost) in str(err.value) and "Tried <ASIN>.jpg" in str(err.value)
     dm = FashionIQDataModule(root=str(root), skip_missing=True)
-    spec = dm.eval_spec("val")
+    spec = dm.evaluation_set("val").spec
     assert spec.n_gallery == 12 and spec.info["n_missing"] == 1
     assert spec.query_labels.tolist() == [1, 3, 6, 8, 10]  # shirt block is now 4, 5, 6
     assert spec.groups["shirt"][1].tolist() == [4, 5, 6]
@@ -243,7 +243,7 @@ def quirky(tmp_path: Path) -> Path:
 
 def test_quirks_are_read_as_clip4cir_reads_them(quirky: Path) -> None:
     dm = FashionIQDataModule(root=str(quirky))
-    spec = dm.eval_spec("val")
+    spec = dm.evaluation_set("val").spec
     es = dm.loaded.eval_sets["val"]
     # gallery: dress 0-4 (dress_val_1 listed twice: 1 and 4 share label 1), shirt 5-8, toptee 9-13;
     # shirt_extra_0 (outside its split) is store item 14, a query image only
@@ -276,7 +276,7 @@ def test_quirks_are_read_as_clip4cir_reads_them(quirky: Path) -> None:
 
 
 def test_fiq_b_keeps_the_candidate_that_is_its_own_target(quirky: Path) -> None:
-    spec = FashionIQDataModule(root=str(quirky), protocol="fiq_b").eval_spec("val")
+    spec = FashionIQDataModule(root=str(quirky), protocol="fiq_b").evaluation_set("val").spec
     assert spec.exclude.tolist() == [0, 0, 2, 2, -1, -1, 5, 5, 7, 7, 5, 5, -1, -1, 9, 9, 11, 11]
     scores = torch.zeros(spec.n_query, spec.n_gallery)
     scores[torch.arange(spec.n_query), spec.query_labels] = 1.0

@@ -71,7 +71,7 @@ def test_f30k_images_train_batch_and_stats(tmp_path: Path) -> None:
 def test_f30k_eval_spec_orientation_and_loaders(tmp_path: Path) -> None:
     fx.write_f30k_images(tmp_path)
     dm = Flickr30KDataModule(root=str(tmp_path), eval_batch_size=16)
-    spec = dm.eval_spec("test")
+    spec = dm.evaluation_set("test").spec
     assert spec.protocol == "f30k_1k"
     assert spec.query_labels.tolist() == [0, 1]  # rows = images
     assert spec.gallery_labels.tolist() == [0] * 5 + [1] * 5  # columns = captions
@@ -82,7 +82,7 @@ def test_f30k_eval_spec_orientation_and_loaders(tmp_path: Path) -> None:
     assert queries.text.raw[0] == "image 1 caption 0"  # raw, stripped
     assert gallery.visual.pixels.shape == (2, 3, 64, 64)
     assert gallery.visual.pixels[:, 0].mean((1, 2)).tolist() == pytest.approx([red(1), red(4)], abs=0.03)
-    assert dm.eval_spec("val").protocol == "f30k_1k"
+    assert dm.evaluation_set("val").spec.protocol == "f30k_1k"
 
 
 def test_coco_train_has_restval_in_file_order_and_caption_policies(tmp_path: Path) -> None:
@@ -92,7 +92,7 @@ def test_coco_train_has_restval_in_file_order_and_caption_policies(tmp_path: Pat
     assert [image_of(train.captions[j]) for j in range(0, 15, 5)] == COCO["train"]
     assert dm.check()["test"]["captions"] == 50
     dm_all = COCODataModule(root=str(tmp_path), caption_policy="all")
-    spec = dm_all.eval_spec("test")
+    spec = dm_all.evaluation_set("test").spec
     assert dm_all.check()["test"]["captions"] == 51
     assert spec.info["caption_policy"] == "all"
     assert spec.gallery_labels.tolist()[:11] == [0] * 5 + [1] * 6  # image 3 has six sentences
@@ -102,7 +102,7 @@ def test_coco_train_has_restval_in_file_order_and_caption_policies(tmp_path: Pat
 def test_coco_1k_5fold_folds_follow_file_order(tmp_path: Path) -> None:
     fx.write_coco_images(tmp_path)
     dm = COCODataModule(root=str(tmp_path), coco_protocol="coco_1k_5fold")
-    spec = dm.eval_spec("test")
+    spec = dm.evaluation_set("test").spec
     assert spec.protocol == "coco_1k_5fold" and spec.info["protocol"] == "coco_1k_5fold"
     assert spec.query_labels.tolist() == list(range(10))
     captions = dm.loaded.eval_sets["test"].queries.captions
@@ -110,13 +110,13 @@ def test_coco_1k_5fold_folds_follow_file_order(tmp_path: Path) -> None:
         cols = torch.nonzero(torch.isin(spec.gallery_labels, torch.arange(2 * f, 2 * f + 2))).squeeze(1)
         assert cols.tolist() == list(range(10 * f, 10 * f + 10))
         assert {image_of(captions[c]) for c in cols} == set(COCO["test"][2 * f : 2 * f + 2])
-    assert COCODataModule(root=str(tmp_path)).eval_spec("test").protocol == "coco_5k"
+    assert COCODataModule(root=str(tmp_path)).evaluation_set("test").spec.protocol == "coco_5k"
 
 
 def test_val_uses_first_captions(tmp_path: Path) -> None:
     fx.write_coco_images(tmp_path)
     dm = COCODataModule(root=str(tmp_path), val_captions=5)
-    spec = dm.eval_spec("val")
+    spec = dm.evaluation_set("val").spec
     assert spec.protocol == "f30k_1k" and spec.info["val_captions"] == 5
     assert spec.query_labels.tolist() == [0] and spec.gallery_labels.tolist() == [0] * 5
     assert dm.check()["val"] == {
@@ -138,7 +138,7 @@ def test_with_boxes_normalised_by_image_size(tmp_path: Path) -> None:
     item = dm.loaded.eval_sets["test"].gallery[1]  # Karpathy image 4
     assert item["pixels"].shape == (3, 64, 64)
     assert item["boxes"].tolist() == [[0, 0, 1, 1], [0, 0, 0.5, 1], [0, 0, 1, 0.5]]
-    assert dm.eval_spec("test").info["boxes"] is True
+    assert dm.evaluation_set("test").spec.info["boxes"] is True
     (base / "features_36" / "bu_box" / "4.npy").unlink()
     with pytest.raises(MissingFilesError, match=r"\[test\]: 1 of 4 referenced files are missing"):
         Flickr30KDataModule(root=str(tmp_path), with_boxes=True).setup()
@@ -193,7 +193,7 @@ def test_missing_images_listed_counted_and_skipped(tmp_path: Path) -> None:
         "missing": 1,
     }
     assert dm.loaded.missing["test"] == [str(base / "flickr30k-images" / "img1.jpg")]
-    spec = dm.eval_spec("test")
+    spec = dm.evaluation_set("test").spec
     assert spec.query_labels.tolist() == [0] and spec.gallery_labels.tolist() == [0] * 5
     assert spec.info["n_missing"] == 1
     assert {image_of(c) for c in dm.loaded.eval_sets["test"].queries.captions} == {4}
@@ -253,7 +253,7 @@ def test_precomp_memmap_batches_and_stats(tmp_path: Path) -> None:
         "gallery": 2,
         "missing": 0,
     }
-    spec = dm.eval_spec("val")
+    spec = dm.evaluation_set("val").spec
     assert spec.info["file_split"] == "dev" and spec.info["boxes"] is False
     assert spec.gallery_labels.tolist() == [0] * 5 + [1] * 5
 
@@ -261,7 +261,7 @@ def test_precomp_memmap_batches_and_stats(tmp_path: Path) -> None:
 def test_precomp_one_caption_per_image(tmp_path: Path) -> None:
     fx.write_precomp(tmp_path, "f30k", {"train": 3, "dev": 2, "test": 2}, per_image=1)
     dm = Flickr30KDataModule(root=str(tmp_path), feature_source="precomp")
-    assert dm.eval_spec("test").gallery_labels.tolist() == [0, 1]
+    assert dm.evaluation_set("test").spec.gallery_labels.tolist() == [0, 1]
 
 
 def test_precomp_caption_count_mismatch(tmp_path: Path) -> None:
@@ -275,13 +275,13 @@ def test_coco_precomp_test_vs_testall(tmp_path: Path) -> None:
     folder = fx.write_precomp(tmp_path, "coco", {"train": 3, "dev": 2, "test": 2, "testall": 10})
     dm = COCODataModule(root=str(tmp_path), feature_source="precomp", coco_protocol="coco_1k_5fold")
     assert dm.check()["test"]["gallery"] == 10
-    assert dm.eval_spec("test").info["file_split"] == "testall"
+    assert dm.evaluation_set("test").spec.info["file_split"] == "testall"
     with pytest.raises(DatasetError, match="not the 1K protocol"):
         COCODataModule(root=str(tmp_path), feature_source="precomp", precomp_test_file="test").setup()
     forced = COCODataModule(
         root=str(tmp_path), feature_source="precomp", precomp_test_file="test", force=True
     )
-    assert forced.eval_spec("test").info["forced_test_subset"] is True
+    assert forced.evaluation_set("test").spec.info["forced_test_subset"] is True
     for f in folder.glob("testall_*"):
         f.unlink()
     with pytest.raises(DatasetNotFoundError, match="Found test_ims.npy but no testall"):
@@ -311,7 +311,8 @@ def test_coco_butd_regions_boxes_and_captions(tmp_path: Path) -> None:
         ]
         == 51
     )
-    assert dm.eval_spec("test").info["boxes"] is True and "relevances" not in dm.eval_spec("test").info
+    info = dm.evaluation_set("test").spec.info
+    assert info["boxes"] is True and "relevances" not in info
 
 
 def test_coco_butd_missing_feature_file(tmp_path: Path) -> None:
@@ -337,7 +338,7 @@ def test_relevances_raw_memmap(tmp_path: Path) -> None:
     path = base / "relevances" / "coco-test-rougeL.npy"
     written = fx.write_relevance(path, 50, 10)
     dm = COCODataModule(root=str(tmp_path), feature_source="butd")
-    assert dm.eval_spec("test").info["relevances"] == {"rougeL": str(path)}
+    assert dm.evaluation_set("test").spec.info["relevances"] == {"rougeL": str(path)}
     rel = load_relevances(path, 50, 10)
     assert isinstance(rel, np.memmap) and np.array_equal(rel, written)
     np.save(path, written)  # with an .npy header: not TERAN's format
@@ -470,7 +471,7 @@ def test_precomp_quirks_read_as_scan(tmp_path: Path, dataset: str, kind: str) ->
     line3 = PRECOMP_LINE3[kind]
     queries = dm.loaded.eval_sets["test"].queries.captions
     assert len(queries) == 10 and queries[2] == (original if line3 is None else line3.format(original))
-    assert dm.eval_spec("test").gallery_labels.tolist() == [0] * 5 + [1] * 5
+    assert dm.evaluation_set("test").spec.gallery_labels.tolist() == [0] * 5 + [1] * 5
     with pytest.raises(DatasetQuirkError, match=test_file):
         module(root=str(tmp_path), feature_source="precomp", strict=True).setup()
 

@@ -84,7 +84,7 @@ def test_rstpreid_end_to_end(tmp_path: Path) -> None:
 def test_rstpreid_eval_spec_and_loaders(tmp_path: Path) -> None:
     fx = write_rstpreid(tmp_path)
     dm = RSTPReidDataModule(root=str(tmp_path), eval_batch_size=7)
-    spec = dm.eval_spec("test")
+    spec = dm.evaluation_set("test").spec
     assert spec.protocol == "person_t2i"
     assert spec.gallery_labels.tolist() == [5] * 5 + [6] * 5  # raw ids, one item per image
     assert spec.query_labels is not None
@@ -97,7 +97,7 @@ def test_rstpreid_eval_spec_and_loaders(tmp_path: Path) -> None:
     assert isinstance(qb, TextBatch) and isinstance(gb, VisualBatch)
     assert qb.text.raw[0] == fx.split("test")[0]["captions"][0]
     assert gb.visual.pixels is not None and gb.visual.pixels.shape == (7, 3, 64, 64)
-    assert dm.eval_spec("val").gallery_labels.tolist() == [3] * 5 + [4] * 5
+    assert dm.evaluation_set("val").spec.gallery_labels.tolist() == [3] * 5 + [4] * 5
 
 
 def test_rstpreid_reports_noisy_captions_and_keeps_them(tmp_path: Path) -> None:
@@ -159,7 +159,7 @@ def test_cuhk_labels_and_val(tmp_path: Path) -> None:
     ds = dm.loaded.train
     assert ds is not None
     assert sorted(set(ds.labels)) == [0, 1, 2]  # CUHK ids start at 1: label = id - 1
-    assert dm.eval_spec("val").gallery_labels.tolist() == [4, 4, 5, 5]
+    assert dm.evaluation_set("val").spec.gallery_labels.tolist() == [4, 4, 5, 5]
     assert dm.loaded.quirks == {}
 
 
@@ -223,12 +223,12 @@ def test_icfg_has_no_val_unless_selecting_on_test(tmp_path: Path) -> None:
     write_icfg(tmp_path)
     dm = ICFGPedesDataModule(root=str(tmp_path))
     assert sorted(dm.check()) == ["test", "train"]
-    assert dm.eval_spec("test").info["selected_on"] == "last_epoch"
+    assert dm.evaluation_set("test").spec.info["selected_on"] == "last_epoch"
     with pytest.raises(RuntimeError, match="no val split.*select_on_test=True"):
         dm.val_dataloader()
     sel = ICFGPedesDataModule(root=str(tmp_path), select_on_test=True)
     assert len(sel.val_dataloader()) == 2
-    assert sel.eval_spec(sel.val_split).info["selected_on"] == "test"
+    assert sel.evaluation_set(sel.val_split).spec.info["selected_on"] == "test"
     with pytest.raises(ValueError, match="select_on_test"):
         ICFGPedesDataModule(root=str(tmp_path), val_split="test")
 
@@ -270,7 +270,7 @@ def test_missing_images_raise_or_are_skipped(tmp_path: Path, caplog: pytest.LogC
         "missing": 1,
     }
     assert stats["train"]["queries"] == 10 and stats["train"]["missing"] == 1
-    spec = dm.eval_spec("test")
+    spec = dm.evaluation_set("test").spec
     assert spec.info["n_missing"] == 1 and spec.gallery_labels.tolist() == [6, 7, 7]
     assert dm.loaded.missing["test"] == [str(gone[0])]
     ds = dm.loaded.train

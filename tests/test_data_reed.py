@@ -58,7 +58,7 @@ def test_cub_default_trains_on_trainval_tests_on_test(tmp_path: Path) -> None:
     batch = next(iter(dm.train_dataloader()))
     assert isinstance(batch, PairBatch) and batch.visual.pixels is not None
     assert batch.visual.pixels.shape == (8, 3, 64, 64) and len(batch.text) == 8
-    spec = dm.eval_spec("test")
+    spec = dm.evaluation_set("test").spec
     assert spec.protocol == "class_reed"
     assert spec.gallery_labels.tolist() == [5, 5, 6, 6]  # class number of the folder name
     assert spec.query_labels is not None and spec.query_labels.tolist() == [5] * 20 + [6] * 20
@@ -71,7 +71,7 @@ def test_tuning_trains_on_train_validates_on_val(tmp_path: Path) -> None:
     write_flowers(tmp_path)
     dm = FlowersDataModule(root=str(tmp_path), tuning=True)
     assert dm.check() == {"train": stats(3, train=True), "val": stats(1), "test": stats(2)}
-    assert dm.eval_spec("val").gallery_labels.tolist() == [4, 4]
+    assert dm.evaluation_set("val").spec.gallery_labels.tolist() == [4, 4]
     assert len(dm.val_dataloader()) == 2
     assert any("flowers [train]: expected 62 labels, found 3" == w for w in dm.loaded.warnings)
 
@@ -179,7 +179,7 @@ def test_caption_without_image_and_image_without_caption(
         st = dm.check()["test"]
     assert "skip_missing=True drops 2 of 4" in caplog.text
     assert st == {"images": 4, "captions": 30, "labels": 2, "queries": 20, "gallery": 2, "missing": 2}
-    spec = dm.eval_spec("test")
+    spec = dm.evaluation_set("test").spec
     assert spec.info["n_missing"] == 2 and spec.gallery_labels.tolist() == [5, 6]
 
 

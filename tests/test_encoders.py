@@ -350,3 +350,23 @@ def test_bert_truncated_to_first_layers(tmp_path: Path) -> None:
     assert torch.equal(out.glob, out.tokens[:, 0])
     enc.train()
     backward_reaches_all(enc, enc(text))
+
+
+def test_masked_softmax_is_the_softmax_over_valid_positions_and_zero_for_an_empty_row() -> None:
+    from fgbench.encoders.layers import masked_softmax
+
+    g = torch.Generator().manual_seed(0)
+    logits = 5 * torch.randn(4, 6, generator=g)
+    rows = [[1, 1, 0, 1, 0, 0], [0, 0, 0, 0, 0, 0], [1] * 6, [0, 0, 0, 0, 0, 1]]
+    mask = torch.tensor(rows, dtype=torch.bool)
+    out = masked_softmax(logits, mask)
+    for i in range(4):
+        want = torch.zeros(6)
+        if mask[i].any():
+            want[mask[i]] = logits[i, mask[i]].softmax(-1)
+        torch.testing.assert_close(out[i], want, rtol=0, atol=1e-7)
+        assert (out[i][~mask[i]] == 0).all()  # exactly zero where masked; the empty row is all zero, not NaN
+    # along another dim, with a broadcast mask, in bf16: still no NaN and exact zeros where masked
+    cols = mask.T[:, :1].expand(6, 4)
+    half = masked_softmax(logits.T.to(torch.bfloat16), cols, dim=0)
+    assert not half.isnan().any() and (half[~cols] == 0).all()

@@ -103,7 +103,7 @@ def test_fit_and_test_evaluates_through_the_evaluator(data_root: Path, tmp_path:
         q_loader, g_loader = dm.test_dataloader()
         q = Features.cat([model.encode_queries(b) for b in q_loader])
         g = Features.cat([model.encode_gallery(b) for b in g_loader])
-    spec: EvalSpec = dm.eval_spec("test")
+    spec: EvalSpec = dm.evaluation_set("test").spec
     assert evaluate(q.glob @ g.glob.T, spec).metrics == pytest.approx(got)
 
 

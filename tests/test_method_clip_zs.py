@@ -121,5 +121,5 @@ def test_pretrained_clip_beats_chance_on_synth_scenes(root: Path) -> None:
         pytest.skip(f"{CLIP_PATH} is not in the local HF cache")
     model.eval()
     q, g = encoded(model, dm)
-    metrics = model.evaluate_features(q, g, dm.eval_spec(dm.test_split)).metrics
+    metrics = model.evaluate_features(q, g, dm.evaluation_set(dm.test_split).spec).metrics
     assert metrics["t2i_R1"] >= 3 * 100 / len(g)

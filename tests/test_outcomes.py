@@ -440,12 +440,12 @@ def _pooled(spec: EvalSpec) -> EvalSpec:
 def test_query_ids_are_stable_unique_and_keyed_in_the_outcomes(case: str, tmp_path: Path) -> None:
     make = DATAMODULES[case](tmp_path)
     first, again = make(), make()
-    labelled = [s for s in first.loaded.eval_sets if first.eval_spec(s).query_labels is not None]
-    numbered = [i for s in labelled for i in first.eval_spec(s).query_ids or [] if "~" in i]
+    labelled = [s for s in first.loaded.eval_sets if first.evaluation_set(s).spec.query_labels is not None]
+    numbered = [i for s in labelled for i in first.evaluation_set(s).spec.query_ids or [] if "~" in i]
     # the quirks a loader keeps twice (a repeated path, pair id, entry) are numbered, never dropped
     assert bool(numbered) == (case in REPEATS), numbered
     for split in labelled:  # (CIRR test1 keeps its pair ids as written: the submission's keys)
-        spec, spec2 = first.eval_spec(split), again.eval_spec(split)
+        spec, spec2 = first.evaluation_set(split).spec, again.evaluation_set(split).spec
         ids = spec.query_ids
         assert ids is not None and len(ids) == spec.n_query and len(set(ids)) == len(ids), split
         assert ids == spec2.query_ids and spec.gallery_names == spec2.gallery_names  # the same every run
@@ -485,10 +485,10 @@ def test_synthetic_datamodules_have_stable_ids(name: str, tmp_path: Path) -> Non
     make = lambda: REGISTRY.get(name)(root=str(tmp_path), sizes=MINI[name])  # noqa: E731
     first, again = make(), make()
     for split in first.loaded.eval_sets:
-        spec = first.eval_spec(split)
+        spec = first.evaluation_set(split).spec
         ids = spec.query_ids
         assert ids is not None and len(set(ids)) == len(ids) == spec.n_query
-        assert ids == again.eval_spec(split).query_ids
+        assert ids == again.evaluation_set(split).spec.query_ids
         if spec.query_labels is not None and spec.protocol != "coco_1k_5fold":
             rng = np.random.default_rng(1)
             o = check_decomposes(evaluate(tied(rng, spec.n_query, spec.n_gallery), spec))
@@ -621,7 +621,7 @@ def test_cirr_repeated_pair_id_is_numbered_where_scored_and_kept_for_the_submiss
     entries = json.loads(val.read_text())
     val.write_text(json.dumps([*entries, entries[0]]))
     dm = CIRRDataModule(root=str(tmp_path))
-    ids = dm.eval_spec("val").query_ids
+    ids = dm.evaluation_set("val").spec.query_ids
     pid = str(entries[0]["pairid"])
     assert ids is not None and ids[0] == pid and ids[-1] == f"{pid}~2" and len(set(ids)) == len(ids)
     assert dm.loaded.quirks["val"]["duplicate_pairid"]["count"] == 1

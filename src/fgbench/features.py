@@ -12,6 +12,13 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+# the dtypes a pairwise method may store its token sets in (`store_dtype`); they are scored in fp32
+STORE_DTYPES: dict[str, torch.dtype] = {
+    "bfloat16": torch.bfloat16,
+    "float32": torch.float32,
+    "float16": torch.float16,
+}
+
 
 @dataclass
 class Features:

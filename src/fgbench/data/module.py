@@ -216,9 +216,6 @@ class RetrievalDataModule(L.LightningDataModule):
         """Per-split counts for `fgbench data check`."""
         return self.loaded.stats
 
-    def eval_spec(self, split: str) -> EvalSpec:
-        return self._eval_set(split).spec
-
     def evaluation_set(self, split: str) -> EvalSet:
         """The query and gallery datasets and the EvalSpec of an evaluation split."""
         return self._eval_set(split)

@@ -58,6 +58,16 @@ def masked_max(x: Tensor, mask: Tensor) -> Tensor:
     return x.masked_fill(~mask.unsqueeze(-1), float("-inf")).amax(1)
 
 
+def masked_softmax(logits: Tensor, mask: Tensor, dim: int = -1) -> Tensor:
+    """Softmax along `dim` over the positions where `mask` (broadcastable, True = valid) holds.
+
+    The one rule for every method: masked positions get exactly 0, and a row with no valid position is all 0
+    (an attention over nothing contributes nothing), never NaN. On rows with a valid position this equals a
+    softmax over the valid positions alone (the masked logits underflow to an exact 0)."""
+    x = logits.masked_fill(~mask, torch.finfo(logits.dtype).min).softmax(dim)
+    return x.masked_fill(~mask, 0.0)
+
+
 def grid_output(tokens: Tensor, grid: tuple[int, int], glob: Tensor, cls_first: bool) -> ImageOutput:
     """Wrap grid tokens [B,T,D] (row-major cells, after a CLS token when `cls_first`) with all-valid masks
     and their cell boxes; the CLS token's box is the whole image."""
