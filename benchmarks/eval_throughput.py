@@ -400,7 +400,7 @@ class Counted:
     extents; the pairs as scored, so the table's count is measured, not assumed)."""
 
     def __init__(self, method: Any, useful: Callable[[Tensor, Tensor, int], float]) -> None:
-        from methods.teran import extents
+        from fgbench.features import extents
 
         self.flops, self.pairs, self._score, self._useful, self._ext = 0.0, 0, method.score, useful, extents
         method.score = self

@@ -38,11 +38,11 @@ from fgbench.encoders import (
     build_text_encoder,
 )
 from fgbench.features import Features
+from fgbench.losses import batch_classification, same_target_mask
 from fgbench.method import RetrievalMethod
 from fgbench.optim import OptimConfig
 from fgbench.profiles import merge_overrides, resolve_profile
 from fgbench.registry import register_method
-from methods.tirg import classification_loss, same_target_mask
 
 # key prefixes of the two CLIP towers in a clip_ft checkpoint's state dict
 CLIP_TOWERS = ("image_tower.", "text_tower.")  # clip_ft's attribute names
@@ -241,7 +241,7 @@ class CLIP4Cir(RetrievalMethod):
         q = self.query_vectors(batch.reference, batch.text)
         g = self.target_vectors(batch.target)
         exclude = same_target_mask(batch.target_label) if self.mask_same_target else None
-        return {"classification": classification_loss(q, g, self.hp.logit_scale, exclude)}
+        return {"classification": batch_classification(q, g, self.hp.logit_scale, exclude)}
 
     def encode_queries(self, batch: ComposedQueryBatch) -> Features:
         return Features(index=batch.index, glob=self.query_vectors(batch.reference, batch.text))

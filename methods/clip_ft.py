@@ -44,7 +44,7 @@ from fgbench.data.batches import (
     Visual,
     VisualBatch,
 )
-from fgbench.data.module import RetrievalDataModule
+from fgbench.data.module import RetrievalDataModule, task_family
 from fgbench.encoders import (
     CLIP_MEAN,
     CLIP_STD,
@@ -60,7 +60,7 @@ from fgbench.features import Features
 from fgbench.losses import infonce
 from fgbench.method import RetrievalMethod
 from fgbench.optim import OptimConfig
-from fgbench.profiles import merge_overrides, resolve_profile
+from fgbench.profiles import check_choice, merge_overrides, resolve_profile
 from fgbench.registry import register_method
 
 CLIP_PATH = "openai/clip-vit-base-patch16"  # hub name in the local HF cache, or a folder
@@ -93,19 +93,6 @@ class ClipProfile:
     train_transform: str = "none"  # a fgbench.encoders TRANSFORM_PRESETS name
     test_transform: str = "none"
     optim: OptimConfig = field(default_factory=OptimConfig)  # used unless `optim` is given explicitly
-
-
-def task_family(dm: RetrievalDataModule) -> str:
-    """The task family of a DataModule: composed, itm (Flickr30K, COCO, synth-scenes) or person (text-image
-    only: person retrieval, CUB, Flowers)."""
-    if "composed" in dm.tasks:
-        return "composed"
-    return "itm" if "image-text" in dm.tasks else "person"
-
-
-def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"{name}={value!r}: expected one of {', '.join(choices)}")
 
 
 def build_tokenizer(cfg: ClipProfile, dm: RetrievalDataModule, clip_path: str | Path) -> Any:
@@ -161,7 +148,7 @@ class ClipDual(RetrievalMethod):
         loss_weights: dict[str, float] | None,
         overrides: Mapping[str, Any],
     ) -> None:
-        _check_choice("fusion", fusion, FUSIONS)
+        check_choice("fusion", fusion, FUSIONS)
         cfg = resolve_profile(self.presets, profile, overrides, self.name)
         super().__init__(profile=profile, optim=optim or cfg.optim, loss_weights=loss_weights)
         self.cfg = cfg
@@ -289,8 +276,8 @@ class ClipFT(ClipDual):
         overrides: dict[str, Any] | None = None,
         **fields: Any,
     ) -> None:
-        _check_choice("encoder", encoder, ENCODERS)
-        _check_choice("query_fusion", query_fusion, FUSIONS)
+        check_choice("encoder", encoder, ENCODERS)
+        check_choice("query_fusion", query_fusion, FUSIONS)
         overrides = merge_overrides(overrides, fields)
         super().__init__(profile, clip_path, query_fusion, optim, loss_weights, overrides)
         self.save_hyperparameters()

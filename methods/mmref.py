@@ -74,8 +74,9 @@ from fgbench.encoders import CLIP_MEAN, CLIP_STD
 from fgbench.features import Features
 from fgbench.losses import infonce, sdm
 from fgbench.optim import OptimConfig
+from fgbench.profiles import check_choice
 from fgbench.registry import register_method
-from methods.clip_ft import CLIP_PATH, IRRA_OPTIM, _check_choice
+from methods.clip_ft import CLIP_PATH, IRRA_OPTIM
 from methods.irra import IRRA, IRRAProfile, QuickGELU
 
 REFS = "references"  # parameter name of R (excluded from weight decay by this substring)
@@ -257,9 +258,9 @@ class MMRef(IRRA):
         overrides: dict[str, Any] | None = None,
         **fields: Any,
     ) -> None:
-        _check_choice("ref_space", ref_space, tuple(REF_SPACES))
-        _check_choice("align_loss", align_loss, tuple(ALIGN_LOSSES))
-        _check_choice("ref_init", ref_init, REF_INITS)
+        check_choice("ref_space", ref_space, tuple(REF_SPACES))
+        check_choice("align_loss", align_loss, tuple(ALIGN_LOSSES))
+        check_choice("ref_init", ref_init, REF_INITS)
         if rerank_k < 1:
             raise ValueError(f"rerank_k={rerank_k}: expected an integer >= 1")
         if n_ref_tokens < 1:

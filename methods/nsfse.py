@@ -80,15 +80,15 @@ from fgbench.encoders import (
 from fgbench.encoders.layers import masked_max, masked_softmax, zero_padding
 from fgbench.encoders.tokenizers import SPECIALS
 from fgbench.evaluation import EvalResult, EvalSpec
-from fgbench.features import STORE_DTYPES, Features
+from fgbench.features import STORE_DTYPES, Features, length_buckets
+from fgbench.losses import same_target_mask
 from fgbench.losses.multi_similarity import DynamicThreshold, multi_similarity_ns
 from fgbench.method import RetrievalMethod
 from fgbench.optim import OptimConfig
 from fgbench.profiles import merge_overrides, resolve_profile
 from fgbench.registry import register_method
 from methods.clip_ft import ClipProfile, build_tokenizer, build_towers
-from methods.teran import length_buckets
-from methods.tirg import Composer, same_target_mask
+from methods.tirg import Composer
 
 PROVENANCE = "re-implementation from the paper's description"
 CLIP_VARIANT = "clip (not from the paper)"

@@ -65,13 +65,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fgbench.data.batches import PairBatch, Text, TextBatch, Visual, VisualBatch
-from fgbench.data.module import RetrievalDataModule
+from fgbench.data.module import RetrievalDataModule, region_dim
 from fgbench.encoders import MethodProcessor, TinyCNN, build_image_encoder
 from fgbench.encoders.layers import masked_mean, masked_softmax, text_inputs, zero_padding
 from fgbench.encoders.regions import box_infos
 from fgbench.evaluation import EvalResult, EvalSpec
-from fgbench.features import STORE_DTYPES, Features
+from fgbench.features import STORE_DTYPES, Features, length_buckets
 from fgbench.losses import hardest_negative_triplet
+from fgbench.losses.warmup import summed_hinge_epochs, warmup_label
 from fgbench.method import RetrievalMethod
 from fgbench.optim import OptimConfig
 from fgbench.profiles import merge_overrides, resolve_profile
@@ -80,14 +81,12 @@ from methods.teran import (
     TEXT_ENCODERS,
     WORD_SPANS,
     TERANConfig,
-    length_buckets,
     punctuation_table,
     region_inputs,
     scored_tokens,
     slots_used,
     word_mask,
 )
-from methods.vsepp import region_dim, summed_hinge_epochs, warmup_label
 
 PROVENANCE = "re-implementation from the paper's description"
 EPS = 1e-8

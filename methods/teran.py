@@ -50,7 +50,7 @@ Our reading [inf]:
   400 training images, 8 epochs, seed 0: the loss settled near 2·B·α and t2i R@1 was 2.0, chance 2.0; with
   one such epoch t2i R@1 was 29.6). On person data (near-duplicate galleries) one summed epoch was not
   enough: the hardest negative then collapsed the scores again (synth-person, seed 0: R1 1.56 = chance), so
-  there the tiny profile sums the hinge in every epoch (R1 4.88), `methods.vsepp.summed_hinge_epochs`;
+  there the tiny profile sums the hinge in every epoch (R1 4.88), `fgbench.losses.warmup.summed_hinge_epochs`;
   result.json records the warm-up. Raw images take this region extractor in both profiles; region
   features (`precomp`, `butd`) go straight into the visual transformer;
 - `precomp` features have no boxes: the positional encoding is forced to `none` and recorded in result.json.
@@ -68,7 +68,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fgbench.data.batches import PairBatch, Text, TextBatch, Visual, VisualBatch
-from fgbench.data.module import RetrievalDataModule
+from fgbench.data.module import RetrievalDataModule, region_dim
 from fgbench.encoders import (
     HFTokenizer,
     MethodProcessor,
@@ -79,14 +79,15 @@ from fgbench.encoders import (
 )
 from fgbench.encoders.layers import pixels_of, text_inputs, zero_padding
 from fgbench.encoders.regions import ConcatAndProcess, ProjectAndSum
+from fgbench.encoders.tokenizers import build_vocabulary
 from fgbench.evaluation import EvalResult, EvalSpec
-from fgbench.features import STORE_DTYPES, Features
+from fgbench.features import STORE_DTYPES, Features, length_buckets
 from fgbench.losses import hardest_negative_triplet
+from fgbench.losses.warmup import summed_hinge_epochs, warmup_label
 from fgbench.method import RetrievalMethod
 from fgbench.optim import OptimConfig
 from fgbench.profiles import merge_overrides, resolve_profile
 from fgbench.registry import register_method
-from methods.vsepp import build_vocabulary, region_dim, summed_hinge_epochs, warmup_label
 
 # -- alignment pooling (docs/methods.md §2 "Alignment") ------------------------------------------------------
 
@@ -207,25 +208,6 @@ def alignment_pairs(
 
 
 # -- scoring real slots only: sets grouped by length (evaluation) -------------------------------------------
-
-
-def extents(mask: Tensor) -> Tensor:
-    """[n] slots up to each row's last valid one (0 for an empty row): the row's length without padding."""
-    pos = torch.arange(1, mask.shape[1] + 1, device=mask.device)
-    return (mask.long() * pos).amax(1) if mask.shape[1] else mask.new_zeros(len(mask), dtype=torch.long)
-
-
-def length_buckets(mask: Tensor) -> list[tuple[Tensor, int]]:
-    """Rows of `mask` [n, S] grouped by extent: (row indices, slots) per distinct extent, shortest first.
-
-    Each group is cut to its own extent (at least 1 slot), so a group's padded work is its real work when
-    masks are prefixes (right padding); one host sync.
-    """
-    ext = extents(mask)
-    values, inverse = torch.unique(ext, return_inverse=True)
-    order = torch.argsort(inverse, stable=True)
-    counts = torch.bincount(inverse, minlength=len(values)).tolist()
-    return [(idx, max(1, int(v))) for idx, v in zip(order.split(counts), values.tolist(), strict=True)]
 
 
 SCORE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}

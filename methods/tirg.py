@@ -37,6 +37,7 @@ from fgbench.encoders import (
     register_preset,
 )
 from fgbench.features import Features
+from fgbench.losses import batch_classification, same_target_mask
 from fgbench.method import RetrievalMethod
 from fgbench.optim import OptimConfig
 from fgbench.profiles import merge_overrides, resolve_profile
@@ -125,20 +126,6 @@ class Composer(nn.Module):
     def forward(self, img: Tensor, txt: Tensor) -> Tensor:
         x = torch.cat([img, txt], dim=-1)
         return self.a[0] * torch.sigmoid(self.gate(x)) * img + self.a[1] * self.res(x)
-
-
-def same_target_mask(labels: Tensor) -> Tensor:
-    """Bool[B, B]: other items of the batch with the same target (the diagonal excluded)."""
-    same = labels[:, None] == labels[None, :]
-    return same & ~torch.eye(len(labels), dtype=torch.bool, device=labels.device)
-
-
-def classification_loss(q: Tensor, g: Tensor, scale: float = 1.0, exclude: Tensor | None = None) -> Tensor:
-    """CE(scale·q gᵀ, diagonal) with the `exclude`d columns (Bool[B, B]) left out of each row's softmax."""
-    logits = scale * q @ g.T
-    if exclude is not None:
-        logits = logits.masked_fill(exclude, float("-inf"))
-    return F.cross_entropy(logits, torch.arange(len(q), device=q.device))
 
 
 def soft_triplet_loss(q: Tensor, g: Tensor, labels: Tensor, per_anchor: int = 3) -> Tensor:
@@ -252,7 +239,7 @@ class TIRG(RetrievalMethod):
         labels = batch.target_label if self.mask_same_target else torch.arange(len(q), device=q.device)
         if self.soft_triplet:
             return {"soft_triplet": soft_triplet_loss(q, g, labels)}
-        return {"classification": classification_loss(q, g, exclude=same_target_mask(labels))}
+        return {"classification": batch_classification(q, g, exclude=same_target_mask(labels))}
 
     # -- evaluation --------------------------------------------------------------------------------------
     def encode_queries(self, batch: ComposedQueryBatch) -> Features:

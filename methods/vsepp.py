@@ -16,7 +16,6 @@ CNN is frozen but, as in vsepp, its BatchNorm layers still follow the module's t
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -26,26 +25,25 @@ from torch import Tensor, nn
 from torchvision.transforms import v2
 
 from fgbench.data.batches import PairBatch, TextBatch, Visual, VisualBatch
-from fgbench.data.module import RetrievalDataModule
+from fgbench.data.module import RetrievalDataModule, region_dim
 from fgbench.encoders import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     MethodProcessor,
-    WordTokenizer,
     build_image_encoder,
     build_text_encoder,
     register_preset,
 )
 from fgbench.encoders.layers import masked_mean
-from fgbench.encoders.tokenizers import split_words
+from fgbench.encoders.tokenizers import build_vocabulary
 from fgbench.evaluation import EvalResult, EvalSpec
 from fgbench.features import Features
 from fgbench.losses import hardest_negative_triplet
+from fgbench.losses.warmup import summed_hinge_epochs, warmup_label
 from fgbench.method import RetrievalMethod
 from fgbench.optim import OptimConfig
 from fgbench.profiles import merge_overrides, resolve_profile
 from fgbench.registry import register_method
-from methods.clip_ft import task_family
 
 
 @register_preset("resize_center_crop")
@@ -102,43 +100,6 @@ PROFILES: dict[str, VSEPPConfig] = {
         schedule="step",
     ),
 }
-
-
-ALL_EPOCHS = 1 << 30  # a summed-hinge warm-up that never ends
-
-
-def summed_hinge_epochs(epochs: int | None, dm: RetrievalDataModule) -> int:
-    """Epochs of the hinge summed over all negatives (VSE0) before the hardest negative takes over.
-
-    `epochs` when given (the paper profiles: 0). None, the tiny profiles: one epoch on image-text matching
-    data (vse_infty's `vse_mean_warmup_epochs`), every epoch on person and class data. There the gallery is
-    near-duplicates (one silhouette, a few attributes apart), and from scratch the hardest negative after one
-    summed epoch collapsed the scores: teran on synth-person, seed 0, 8 epochs, R1 1.56 (chance 1.56, loss
-    at 2·B·α); summed throughout, R1 4.88 with the loss still falling.
-    """
-    if epochs is not None:
-        return epochs
-    return 1 if task_family(dm) == "itm" else ALL_EPOCHS
-
-
-def warmup_label(epochs: int) -> int | str:
-    """The summed-hinge warm-up as result.json records it ("all" when it never ends)."""
-    return "all" if epochs >= ALL_EPOCHS else epochs
-
-
-def build_vocabulary(texts: list[str], max_words: int, min_count: int, max_len: int) -> WordTokenizer:
-    """vsepp's vocabulary: training words seen at least `min_count` times (at most `max_words` of them)."""
-    counts = Counter(w for text in texts for w in split_words(text))
-    ranked = sorted((wc for wc in counts.items() if wc[1] >= min_count), key=lambda wc: (-wc[1], wc[0]))
-    return WordTokenizer([w for w, _ in ranked[:max_words]], max_len)
-
-
-def region_dim(dm: RetrievalDataModule) -> int | None:
-    """Feature size of the data's precomputed regions; None when it serves images."""
-    if getattr(dm, "feature_source", "images") == "images":
-        return None
-    ds = dm.loaded.train if dm.loaded.train is not None else dm.evaluation_set(dm.test_split).gallery
-    return int(ds[0]["regions"].shape[-1])
 
 
 def xavier_linear(d_in: int, d_out: int) -> nn.Linear:

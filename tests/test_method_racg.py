@@ -453,7 +453,7 @@ def test_first_epochs_sum_the_hinge_over_all_negatives(root: Path) -> None:
     dm = scenes_dm(root, batch_size=8)
     model = built(dm).eval()
     assert model.hp.sum_warmup_epochs is None and RACG(profile="paper").hp.sum_warmup_epochs == 0
-    assert model.sum_warmup == 1  # image-text matching: one summed epoch (vsepp.summed_hinge_epochs)
+    assert model.sum_warmup == 1  # image-text matching: one summed epoch (fgbench.losses.warmup)
     batch = first_batch(dm)
     with torch.no_grad():
         S = model.relation(model.text_nodes(batch.text), model.image_nodes(batch.visual)).T

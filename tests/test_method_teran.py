@@ -33,7 +33,7 @@ from fgbench.cli import main
 from fgbench.data.batches import Text
 from fgbench.data.module import RetrievalDataModule
 from fgbench.evaluation import EvalSpec
-from fgbench.features import Features
+from fgbench.features import Features, length_buckets
 from fgbench.losses import hardest_negative_triplet
 from fgbench.registry import DATAMODULES, METHODS
 from methods.teran import (
@@ -42,7 +42,6 @@ from methods.teran import (
     alignment_matrix,
     alignment_pairs,
     bucketed_alignment_matrix,
-    length_buckets,
     punctuation_table,
     scored_tokens,
     slots_used,
@@ -356,7 +355,7 @@ def test_first_epochs_sum_the_hinge_over_all_negatives(root: Path) -> None:
     dm = scenes_dm(root, batch_size=8)
     model = built(dm).eval()
     assert model.hp.sum_warmup_epochs is None and TERAN(profile="paper").hp.sum_warmup_epochs == 0
-    assert model.sum_warmup == 1  # image-text matching: one summed epoch (vsepp.summed_hinge_epochs)
+    assert model.sum_warmup == 1  # image-text matching: one summed epoch (fgbench.losses.warmup)
     batch = first_batch(dm)
     with torch.no_grad():
         txt, img = model.text_sets(batch.text), model.image_sets(batch.visual)

@@ -25,10 +25,12 @@ from method_checks import (
 from datamodules.itm import Flickr30KDataModule
 from fgbench.data.batches import VisualBatch
 from fgbench.data.module import RetrievalDataModule
+from fgbench.encoders.tokenizers import build_vocabulary
 from fgbench.features import Features
 from fgbench.losses import hardest_negative_triplet
+from fgbench.losses.warmup import ALL_EPOCHS, summed_hinge_epochs, warmup_label
 from fgbench.registry import DATAMODULES, METHODS
-from methods.vsepp import ALL_EPOCHS, VSEPP, build_vocabulary, summed_hinge_epochs, warmup_label
+from methods.vsepp import VSEPP
 
 from fixtures.itm import write_precomp
 

@@ -79,3 +79,22 @@ class Features:
             return t.to(device=device)
 
         return self.map(mv)
+
+
+def extents(mask: Tensor) -> Tensor:
+    """[n] slots up to each row's last valid one (0 for an empty row): the row's length without padding."""
+    pos = torch.arange(1, mask.shape[1] + 1, device=mask.device)
+    return (mask.long() * pos).amax(1) if mask.shape[1] else mask.new_zeros(len(mask), dtype=torch.long)
+
+
+def length_buckets(mask: Tensor) -> list[tuple[Tensor, int]]:
+    """Rows of `mask` [n, S] grouped by extent: (row indices, slots) per distinct extent, shortest first.
+
+    Each group is cut to its own extent (at least 1 slot), so a group's padded work is its real work when
+    masks are prefixes (right padding); one host sync.
+    """
+    ext = extents(mask)
+    values, inverse = torch.unique(ext, return_inverse=True)
+    order = torch.argsort(inverse, stable=True)
+    counts = torch.bincount(inverse, minlength=len(values)).tolist()
+    return [(idx, max(1, int(v))) for idx, v in zip(order.split(counts), values.tolist(), strict=True)]

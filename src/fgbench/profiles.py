@@ -105,3 +105,9 @@ def resolve_profile(
         raise ConfigError(f"{who}unknown profile override(s) {unknown}; valid: {sorted(known)}")
     values = check_types(preset, overrides, who)  # YAML lists become the presets' tuples
     return replace(preset, **values)  # type: ignore[type-var]
+
+
+def check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    """One clear error when a string option is not one of its choices."""
+    if value not in choices:
+        raise ValueError(f"{name}={value!r}: expected one of {', '.join(choices)}")

@@ -308,3 +308,19 @@ class RetrievalDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> list[DataLoader]:
         return self.eval_dataloaders(self.test_split)
+
+
+def task_family(dm: RetrievalDataModule) -> str:
+    """The task family of a DataModule: composed, itm (Flickr30K, COCO, synth-scenes) or person (text-image
+    only: person retrieval, CUB, Flowers)."""
+    if "composed" in dm.tasks:
+        return "composed"
+    return "itm" if "image-text" in dm.tasks else "person"
+
+
+def region_dim(dm: RetrievalDataModule) -> int | None:
+    """Feature size of the data's precomputed regions; None when it serves images."""
+    if getattr(dm, "feature_source", "images") == "images":
+        return None
+    ds = dm.loaded.train if dm.loaded.train is not None else dm.evaluation_set(dm.test_split).gallery
+    return int(ds[0]["regions"].shape[-1])

@@ -119,3 +119,10 @@ class HFTokenizer:
             return_tensors="pt",
         )
         return {"input_ids": out["input_ids"], "attention_mask": out["attention_mask"]}
+
+
+def build_vocabulary(texts: list[str], max_words: int, min_count: int, max_len: int) -> WordTokenizer:
+    """vsepp's vocabulary: training words seen at least `min_count` times (at most `max_words` of them)."""
+    counts = Counter(w for text in texts for w in split_words(text))
+    ranked = sorted((wc for wc in counts.items() if wc[1] >= min_count), key=lambda wc: (-wc[1], wc[0]))
+    return WordTokenizer([w for w, _ in ranked[:max_words]], max_len)

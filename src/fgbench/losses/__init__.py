@@ -5,7 +5,7 @@ plus `DynamicThreshold` where state (an EMA) is needed. Each module names the pa
 >>> loss = sdm(text_glob, image_glob, person_ids) + infonce(text_glob, image_glob, temperature=0.02)
 """
 
-from fgbench.losses.contrastive import batch_classification, infonce
+from fgbench.losses.contrastive import batch_classification, infonce, same_target_mask
 from fgbench.losses.identity import id_loss
 from fgbench.losses.mlm import IGNORE_INDEX, mask_tokens, mlm_loss
 from fgbench.losses.multi_similarity import (
@@ -28,6 +28,7 @@ __all__ = [
     "mask_tokens",
     "mlm_loss",
     "multi_similarity_ns",
+    "same_target_mask",
     "score_stats",
     "sdm",
     "sdm_from_logits",

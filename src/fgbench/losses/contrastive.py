@@ -51,13 +51,24 @@ def infonce(
     return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T[labels], rows))
 
 
-def batch_classification(q: Tensor, g: Tensor, scale: float | Tensor = 1.0) -> Tensor:
+def batch_classification(
+    q: Tensor, g: Tensor, scale: float | Tensor = 1.0, exclude: Tensor | None = None
+) -> Tensor:
     """CE(scale · q gᵀ, diagonal): each query classifies its own target among the batch's targets.
 
     The features are used as given: TIRG passes vectors already scaled by its learnable norm s (scale = 1),
-    CLIP4Cir passes unit vectors with scale = 100. `scale` may be a learnable tensor.
+    CLIP4Cir passes unit vectors with scale = 100. `scale` may be a learnable tensor. `exclude` (Bool[B, B],
+    e.g. `same_target_mask`) leaves those columns out of each row's softmax.
     """
     if q.shape[0] != g.shape[0]:
         raise ValueError(f"batch_classification: q has {q.shape[0]} rows and g {g.shape[0]}; expected equal")
     logits = scale * q @ g.T
+    if exclude is not None:
+        logits = logits.masked_fill(exclude, float("-inf"))
     return F.cross_entropy(logits, torch.arange(q.shape[0], device=q.device))
+
+
+def same_target_mask(labels: Tensor) -> Tensor:
+    """Bool[B, B]: other items of the batch with the same target (the diagonal excluded)."""
+    same = labels[:, None] == labels[None, :]
+    return same & ~torch.eye(len(labels), dtype=torch.bool, device=labels.device)
