@@ -29,8 +29,8 @@ from typing import Any
 import torch
 from _bench import RESULTS, device_label, fmt, log, render, versions, write_csv
 
-from experiments.leaderboard import HEADLINE
 from experiments.tune_rerank import load_run
+from fgbench.evaluation import get_protocol
 from fgbench.features import Features
 from fgbench.results import RESULT_FILE, read_result
 
@@ -70,7 +70,9 @@ def measure(run: Path, n: int, repeats: int) -> dict[str, str]:
         start = time.perf_counter()
         result = model.evaluate_features(q, g, spec)
         eval_s = time.perf_counter() - start
-    metric = HEADLINE[spec.protocol][0]  # the protocol's headline metric, as the leaderboards chart it
+    metric = get_protocol(spec.protocol).headline[
+        0
+    ]  # the protocol's headline metric, as the leaderboards chart it
     heads = getattr(getattr(model, "hp", None), "heads", None)
     value = result.metrics[metric]
     log(f"{run}: score {score_s:.2f} s per {n}x{n}, exact eval {eval_s:.2f} s, {metric} {value:.2f}")

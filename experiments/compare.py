@@ -20,6 +20,7 @@ from experiments import leaderboard as lb
 from experiments.leaderboard_stats import load_row_outcomes, row_sample
 from fgbench import stats as st
 from fgbench.errors import UserError, cli_entry
+from fgbench.evaluation import PROTOCOLS
 from fgbench.results import RESULT_FILE, read_result
 
 
@@ -95,9 +96,9 @@ def compare_sides(a: Side, b: Side, split: str, metric: str | None, resamples: i
             f"{a.name} was scored with {a.protocol!r}, {b.name} with {b.protocol!r}: not comparable"
         )
     if metric is None:
-        if a.protocol not in lb.HEADLINE:
+        if a.protocol not in PROTOCOLS:
             raise UserError(f"protocol {a.protocol!r} has no headline metric; name one with --metric")
-        metric = lb.HEADLINE[a.protocol][0]
+        metric = PROTOCOLS[a.protocol].headline[0]
     ua, va = values(a, split, metric)
     ub, vb = values(b, split, metric)
     if len(ua) != len(ub) or not np.array_equal(ua, ub):

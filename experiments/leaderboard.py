@@ -40,25 +40,10 @@ import pandas as pd
 from experiments.leaderboard_stats import BoardStats, add_stats, public_pairs
 from fgbench import stats as st
 from fgbench.errors import UserError, cli_entry
+from fgbench.evaluation import PROTOCOLS
 from fgbench.evaluation.outcomes import outcomes_file
 from fgbench.io import atomic_write_bytes, atomic_write_text
 from fgbench.results import RESULT_FILE, RESULT_GLOB, is_result_file, read_result
-
-# protocol id -> the metrics its published tables report (docs/protocols.md §5); the first is the chart's
-# metric
-HEADLINE: dict[str, tuple[str, ...]] = {
-    "person_t2i": ("R1", "R5", "R10", "mAP", "mINP"),
-    "class_reed": ("AP50", "top1"),
-    "f30k_1k": ("rsum", "i2t_R1", "i2t_R5", "i2t_R10", "t2i_R1", "t2i_R5", "t2i_R10"),
-    "coco_5k": ("rsum", "i2t_R1", "i2t_R5", "i2t_R10", "t2i_R1", "t2i_R5", "t2i_R10"),
-    "coco_1k_5fold": ("rsum", "i2t_R1", "i2t_R5", "i2t_R10", "t2i_R1", "t2i_R5", "t2i_R10"),
-    "fiq_a": ("avg", "avg_R10", "avg_R50", "dress_R10", "dress_R50", "shirt_R10", "shirt_R50", "toptee_R10",
-              "toptee_R50"),
-    "fiq_b": ("avg", "avg_R10", "avg_R50", "dress_R10", "dress_R50", "shirt_R10", "shirt_R50", "toptee_R10",
-              "toptee_R50"),
-    "cirr": ("avg", "R1", "R5", "R10", "R50", "Rsub1", "Rsub2", "Rsub3"),
-    "f200k": ("R1", "R10", "R50"),
-}  # fmt: skip
 
 # registry dataset name -> the `dataset` spelling of published.csv (datasets absent here are never compared)
 PUBLISHED_DATASETS: dict[str, str] = {
@@ -103,8 +88,9 @@ def is_synthetic(dataset: str) -> bool:
 
 
 def headline(protocol: str, metrics: Sequence[str]) -> list[str]:
-    """The columns of a protocol's table; an unlisted protocol shows every metric it produced, sorted."""
-    return list(HEADLINE.get(protocol, sorted(metrics)))
+    """The columns of a protocol's table (its registered headline metrics); a protocol the suite does not
+    know (a result without one) shows every metric it produced, sorted."""
+    return list(PROTOCOLS[protocol].headline) if protocol in PROTOCOLS else sorted(metrics)
 
 
 # -- collecting result.json ------------------------------------------------------------------------------

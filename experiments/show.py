@@ -39,10 +39,10 @@ from fgbench.data.module import RetrievalDataModule
 from fgbench.data.validation import DatasetError
 from fgbench.ensemble import Ensemble
 from fgbench.errors import UserError, cli_entry
-from fgbench.evaluation import FunctionSource, ScoreSource
+from fgbench.evaluation import FunctionSource, ScoreSource, get_protocol
 from fgbench.evaluation.engine import Direction, Options, direction_stats
 from fgbench.io import atomic_write_bytes, atomic_write_text
-from fgbench.method import POOLED_QUERIES, ROWS_ARE_IMAGES, RetrievalMethod
+from fgbench.method import RetrievalMethod
 from fgbench.results import RESULT_FILE, read_result
 
 DIRECTIONS = ("t2i", "i2t")
@@ -179,7 +179,7 @@ def build_task(model: RetrievalMethod, dm: RetrievalDataModule, split: str, dire
         q, g, spec = model.encode_split(dm, split)
     es = dm.evaluation_set(split)
     composed = es.query_kind == "composed"
-    rows_are_images = spec.protocol in ROWS_ARE_IMAGES
+    rows_are_images = get_protocol(spec.protocol).rows_are_images
     direction = direction or ("i2t" if rows_are_images else "t2i")
     if direction == "i2t" and composed:
         raise UserError(f"--direction i2t: {spec.protocol} is composed retrieval; its only direction is t2i")
@@ -192,7 +192,7 @@ def build_task(model: RetrievalMethod, dm: RetrievalDataModule, split: str, dire
     if rows_are_images:
         images.ids = _ids(spec.query_ids, images.n)
         texts = Side(len(es.queries), lambda i: describe(es.queries, i), text_labels)
-    elif spec.protocol in POOLED_QUERIES:
+    elif get_protocol(spec.protocol).pooled_queries:
         assert spec.query_labels is not None
         q, labels = model.pool_queries(q, spec.query_labels)
         texts = class_side(es, spec, labels.cpu())

@@ -198,7 +198,7 @@ CASES = [
         "eval-submission-not-cirr",
         "fgbench",
         [*EVAL, "{w}/ok.npy", "--submission", "{t}/sub"],
-        r"--submission is only defined for the cirr protocol",
+        r"--submission is only defined for protocols with a test server \(cirr\)",
     ),
     c("eval-block-rows-zero", "fgbench", [*EVAL, "{w}/ok.npy", "--block-rows", "0"], r"--block-rows must be"),
     c(

@@ -220,3 +220,14 @@ def test_metrics_are_percent_and_unrounded() -> None:
     S[2] = torch.tensor([1.0, 0.5, 0.0])
     res = evaluate(S, EvalSpec("person_t2i", torch.arange(3), torch.arange(3)))
     assert res.metrics["R1"] == pytest.approx(200.0 / 3)  # 66.666..., not 66.67
+
+
+def test_protocol_registry_describes_each_protocol_once() -> None:
+    from fgbench.evaluation import PROTOCOLS, get_protocol
+
+    assert {n for n, p in PROTOCOLS.items() if p.rows_are_images} == {"f30k_1k", "coco_5k", "coco_1k_5fold"}
+    assert {n for n, p in PROTOCOLS.items() if p.pooled_queries} == {"class_reed"}
+    assert {n for n, p in PROTOCOLS.items() if p.submission is not None} == {"cirr"}
+    assert all(p.name == n and p.headline for n, p in PROTOCOLS.items())
+    with pytest.raises(KeyError, match="unknown protocol 'nope'; known: cirr, class_reed"):
+        get_protocol("nope")

@@ -16,7 +16,7 @@ import torch
 from fgbench.data.module import RetrievalDataModule
 from fgbench.data.query_ids import number_repeats
 from fgbench.data.validation import DatasetFormatError
-from fgbench.evaluation import EvalResult, EvalSpec, evaluate
+from fgbench.evaluation import EvalResult, EvalSpec, evaluate, get_protocol
 from fgbench.evaluation.outcomes import (
     DirectionOutcomes,
     MetricSample,
@@ -58,6 +58,9 @@ def check_decomposes(res: EvalResult, tmp: Path | None = None) -> QueryOutcomes:
             assert (t.units == s.units).all() and np.array_equal(t.values, s.values), key
     with pytest.raises(KeyError, match="no per-query metric"):
         metric_values(o, "nonsense")
+    # the protocol's registered headline metrics are what it produces, and each decomposes per query
+    headline = get_protocol(res.details["protocol"]).headline
+    assert set(headline) <= set(res.metrics), (headline, sorted(res.metrics))
     return o
 
 

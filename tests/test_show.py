@@ -19,8 +19,7 @@ from PIL import Image
 
 from experiments import show
 from fgbench.cli import main as fgbench_main
-from fgbench.evaluation import MatrixSource
-from fgbench.method import POOLED_QUERIES, ROWS_ARE_IMAGES
+from fgbench.evaluation import MatrixSource, get_protocol
 from fgbench.registry import DATAMODULES
 
 from fixtures.composed import write_fashion200k, write_fashioniq
@@ -137,17 +136,17 @@ def brute_force(run: Path, direction: str | None) -> Truth:
     with torch.no_grad():
         q, g, spec = model.encode_split(dm, dm.test_split)
         ql = spec.query_labels
-        if spec.protocol in POOLED_QUERIES:
+        if get_protocol(spec.protocol).pooled_queries:
             q, ql = model.pool_queries(q, spec.query_labels)
         s = model.score(q, g)  # loader queries x loader gallery
-    if spec.protocol in ROWS_ARE_IMAGES:
+    if get_protocol(spec.protocol).rows_are_images:
         text_labels, image_labels = spec.gallery_labels, spec.query_labels
     else:
         text_labels, image_labels = ql, spec.gallery_labels
-    direction = direction or ("i2t" if spec.protocol in ROWS_ARE_IMAGES else "t2i")
+    direction = direction or ("i2t" if get_protocol(spec.protocol).rows_are_images else "t2i")
     if direction == "i2t":
         return Truth(s.T, image_labels, text_labels, None, {})
-    exclude = None if spec.protocol in ROWS_ARE_IMAGES else spec.exclude
+    exclude = None if get_protocol(spec.protocol).rows_are_images else spec.exclude
     gallery_of = {int(i): set(gi.tolist()) for qi, gi in (spec.groups or {}).values() for i in qi}
     return Truth(s, text_labels, image_labels, exclude, gallery_of)
 

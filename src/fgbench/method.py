@@ -25,17 +25,11 @@ from torch import Tensor
 from fgbench.data.batches import move_batch
 from fgbench.data.module import RetrievalDataModule
 from fgbench.data.processor import BasicProcessor, Processor
-from fgbench.evaluation import EvalResult, EvalSpec, FunctionSource, evaluate
+from fgbench.evaluation import EvalResult, EvalSpec, FunctionSource, evaluate, get_protocol
 from fgbench.evaluation.distributed import gather_by_index
 from fgbench.evaluation.per_query import pooled_ids
-from fgbench.evaluation.submission import write_cirr_submission
 from fgbench.features import Features
 from fgbench.optim import OptimConfig, build_optimizer, build_scheduler, param_groups
-
-# protocols whose score rows are images (the method scores captions x images: transpose)
-ROWS_ARE_IMAGES = frozenset({"f30k_1k", "coco_5k", "coco_1k_5fold"})
-# protocols whose queries are class-mean caption embeddings
-POOLED_QUERIES = frozenset({"class_reed"})
 
 
 class RetrievalMethod(L.LightningModule):
@@ -248,21 +242,12 @@ class RetrievalMethod(L.LightningModule):
         self.last_result[stage] = result
         for k, v in result.metrics.items():
             self.log(f"{stage}/{k}", v, sync_dist=False, rank_zero_only=False)
-        if (
-            "topk" in result.arrays
-            and es.spec.query_ids
-            and es.spec.gallery_names
-            and self.trainer.is_global_zero
-        ):
+        protocol = get_protocol(es.spec.protocol)
+        if protocol.submission is not None and self.trainer.is_global_zero:
             out = Path(self.trainer.default_root_dir) / f"submission_{split}"
-            paths = write_cirr_submission(
-                result.arrays["topk"],
-                result.arrays["sub_order"],
-                es.spec.query_ids,
-                es.spec.gallery_names,
-                out,
-            )
-            result.details["submission"] = [str(p) for p in paths]
+            paths = protocol.submission(result, es.spec, out)
+            if paths:
+                result.details["submission"] = [str(p) for p in paths]
 
     def _gather(self, idx: int, n: int, what: str) -> Features:
         return gather_features(self._eval_buf.get(idx, []), n, what)
@@ -286,7 +271,7 @@ class RetrievalMethod(L.LightningModule):
     @torch.no_grad()
     def evaluate_features(self, q: Features, g: Features, spec: EvalSpec) -> EvalResult:
         """Score gathered features with the evaluator under the spec's protocol."""
-        if spec.protocol in POOLED_QUERIES:
+        if get_protocol(spec.protocol).pooled_queries:
             assert spec.query_labels is not None
             q, labels = self.pool_queries(q, spec.query_labels)
             spec = EvalSpec(
@@ -308,7 +293,7 @@ class RetrievalMethod(L.LightningModule):
             pair_fn=rescore,
             device=q.index.device,
         )
-        if spec.protocol in ROWS_ARE_IMAGES:
+        if get_protocol(spec.protocol).rows_are_images:
             source = source.T
         result = evaluate(source, spec, rerank_k=self.rerank_k, block_rows=self.eval_block_rows)
         if self.rerank_k is not None:  # the re-rank's cost (this rank's share of the query blocks)

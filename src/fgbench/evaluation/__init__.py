@@ -12,7 +12,14 @@ from typing import Any
 from torch import Tensor
 
 from fgbench.evaluation.engine import Options, Progress
-from fgbench.evaluation.protocols import PROTOCOLS, EvalResult, list_protocols, register_protocol
+from fgbench.evaluation.protocols import (
+    PROTOCOLS,
+    EvalResult,
+    Protocol,
+    get_protocol,
+    list_protocols,
+    register_protocol,
+)
 from fgbench.evaluation.source import FunctionSource, MatrixSource, ScoreSource, as_source
 from fgbench.evaluation.spec import EvalSpec
 
@@ -23,6 +30,8 @@ __all__ = [
     "MatrixSource",
     "Options",
     "PROTOCOLS",
+    "Protocol",
+    "get_protocol",
     "ScoreSource",
     "evaluate",
     "list_protocols",
@@ -48,8 +57,7 @@ def evaluate(
     re-ranking); the other options only change speed and memory, never a metric (`one_walk=False`: the
     image-text protocols walk the pairs once per direction, as before the one-walk path).
     """
-    if spec.protocol not in PROTOCOLS:
-        raise KeyError(f"unknown protocol {spec.protocol!r}; known: {', '.join(list_protocols())}")
+    protocol = get_protocol(spec.protocol)
     if rerank_k is not None and rerank_k < 1:
         raise ValueError(f"rerank_k must be >= 1, got {rerank_k}")
     source = as_source(scores)
@@ -62,7 +70,7 @@ def evaluate(
         keep_lists=keep_lists,
         one_walk=one_walk,
     )
-    result = PROTOCOLS[spec.protocol](source, spec, opts)
+    result = protocol.fn(source, spec, opts)
     details: dict[str, Any] = {
         "protocol": spec.protocol,
         "n_query": source.n_rows,

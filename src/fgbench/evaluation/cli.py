@@ -15,12 +15,9 @@ from rich.console import Console
 from rich.table import Table
 
 from fgbench.errors import UserError
-from fgbench.evaluation import EvalSpec, evaluate, list_protocols
+from fgbench.evaluation import EvalSpec, evaluate, get_protocol, list_protocols
 from fgbench.evaluation.outcomes import save_outcomes
-from fgbench.evaluation.submission import write_cirr_submission
 from fgbench.io import atomic_write_text, load_array, strict_json
-
-ITM = {"f30k_1k", "coco_5k", "coco_1k_5fold"}
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -96,7 +93,7 @@ def check_scores(scores: torch.Tensor, path: str) -> None:
 def _labels(args: argparse.Namespace, q: int, g: int, console: Console) -> tuple[torch.Tensor, torch.Tensor]:
     ql = integers(args.query_labels, "--query-labels")
     gl = integers(args.gallery_labels, "--gallery-labels")
-    if ql is None and gl is None and args.protocol in ITM and g == 5 * q:
+    if ql is None and gl is None and get_protocol(args.protocol).rows_are_images and g == 5 * q:
         console.print(f"[dim]no labels given: caption column c belongs to image row c // 5 ({q} x {g})[/dim]")
         return torch.arange(q), torch.arange(g) // 5
     if (ql is None or gl is None) and q != g:
@@ -156,7 +153,8 @@ def read_groups(path: str) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
 def build_spec(args: argparse.Namespace, scores: torch.Tensor, console: Console) -> EvalSpec:
     check_scores(scores, args.scores)
     q, g = scores.shape
-    no_targets = args.protocol == "cirr" and bool(args.submission) and not args.query_labels
+    to_submit = get_protocol(args.protocol).submission is not None and bool(args.submission)
+    no_targets = to_submit and not args.query_labels
     if no_targets:  # CIRR test1: rank only, for the submission files
         ql, gl = (
             None,
@@ -200,7 +198,8 @@ def warn_degenerate(details: dict, protocol: str, shape: tuple[int, int]) -> Non
     for key, value in details.items():
         if not key.endswith("n_tied") or not isinstance(value, int):
             continue
-        queries = g if protocol in ITM and not key.startswith("i2t") else q  # image-text: captions query
+        captions_query = get_protocol(protocol).rows_are_images and not key.startswith("i2t")  # image-text
+        queries = g if captions_query else q
         if value * 2 > queries:
             Console(stderr=True).print(
                 f"[yellow]warning: {value} of {queries} queries ({key}) have their relevant item tied with "
@@ -217,8 +216,10 @@ def run(args: argparse.Namespace) -> int:
     spec = build_spec(args, scores, console)
     if args.block_rows < 1:
         raise UserError(f"--block-rows must be at least 1, got {args.block_rows}")
-    if args.submission and args.protocol != "cirr":
-        raise UserError("--submission is only defined for the cirr protocol")
+    protocol = get_protocol(args.protocol)
+    if args.submission and protocol.submission is None:
+        with_one = ", ".join(p for p in list_protocols() if get_protocol(p).submission) or "none"
+        raise UserError(f"--submission is only defined for protocols with a test server ({with_one})")
     result = evaluate(scores, spec, block_rows=args.block_rows, keep_lists=bool(args.submission))
     warn_degenerate(result.details, args.protocol, (scores.shape[0], scores.shape[1]))
     if result.metrics:
@@ -227,14 +228,10 @@ def run(args: argparse.Namespace) -> int:
     if args.submission:
         if spec.query_ids is None or spec.gallery_names is None:
             raise UserError("--submission needs --names PAIR_IDS IMAGE_NAMES")
-        paths = write_cirr_submission(
-            result.arrays["topk"],
-            result.arrays["sub_order"],
-            spec.query_ids,
-            spec.gallery_names,
-            args.submission,
-        )
-        console.print(f"wrote {paths[0]} and {paths[1]}")
+        paths = protocol.submission(result, spec, Path(args.submission))
+        if not paths:
+            raise UserError("--submission: the result kept no ranked lists to submit")
+        console.print("wrote " + " and ".join(str(p) for p in paths))
     if args.outcomes:
         if result.outcomes is None:
             raise UserError(f"--outcomes: protocol {args.protocol} without targets has no per-query outcomes")

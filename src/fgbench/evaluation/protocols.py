@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,6 +22,7 @@ from fgbench.evaluation.onewalk import itm_stats
 from fgbench.evaluation.outcomes import QueryOutcomes
 from fgbench.evaluation.source import ScoreSource
 from fgbench.evaluation.spec import EvalSpec
+from fgbench.evaluation.submission import write_cirr_submission
 
 
 @dataclass
@@ -35,20 +37,64 @@ class EvalResult:
 
 
 ProtocolFn = Callable[[ScoreSource, EvalSpec, Options], EvalResult]
-PROTOCOLS: dict[str, ProtocolFn] = {}
+SubmissionFn = Callable[[EvalResult, EvalSpec, Path], "list[Path] | None"]
 
 
-def register_protocol(*names: str) -> Callable[[ProtocolFn], ProtocolFn]:
+@dataclass(frozen=True)
+class Protocol:
+    """Everything the suite knows about one protocol, registered once beside its metric function: the method
+    base, the CLIs, the leaderboard and the benchmarks read it (no protocol name lists elsewhere)."""
+
+    name: str
+    fn: ProtocolFn
+    headline: tuple[str, ...]  # the metrics its published tables report; the first is the charted one
+    rows_are_images: bool = False  # image-text: the score matrix is images x captions (methods score c x i)
+    pooled_queries: bool = False  # queries are class means of the caption features (class_reed)
+    submission: SubmissionFn | None = None  # a test server's submission files from a result (CIRR)
+
+
+PROTOCOLS: dict[str, Protocol] = {}
+
+
+def register_protocol(
+    *names: str,
+    headline: tuple[str, ...],
+    rows_are_images: bool = False,
+    pooled_queries: bool = False,
+    submission: SubmissionFn | None = None,
+) -> Callable[[ProtocolFn], ProtocolFn]:
     def deco(fn: ProtocolFn) -> ProtocolFn:
         for n in names:
-            PROTOCOLS[n] = fn
+            PROTOCOLS[n] = Protocol(n, fn, headline, rows_are_images, pooled_queries, submission)
         return fn
 
     return deco
 
 
+def get_protocol(name: str) -> Protocol:
+    """The registered protocol `name`; a KeyError naming the known ones otherwise."""
+    if name not in PROTOCOLS:
+        raise KeyError(f"unknown protocol {name!r}; known: {', '.join(list_protocols())}")
+    return PROTOCOLS[name]
+
+
 def list_protocols() -> list[str]:
     return sorted(PROTOCOLS)
+
+
+def _cirr_submission(result: EvalResult, spec: EvalSpec, out: Path) -> list[Path] | None:
+    """CIRR's test-server JSON files, when the result kept the ranked lists and the split names its pairs."""
+    if "topk" not in result.arrays or not spec.query_ids or not spec.gallery_names:
+        return None
+    arrays = result.arrays
+    return write_cirr_submission(arrays["topk"], arrays["sub_order"], spec.query_ids, spec.gallery_names, out)
+
+
+# the metrics published tables report (docs/protocols.md §5); the first is the leaderboards' charted metric
+ITM_HEADLINE = ("rsum", "i2t_R1", "i2t_R5", "i2t_R10", "t2i_R1", "t2i_R5", "t2i_R10")
+FIQ_HEADLINE = ("avg", "avg_R10", "avg_R50") + tuple(
+    f"{c}_{k}" for c in ("dress", "shirt", "toptee") for k in ("R10", "R50")
+)
 
 
 def _need_labels(spec: EvalSpec) -> Tensor:
@@ -68,7 +114,7 @@ def _recalls(r: Ranked, ks: tuple[int, ...], prefix: str = "") -> dict[str, floa
 # -- person retrieval ---------------------------------------------------------------------------------
 
 
-@register_protocol("person_t2i")
+@register_protocol("person_t2i", headline=("R1", "R5", "R10", "mAP", "mINP"))
 def person_t2i(source: ScoreSource, spec: EvalSpec, opts: Options) -> EvalResult:
     """IRRA semantics: R@1/5/10 hit rates, mAP over the whole gallery, mINP (hardest positive)."""
     r = _rank(
@@ -89,7 +135,7 @@ def person_t2i(source: ScoreSource, spec: EvalSpec, opts: Options) -> EvalResult
 # -- class-level retrieval (Reed et al.) --------------------------------------------------------------
 
 
-@register_protocol("class_reed")
+@register_protocol("class_reed", headline=("AP50", "top1"), pooled_queries=True)
 def class_reed(source: ScoreSource, spec: EvalSpec, opts: Options) -> EvalResult:
     """Rows are class queries (class-mean caption embeddings), columns test images.
 
@@ -144,7 +190,7 @@ def _itm_labels(spec: EvalSpec) -> tuple[Tensor, Tensor]:
     return img, spec.gallery_labels
 
 
-@register_protocol("f30k_1k", "coco_5k")
+@register_protocol("f30k_1k", "coco_5k", headline=ITM_HEADLINE, rows_are_images=True)
 def itm_single(source: ScoreSource, spec: EvalSpec, opts: Options) -> EvalResult:
     """Flickr30K 1K / COCO 5K: the whole test split, no folds. Rows images, columns captions."""
     img, cap = _itm_labels(spec)
@@ -153,7 +199,7 @@ def itm_single(source: ScoreSource, spec: EvalSpec, opts: Options) -> EvalResult
     return EvalResult(m, d, outcomes=per_query.itm(spec, [everything]))
 
 
-@register_protocol("coco_1k_5fold")
+@register_protocol("coco_1k_5fold", headline=ITM_HEADLINE, rows_are_images=True)
 def coco_1k_5fold(source: ScoreSource, spec: EvalSpec, opts: Options) -> EvalResult:
     """Five sequential folds of the image rows (file order) with their captions; every metric is the
     mean over folds, rsum the mean of the per-fold rsums (docs/protocols.md §3, §6.1)."""
@@ -231,7 +277,7 @@ def _fiq(source: ScoreSource, spec: EvalSpec, opts: Options) -> EvalResult:
     return EvalResult(metrics, details, outcomes=per_query.fiq(spec, parts))
 
 
-@register_protocol("fiq_a")
+@register_protocol("fiq_a", headline=FIQ_HEADLINE)
 def fiq_a(source: ScoreSource, spec: EvalSpec, opts: Options) -> EvalResult:
     """FashionIQ, CLIP4Cir convention: the candidate stays in the gallery."""
     if spec.exclude is not None and bool((spec.exclude >= 0).any()):
@@ -241,7 +287,7 @@ def fiq_a(source: ScoreSource, spec: EvalSpec, opts: Options) -> EvalResult:
     return _fiq(source, spec, opts)
 
 
-@register_protocol("fiq_b")
+@register_protocol("fiq_b", headline=FIQ_HEADLINE)
 def fiq_b(source: ScoreSource, spec: EvalSpec, opts: Options) -> EvalResult:
     """FashionIQ, ARTEMIS convention: two queries per triplet, the candidate excluded."""
     if spec.exclude is None:
@@ -251,7 +297,9 @@ def fiq_b(source: ScoreSource, spec: EvalSpec, opts: Options) -> EvalResult:
     return _fiq(source, spec, opts)
 
 
-@register_protocol("cirr")
+@register_protocol(
+    "cirr", headline=("avg", "R1", "R5", "R10", "R50", "Rsub1", "Rsub2", "Rsub3"), submission=_cirr_submission
+)
 def cirr(source: ScoreSource, spec: EvalSpec, opts: Options) -> EvalResult:
     """CIRR: reference excluded; R@1/5/10/50, Recall_subset@1/2/3 within img_set, avg = (R5 + Rsub1)/2.
 
@@ -283,7 +331,7 @@ def cirr(source: ScoreSource, spec: EvalSpec, opts: Options) -> EvalResult:
     return EvalResult(metrics, {"n_tied": r.n_tied}, arrays, per_query.cirr(spec, st))
 
 
-@register_protocol("f200k")
+@register_protocol("f200k", headline=("R1", "R10", "R50"))
 def f200k(source: ScoreSource, spec: EvalSpec, opts: Options) -> EvalResult:
     """Fashion200K (google/tirg): the source excluded; a hit is any top-K image with the target caption."""
     if spec.exclude is None:
