@@ -207,7 +207,7 @@ def test_f200k_caption_level_hits(seed: int) -> None:
 
 
 def test_collapsed_model_gets_near_zero_recall_and_reports_ties() -> None:
-    """Constant scores: ranks follow gallery order, not a perfect R@K; n_tied flags it (PROTOCOLS §0)."""
+    """Constant scores: ranks follow gallery order, not a perfect R@K; n_tied flags it (protocols.md §0)."""
     n = 50
     S = torch.zeros(n, n)
     res = evaluate(S, EvalSpec("person_t2i", torch.arange(n), torch.arange(n)))

@@ -23,7 +23,8 @@ def infonce(
     temperature: float | Tensor | None = None,
     labels: Tensor | None = None,
 ) -> Tensor:
-    """Symmetric InfoNCE ½[CE(S, y) + CE(Sᵀ, y)], S = â b̂ᵀ · scale on L2-normalised features (METHODS §5).
+    """Symmetric InfoNCE ½[CE(S, y) + CE(Sᵀ, y)], S = â b̂ᵀ · scale on L2-normalised features
+    (docs/methods.md §5).
 
     Give exactly one of `logit_scale` (a multiplier, e.g. a learnable `logit_scale.exp()`, clamped by the
     caller) or `temperature` (scale = 1/temperature).
