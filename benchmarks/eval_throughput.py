@@ -299,7 +299,7 @@ def _exact_case(e: Exact) -> Callable[[Sizes, torch.device], Case]:
         flops = _alignment_flops(pairs, sz, words) if teran else _racg_flops(pairs, sz, words)
         return Case(
             e.scorer,
-            _method(e.method, profile="paper", **({"overrides": e.overrides} if e.overrides else {})),
+            _method(e.method, profile="paper", overrides=e.overrides or None),
             lambda: coco_features(sz, device, with_sets=True),
             pairs,
             flops,
