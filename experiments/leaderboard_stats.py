@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 
 from fgbench import stats as st
+from fgbench.evaluation import PROTOCOLS
 from fgbench.evaluation.outcomes import (
-    METRIC_VALUES,
     QueryOutcomes,
     load_outcomes,
     metric_values,
@@ -119,7 +119,8 @@ def add_stats(
         except ValueError as err:
             reasons.append(f"{name}: {err}")
             continue
-        if outs[0].protocol not in METRIC_VALUES:
+        proto = PROTOCOLS.get(outs[0].protocol)
+        if proto is None or proto.metric_values is None:
             missing.setdefault(
                 f"no per-query decomposition for protocol {outs[0].protocol!r} yet", []
             ).append(name)

@@ -229,5 +229,6 @@ def test_protocol_registry_describes_each_protocol_once() -> None:
     assert {n for n, p in PROTOCOLS.items() if p.pooled_queries} == {"class_reed"}
     assert {n for n, p in PROTOCOLS.items() if p.submission is not None} == {"cirr"}
     assert all(p.name == n and p.headline for n, p in PROTOCOLS.items())
+    assert all(p.metric_values is not None for p in PROTOCOLS.values())  # every one has per-query outcomes
     with pytest.raises(KeyError, match="unknown protocol 'nope'; known: cirr, class_reed"):
         get_protocol("nope")

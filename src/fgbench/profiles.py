@@ -1,4 +1,4 @@
-"""Profile presets: each method maps `profile: tiny | paper` to a flat dataclass of hyper-parameters.
+"""Profile presets: each method maps `profile: tiny | paper` to a dataclass of hyper-parameters.
 
 Explicit overrides replace fields of the preset; an unknown field is an error naming the valid ones, so a
 typo in a config never silently falls back to a default. Every method takes them two ways: the `overrides`
@@ -62,7 +62,7 @@ def _show(hint: Any) -> str:
     return getattr(hint, "__name__", None) if isinstance(hint, type) else str(hint).replace("typing.", "")
 
 
-def check_types(preset: Any, values: Mapping[str, Any], who: str = "") -> dict[str, Any]:
+def check_types(preset: Any, values: Mapping[str, Any], who: str = "", prefix: str = "") -> dict[str, Any]:
     """`values` checked against the preset dataclass's field types (lists become tuples for tuple fields).
 
     A wrong type is an error naming the field, the value and the expected type, before anything is built.
@@ -73,7 +73,8 @@ def check_types(preset: Any, values: Mapping[str, Any], who: str = "") -> dict[s
         hint = hints.get(name, Any)
         if not _fits(value, hint):
             raise ConfigError(
-                f"{who}profile override {name}={value!r} ({type(value).__name__}): expected {_show(hint)}"
+                f"{who}profile override {prefix}{name}={value!r} ({type(value).__name__}): "
+                f"expected {_show(hint)}"
             )
         if isinstance(value, list) and typing.get_origin(hint) in (tuple, typing.Union, types.UnionType):
             out[name] = tuple(value)
@@ -94,16 +95,31 @@ def merge_overrides(overrides: Mapping[str, Any] | None, keywords: Mapping[str, 
 def resolve_profile(
     presets: Mapping[str, P], profile: str, overrides: Mapping[str, Any], method: str = ""
 ) -> P:
-    """The preset `profile` with `overrides` (field name -> value) applied."""
+    """The preset `profile` with `overrides` (field name -> value) applied.
+
+    A field holding a config dataclass (a tower, the optimiser) takes a mapping of its own fields, merged
+    into the preset's value (`{optim: {lr: 1e-4}}` keeps the preset's other optimiser fields); the same
+    checks apply at every level and an error names the dotted field (`optim.lr`).
+    """
     who = f"{method}: " if method else ""
     if profile not in presets:
         raise ValueError(f"{who}profile {profile!r} is not one of {', '.join(presets)}")
-    preset = presets[profile]
+    return apply_overrides(presets[profile], overrides, who)
+
+
+def apply_overrides(preset: P, overrides: Mapping[str, Any], who: str = "", prefix: str = "") -> P:
+    """`preset` (a dataclass) with `overrides` applied, nested config dataclasses merged field by field."""
     known = {f.name for f in fields(preset)}  # type: ignore[arg-type]
-    unknown = sorted(set(overrides) - known)
+    unknown = sorted(prefix + k for k in set(overrides) - known)
     if unknown:
-        raise ConfigError(f"{who}unknown profile override(s) {unknown}; valid: {sorted(known)}")
-    values = check_types(preset, overrides, who)  # YAML lists become the presets' tuples
+        valid = sorted(prefix + k for k in known)
+        raise ConfigError(f"{who}unknown profile override(s) {unknown}; valid: {valid}")
+    values = dict(overrides)
+    for name, value in overrides.items():
+        current = getattr(preset, name)
+        if is_dataclass(current) and isinstance(value, Mapping):
+            values[name] = apply_overrides(current, value, who, f"{prefix}{name}.")
+    values = check_types(preset, values, who, prefix)  # YAML lists become the presets' tuples
     return replace(preset, **values)  # type: ignore[type-var]
 
 

@@ -137,25 +137,17 @@ class MetricSample:
 
 
 MetricFn = Callable[[QueryOutcomes, str], MetricSample]
-METRIC_VALUES: dict[str, MetricFn] = {}
-
-
-def register_metric_values(*protocols: str) -> Callable[[MetricFn], MetricFn]:
-    """Register how a protocol's metrics decompose into per-unit values."""
-
-    def deco(fn: MetricFn) -> MetricFn:
-        for p in protocols:
-            METRIC_VALUES[p] = fn
-        return fn
-
-    return deco
 
 
 def metric_values(outcomes: QueryOutcomes, metric: str) -> MetricSample:
-    """The per-unit values whose mean is `metric` (a key of the protocol's metrics, e.g. "R1", "rsum")."""
-    if outcomes.protocol not in METRIC_VALUES:
+    """The per-unit values whose mean is `metric` (a key of the protocol's metrics, e.g. "R1", "rsum"), by
+    the decomposition its protocol registered (`Protocol.metric_values`)."""
+    from fgbench.evaluation.protocols import PROTOCOLS  # the registry imports this module
+
+    proto = PROTOCOLS.get(outcomes.protocol)
+    if proto is None or proto.metric_values is None:
         raise KeyError(f"no per-query decomposition for protocol {outcomes.protocol!r}")
-    return METRIC_VALUES[outcomes.protocol](outcomes, metric)
+    return proto.metric_values(outcomes, metric)
 
 
 def _by_query(d: DirectionOutcomes, metric: str, values: np.ndarray) -> MetricSample:
@@ -169,8 +161,7 @@ def _recall_k(metric: str, prefix: str = "") -> int | None:
     return int(rest[1:]) if rest[:1] == "R" and rest[1:].isdigit() else None
 
 
-@register_metric_values("person_t2i")
-def _person(o: QueryOutcomes, metric: str) -> MetricSample:
+def person_values(o: QueryOutcomes, metric: str) -> MetricSample:
     d = o.directions["t2i"]
     k = _recall_k(metric)
     if k is not None:
@@ -191,8 +182,7 @@ def _known(protocol: str, metric: str, known: str) -> KeyError:
     return KeyError(f"{protocol} has no per-query metric {metric!r}; known: {known}")
 
 
-@register_metric_values("class_reed")
-def _class_reed(o: QueryOutcomes, metric: str) -> MetricSample:
+def class_reed_values(o: QueryOutcomes, metric: str) -> MetricSample:
     """AP50 per class query (precision@50), top1 per image query (its class ranked first)."""
     if metric == "AP50":
         d = o.directions["t2i"]
@@ -203,8 +193,7 @@ def _class_reed(o: QueryOutcomes, metric: str) -> MetricSample:
     raise _known(o.protocol, metric, "AP50 (unit: class), top1 (unit: image)")
 
 
-@register_metric_values("f30k_1k", "coco_5k", "coco_1k_5fold")
-def _itm(o: QueryOutcomes, metric: str) -> MetricSample:
+def itm_values(o: QueryOutcomes, metric: str) -> MetricSample:
     """Unit = image. An image's value is its own i2t value plus its captions' t2i values, each caption
     weighted by (images / captions) of its fold: the mean over images is then the metric, fold means and
     uneven captions per image included (folds hold equal numbers of images)."""
@@ -251,8 +240,7 @@ def _itm(o: QueryOutcomes, metric: str) -> MetricSample:
     )
 
 
-@register_metric_values("fiq_a", "fiq_b")
-def _fiq(o: QueryOutcomes, metric: str) -> MetricSample:
+def fiq_values(o: QueryOutcomes, metric: str) -> MetricSample:
     """Unit = query. "<category>_R<K>" over that category's queries; "avg_R<K>" and "avg" over all queries,
     each weighted by N / (categories x its category's queries), so the plain mean is the category average."""
     for name, d in o.directions.items():
@@ -279,8 +267,7 @@ def _fiq(o: QueryOutcomes, metric: str) -> MetricSample:
     return _by_query(both, metric, np.concatenate(values))
 
 
-@register_metric_values("cirr")
-def _cirr(o: QueryOutcomes, metric: str) -> MetricSample:
+def cirr_values(o: QueryOutcomes, metric: str) -> MetricSample:
     """Unit = query (pair id). R<K>, Rsub<K> (sub_rank < K), avg = (R5 + Rsub1) / 2."""
     d = o.directions["cirr"]
     hits = _hits(d, metric)
@@ -294,8 +281,7 @@ def _cirr(o: QueryOutcomes, metric: str) -> MetricSample:
     raise _known(o.protocol, metric, "R<K>, Rsub<K>, avg")
 
 
-@register_metric_values("f200k")
-def _f200k(o: QueryOutcomes, metric: str) -> MetricSample:
+def f200k_values(o: QueryOutcomes, metric: str) -> MetricSample:
     """Unit = query. R<K>."""
     d = o.directions["f200k"]
     hits = _hits(d, metric)

@@ -16,10 +16,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from fgbench.evaluation import outcomes as values
 from fgbench.evaluation import per_query
 from fgbench.evaluation.engine import Direction, Options, Ranked, direction_stats
 from fgbench.evaluation.onewalk import itm_stats
-from fgbench.evaluation.outcomes import QueryOutcomes
+from fgbench.evaluation.outcomes import MetricFn, QueryOutcomes
 from fgbench.evaluation.source import ScoreSource
 from fgbench.evaluation.spec import EvalSpec
 from fgbench.evaluation.submission import write_cirr_submission
@@ -51,6 +52,7 @@ class Protocol:
     rows_are_images: bool = False  # image-text: the score matrix is images x captions (methods score c x i)
     pooled_queries: bool = False  # queries are class means of the caption features (class_reed)
     submission: SubmissionFn | None = None  # a test server's submission files from a result (CIRR)
+    metric_values: MetricFn | None = None  # per-unit values whose mean is a metric (outcomes.metric_values)
 
 
 PROTOCOLS: dict[str, Protocol] = {}
@@ -62,10 +64,12 @@ def register_protocol(
     rows_are_images: bool = False,
     pooled_queries: bool = False,
     submission: SubmissionFn | None = None,
+    metric_values: MetricFn | None = None,
 ) -> Callable[[ProtocolFn], ProtocolFn]:
     def deco(fn: ProtocolFn) -> ProtocolFn:
         for n in names:
-            PROTOCOLS[n] = Protocol(n, fn, headline, rows_are_images, pooled_queries, submission)
+            flags = (rows_are_images, pooled_queries, submission, metric_values)
+            PROTOCOLS[n] = Protocol(n, fn, headline, *flags)
         return fn
 
     return deco
@@ -114,7 +118,9 @@ def _recalls(r: Ranked, ks: tuple[int, ...], prefix: str = "") -> dict[str, floa
 # -- person retrieval ---------------------------------------------------------------------------------
 
 
-@register_protocol("person_t2i", headline=("R1", "R5", "R10", "mAP", "mINP"))
+@register_protocol(
+    "person_t2i", headline=("R1", "R5", "R10", "mAP", "mINP"), metric_values=values.person_values
+)
 def person_t2i(source: ScoreSource, spec: EvalSpec, opts: Options) -> EvalResult:
     """IRRA semantics: R@1/5/10 hit rates, mAP over the whole gallery, mINP (hardest positive)."""
     r = _rank(
@@ -135,7 +141,9 @@ def person_t2i(source: ScoreSource, spec: EvalSpec, opts: Options) -> EvalResult
 # -- class-level retrieval (Reed et al.) --------------------------------------------------------------
 
 
-@register_protocol("class_reed", headline=("AP50", "top1"), pooled_queries=True)
+@register_protocol(
+    "class_reed", headline=("AP50", "top1"), pooled_queries=True, metric_values=values.class_reed_values
+)
 def class_reed(source: ScoreSource, spec: EvalSpec, opts: Options) -> EvalResult:
     """Rows are class queries (class-mean caption embeddings), columns test images.
 
@@ -190,7 +198,9 @@ def _itm_labels(spec: EvalSpec) -> tuple[Tensor, Tensor]:
     return img, spec.gallery_labels
 
 
-@register_protocol("f30k_1k", "coco_5k", headline=ITM_HEADLINE, rows_are_images=True)
+@register_protocol(
+    "f30k_1k", "coco_5k", headline=ITM_HEADLINE, rows_are_images=True, metric_values=values.itm_values
+)
 def itm_single(source: ScoreSource, spec: EvalSpec, opts: Options) -> EvalResult:
     """Flickr30K 1K / COCO 5K: the whole test split, no folds. Rows images, columns captions."""
     img, cap = _itm_labels(spec)
@@ -199,7 +209,9 @@ def itm_single(source: ScoreSource, spec: EvalSpec, opts: Options) -> EvalResult
     return EvalResult(m, d, outcomes=per_query.itm(spec, [everything]))
 
 
-@register_protocol("coco_1k_5fold", headline=ITM_HEADLINE, rows_are_images=True)
+@register_protocol(
+    "coco_1k_5fold", headline=ITM_HEADLINE, rows_are_images=True, metric_values=values.itm_values
+)
 def coco_1k_5fold(source: ScoreSource, spec: EvalSpec, opts: Options) -> EvalResult:
     """Five sequential folds of the image rows (file order) with their captions; every metric is the
     mean over folds, rsum the mean of the per-fold rsums (docs/protocols.md §3, §6.1)."""
@@ -277,7 +289,7 @@ def _fiq(source: ScoreSource, spec: EvalSpec, opts: Options) -> EvalResult:
     return EvalResult(metrics, details, outcomes=per_query.fiq(spec, parts))
 
 
-@register_protocol("fiq_a", headline=FIQ_HEADLINE)
+@register_protocol("fiq_a", headline=FIQ_HEADLINE, metric_values=values.fiq_values)
 def fiq_a(source: ScoreSource, spec: EvalSpec, opts: Options) -> EvalResult:
     """FashionIQ, CLIP4Cir convention: the candidate stays in the gallery."""
     if spec.exclude is not None and bool((spec.exclude >= 0).any()):
@@ -287,7 +299,7 @@ def fiq_a(source: ScoreSource, spec: EvalSpec, opts: Options) -> EvalResult:
     return _fiq(source, spec, opts)
 
 
-@register_protocol("fiq_b", headline=FIQ_HEADLINE)
+@register_protocol("fiq_b", headline=FIQ_HEADLINE, metric_values=values.fiq_values)
 def fiq_b(source: ScoreSource, spec: EvalSpec, opts: Options) -> EvalResult:
     """FashionIQ, ARTEMIS convention: two queries per triplet, the candidate excluded."""
     if spec.exclude is None:
@@ -298,7 +310,10 @@ def fiq_b(source: ScoreSource, spec: EvalSpec, opts: Options) -> EvalResult:
 
 
 @register_protocol(
-    "cirr", headline=("avg", "R1", "R5", "R10", "R50", "Rsub1", "Rsub2", "Rsub3"), submission=_cirr_submission
+    "cirr",
+    headline=("avg", "R1", "R5", "R10", "R50", "Rsub1", "Rsub2", "Rsub3"),
+    submission=_cirr_submission,
+    metric_values=values.cirr_values,
 )
 def cirr(source: ScoreSource, spec: EvalSpec, opts: Options) -> EvalResult:
     """CIRR: reference excluded; R@1/5/10/50, Recall_subset@1/2/3 within img_set, avg = (R5 + Rsub1)/2.
@@ -331,7 +346,7 @@ def cirr(source: ScoreSource, spec: EvalSpec, opts: Options) -> EvalResult:
     return EvalResult(metrics, {"n_tied": r.n_tied}, arrays, per_query.cirr(spec, st))
 
 
-@register_protocol("f200k", headline=("R1", "R10", "R50"))
+@register_protocol("f200k", headline=("R1", "R10", "R50"), metric_values=values.f200k_values)
 def f200k(source: ScoreSource, spec: EvalSpec, opts: Options) -> EvalResult:
     """Fashion200K (google/tirg): the source excluded; a hit is any top-K image with the target caption."""
     if spec.exclude is None:
