@@ -55,10 +55,10 @@ score terms and their chunk loops), `encoders` (the CNN + BiGRU encoders with Gl
 variant's), `model` (the LightningModule: features, the score layer, the losses, evaluation).
 """
 
-from methods.nsfse.config import CLIP_VARIANT, PROFILES, PROVENANCE, NSFSEConfig
-from methods.nsfse.encoders import load_glove
-from methods.nsfse.model import NSFSE
-from methods.nsfse.scorer import CandidateSets, QuerySets, enhanced_terms
+from .config import CLIP_VARIANT, PROFILES, PROVENANCE, NSFSEConfig
+from .encoders import load_glove
+from .model import NSFSE
+from .scorer import CandidateSets, QuerySets, enhanced_terms
 
 __all__ = [
     "CLIP_VARIANT",

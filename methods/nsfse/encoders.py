@@ -23,7 +23,8 @@ from fgbench.encoders import (
 )
 from fgbench.encoders.tokenizers import SPECIALS
 from methods.clip_ft import ClipProfile, build_tokenizer, build_towers
-from methods.nsfse.config import NSFSEConfig
+
+from .config import NSFSEConfig
 
 
 class Encoders(NamedTuple):

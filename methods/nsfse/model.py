@@ -23,7 +23,8 @@ from fgbench.method import RetrievalMethod
 from fgbench.optim import OptimConfig
 from fgbench.profiles import merge_overrides, resolve_profile
 from fgbench.registry import register_method
-from methods.nsfse.config import (
+
+from .config import (
     CLIP_VARIANT,
     MIN_RERANK_K,
     NEG_STATS,
@@ -33,8 +34,8 @@ from methods.nsfse.config import (
     THRESHOLDS,
     NSFSEConfig,
 )
-from methods.nsfse.encoders import clip_encoders, cnn_bigru
-from methods.nsfse.scorer import EPS, CandidateSets, QuerySets, matrix_terms, pair_terms
+from .encoders import clip_encoders, cnn_bigru
+from .scorer import EPS, CandidateSets, QuerySets, matrix_terms, pair_terms
 
 
 @register_method("nsfse")
