@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -33,8 +33,8 @@ class Encoders(NamedTuple):
     image: nn.Module  # a grid of cells (tokens), after `cls_tokens` leading non-grid tokens, and a global
     text: nn.Module  # word tokens and a sentence vector
     tokenizer: Tokenizer
-    image_size: Any  # the processor's (H, W)
-    mean_std: Any  # the processor's normalisation
+    image_size: tuple[int, int]  # the processor's (H, W)
+    mean_std: tuple[Sequence[float], Sequence[float]]  # the processor's normalisation (mean, std)
     word_init: str  # result.json's `details.nsfse.word_init`
     cls_tokens: int = 0  # leading non-grid tokens of the image encoder (CLIP's CLS)
 
