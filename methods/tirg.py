@@ -36,6 +36,7 @@ from fgbench.encoders import (
     build_text_encoder,
     register_preset,
 )
+from fgbench.encoders.composers import GatedResidualComposer
 from fgbench.features import Features
 from fgbench.losses import batch_classification, same_target_mask
 from fgbench.method import RetrievalMethod
@@ -108,26 +109,6 @@ class ScaledNorm(nn.Module):
         return self.scale * F.normalize(y, dim=-1)
 
 
-class Composer(nn.Module):
-    """f = a0·σ(gate(x))⊙φ_img + a1·res(x), x = [φ_img; φ_txt] (docs/methods.md §9; google/tirg `TIRG`)."""
-
-    def __init__(self, dim: int, init_a: tuple[float, float]) -> None:
-        super().__init__()
-        self.gate = nn.Sequential(nn.BatchNorm1d(2 * dim), nn.ReLU(), nn.Linear(2 * dim, dim))
-        self.res = nn.Sequential(
-            nn.BatchNorm1d(2 * dim),
-            nn.ReLU(),
-            nn.Linear(2 * dim, 2 * dim),
-            nn.ReLU(),
-            nn.Linear(2 * dim, dim),
-        )
-        self.a = nn.Parameter(torch.tensor(init_a, dtype=torch.float32))
-
-    def forward(self, img: Tensor, txt: Tensor) -> Tensor:
-        x = torch.cat([img, txt], dim=-1)
-        return self.a[0] * torch.sigmoid(self.gate(x)) * img + self.a[1] * self.res(x)
-
-
 def soft_triplet_loss(q: Tensor, g: Tensor, labels: Tensor, per_anchor: int = 3) -> Tensor:
     """google/tirg `compute_soft_triplet_loss_`: over X = [q; g] with labels [labels; labels], up to
     `per_anchor` random triplets (i, j, k) per anchor, L_j = L_i (j ≠ i), L_k ≠ L_i; the mean of
@@ -188,7 +169,7 @@ class TIRG(RetrievalMethod):
         self.image_fc = nn.Linear(self.image_encoder.out_dim, hp.embed_dim)
         self.text_encoder: nn.Module | None = None
         self.text_fc = nn.Sequential(nn.Dropout(hp.text_dropout), nn.Linear(hp.text_hidden, hp.embed_dim))
-        self.composer = Composer(hp.embed_dim, hp.init_a)
+        self.composer = GatedResidualComposer(hp.embed_dim, hp.init_a)
         self.norm = ScaledNorm(hp.init_scale)
 
     @staticmethod

@@ -1,4 +1,4 @@
-"""NSFSE (methods/nsfse.py; docs/methods.md §4): the unit tests of §4 (the threshold lies between the means
+"""NSFSE (methods/nsfse/; docs/methods.md §4): the unit tests of §4 (the threshold lies between the means
 and carries no gradient; negatives above it get larger gradients; the score reduces to the global term with
 zero weights; the Gram shortcut equals the explicit computation; the attention limit), the query side and the
 losses against explicit formulas, the shared checks of docs/methods.md §0 on real encoded features, the

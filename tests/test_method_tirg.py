@@ -25,9 +25,10 @@ from method_checks import (
 )
 
 from fgbench.data.module import RetrievalDataModule
+from fgbench.encoders.composers import GatedResidualComposer
 from fgbench.features import Features
 from fgbench.registry import DATAMODULES, METHODS
-from methods.tirg import TIRG, Composer, soft_triplet_loss
+from methods.tirg import TIRG, soft_triplet_loss
 
 from fixtures.composed import write_fashioniq
 
@@ -55,7 +56,7 @@ def test_registered_with_its_tasks() -> None:
 
 def test_composition_initial_weights_and_saturated_gate() -> None:
     torch.manual_seed(0)
-    comp = Composer(8, (1.0, 10.0)).eval()
+    comp = GatedResidualComposer(8, (1.0, 10.0)).eval()
     assert comp.a.tolist() == [1.0, 10.0]
     img, txt = torch.randn(5, 8), torch.randn(5, 8)
     with torch.no_grad():

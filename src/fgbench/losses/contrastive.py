@@ -63,10 +63,19 @@ def batch_classification(
     """
     if q.shape[0] != g.shape[0]:
         raise ValueError(f"batch_classification: q has {q.shape[0]} rows and g {g.shape[0]}; expected equal")
-    logits = scale * q @ g.T
+    return diagonal_cross_entropy(scale * q @ g.T, exclude)
+
+
+def diagonal_cross_entropy(logits: Tensor, exclude: Tensor | None = None) -> Tensor:
+    """CE(logits, diagonal) over a [B, B] batch score matrix: row i's class is column i; `exclude`
+    (Bool[B, B], e.g. `same_target_mask`) leaves those columns out of the row's softmax (-inf logits).
+
+    The one form of the batch's classification loss: `batch_classification` (TIRG, CLIP4Cir) and NSFSE's L_bbc
+    over its pairwise scores.
+    """
     if exclude is not None:
         logits = logits.masked_fill(exclude, float("-inf"))
-    return F.cross_entropy(logits, torch.arange(q.shape[0], device=q.device))
+    return F.cross_entropy(logits, torch.arange(logits.shape[0], device=logits.device))
 
 
 def same_target_mask(labels: Tensor) -> Tensor:

@@ -1,0 +1,101 @@
+"""NSFSE's encoders: the paper's CNN grid + BiGRU over the training vocabulary (word embeddings from GloVe
+when given), and the CLIP-feature variant's towers (not from the paper)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from fgbench.data.module import RetrievalDataModule
+from fgbench.encoders import (
+    CLIP_MEAN,
+    CLIP_STD,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Tokenizer,
+    WordTokenizer,
+    build_image_encoder,
+    build_text_encoder,
+)
+from fgbench.encoders.tokenizers import SPECIALS
+from methods.clip_ft import ClipProfile, build_tokenizer, build_towers
+
+from .config import NSFSEConfig
+
+
+class Encoders(NamedTuple):
+    """What `NSFSE.build` needs from a pair of encoders."""
+
+    image: nn.Module  # a grid of cells (tokens), after `cls_tokens` leading non-grid tokens, and a global
+    text: nn.Module  # word tokens and a sentence vector
+    tokenizer: Tokenizer
+    image_size: tuple[int, int]  # the processor's (H, W)
+    mean_std: tuple[Sequence[float], Sequence[float]]  # the processor's normalisation (mean, std)
+    word_init: str  # result.json's `details.nsfse.word_init`
+    cls_tokens: int = 0  # leading non-grid tokens of the image encoder (CLIP's CLS)
+
+
+def load_glove(path: str | Path, words: Sequence[str], dim: int) -> tuple[Tensor, Tensor]:
+    """Vectors of `words` from a GloVe text file (`word v1 .. v_dim` per line): ([len(words), dim], found)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"nsfse: glove_path {str(path)!r} is not a file (GloVe text: 'word v1 .. vD')"
+        )
+    row = {w: i for i, w in enumerate(words)}
+    vectors = torch.zeros(len(words), dim)
+    found = torch.zeros(len(words), dtype=torch.bool)
+    with path.open(encoding="utf-8") as fh:
+        for line_no, line in enumerate(fh, 1):
+            word, _, rest = line.rstrip("\n").partition(" ")
+            if word not in row:
+                continue
+            values = rest.split()
+            if len(values) != dim:
+                raise ValueError(
+                    f"{path}:{line_no}: {len(values)} values for {word!r}, expected word_dim = {dim}"
+                )
+            vectors[row[word]] = torch.tensor([float(v) for v in values])
+            found[row[word]] = True
+    return vectors, found
+
+
+def cnn_bigru(
+    hp: NSFSEConfig, dm: RetrievalDataModule, weights_path: str | None, glove_path: str | None
+) -> Encoders:
+    """The paper's encoders: a timm/tiny CNN grid and a BiGRU over the training vocabulary."""
+    kwargs = dict(hp.image_kwargs)
+    if weights_path is not None:
+        kwargs["pretrained_path"] = weights_path
+    image = build_image_encoder(hp.image_encoder, **kwargs)
+    tokenizer = WordTokenizer.build(dm.train_texts(), hp.max_words, hp.max_len)
+    text = build_text_encoder(
+        "gru",
+        vocab_size=tokenizer.vocab_size,
+        word_dim=hp.word_dim,
+        hidden=hp.text_hidden,
+        bidirectional=True,
+        pool="max",
+    )
+    word_init = "random"
+    if glove_path is not None:
+        vectors, found = load_glove(glove_path, tokenizer.words, hp.word_dim)
+        rows = torch.arange(len(tokenizer.words)) + len(SPECIALS)
+        with torch.no_grad():
+            text.embed.weight[rows[found]] = vectors[found]
+        word_init = f"glove ({int(found.sum())} of {len(found)} words): {glove_path}"
+    mean_std = (IMAGENET_MEAN, IMAGENET_STD) if hp.imagenet_norm else ((0.5,) * 3, (0.5,) * 3)
+    return Encoders(image, text, tokenizer, hp.image_size or dm.tiny_image_size, mean_std, word_init)
+
+
+def clip_encoders(hp: NSFSEConfig, dm: RetrievalDataModule, clip_path: str) -> Encoders:
+    """The variant's encoders (not from the paper): CLIP towers and BPE tokenizer from `clip_path`."""
+    cfg = ClipProfile(pretrained=True, max_len=min(77, hp.max_len + 2), image_size=hp.image_size)
+    tokenizer = build_tokenizer(cfg, dm, clip_path)
+    image, text = build_towers(cfg, tokenizer, hp.image_size, clip_path)  # type: ignore[arg-type]
+    size = tuple(image.vision.embeddings.image_size)
+    return Encoders(image, text, tokenizer, size, (CLIP_MEAN, CLIP_STD), "clip", cls_tokens=1)
