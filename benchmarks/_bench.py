@@ -109,12 +109,13 @@ def matmul_rate(device: torch.device, quick: bool) -> tuple[float, str]:
     return rate, f"{name} matmul {n}x{n}x{n}: {rate / 1e12:.2f} TFLOP/s"
 
 
-def _status_kb(field: str) -> float:
-    with open("/proc/self/status") as f:
+def status_kb(field: str, pid: int | str = "self") -> float:
+    """A kB field of /proc/<pid>/status (VmRSS, VmHWM)."""
+    with open(f"/proc/{pid}/status") as f:
         for line in f:
             if line.startswith(field + ":"):
                 return float(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
+    raise RuntimeError(f"{field} not in /proc/{pid}/status")
 
 
 class PeakMemory:
@@ -140,7 +141,7 @@ class PeakMemory:
         try:
             with open("/proc/self/clear_refs", "w") as f:
                 f.write("5")
-            self.base = _status_kb("VmRSS")
+            self.base = status_kb("VmRSS")
         except (OSError, RuntimeError):
             self.exact = False
         return self
@@ -150,7 +151,7 @@ class PeakMemory:
             return torch.cuda.max_memory_allocated(self.device) / 2**20
         if not self.exact:
             return None
-        return max(0.0, _status_kb("VmHWM") - self.base) / 1024.0
+        return max(0.0, status_kb("VmHWM") - self.base) / 1024.0
 
 
 def loadavg() -> str:
@@ -198,20 +199,36 @@ class Outcome:
         self.status, self.note = status, f"{type(err).__name__}: {lines[0] if lines else ''}"[:width]
 
 
-def bench_parser(doc: str | None, script: str, quick: str, only: Sequence[str], device: bool = True) -> Any:
-    """The flags every throughput benchmark has: --quick, --only (from `only`), --device, --out."""
-    p = argparse.ArgumentParser(description=(doc or script).splitlines()[0])
-    p.add_argument("--quick", action="store_true", help=quick)
-    p.add_argument("--only", default=None, help=f"comma-separated subset of {','.join(only)}")
-    if device:
-        p.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda, cuda:1 ...")
-    p.add_argument(
-        "--out",
-        type=Path,
-        default=None,
-        help=f"CSV path (default results/{script}.csv; --quick: results/quick/)",
-    )
-    return p
+class BenchParser(argparse.ArgumentParser):
+    """The flags every throughput benchmark has: --quick, --only (from `only`), --device, --out; `parse_args`
+    turns --out into the CSV path (`out_csv`: the script's default, under results/quick/ for --quick)."""
+
+    def __init__(self, doc: str | None, script: str, quick: str, only: Sequence[str], device: bool = True):
+        super().__init__(description=(doc or script).splitlines()[0])
+        self.script = script
+        self.add_argument("--quick", action="store_true", help=quick)
+        self.add_argument("--only", default=None, help=f"comma-separated subset of {','.join(only)}")
+        if device:
+            self.add_argument(
+                "--device", default="auto", help="auto (cuda if present), cpu, cuda, cuda:1 ..."
+            )
+        self.add_argument(
+            "--out",
+            type=Path,
+            default=None,
+            help=f"CSV path (default results/{script}.csv; --quick: results/quick/)",
+        )
+
+    def parse_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> Any:  # type: ignore[override]
+        ns = super().parse_args(args, namespace)
+        ns.out = out_csv(ns.out, ns.quick, self.script)
+        return ns
+
+
+def header(device: torch.device, rate: str) -> None:
+    """The run's first lines: what it runs on, the matrix rate it measured and the load average."""
+    print(f"device: {device_label(device)}; {versions()}")
+    print(f"{rate}; load average at start {loadavg()}")
 
 
 def finish(path: Path, rows: Sequence[dict[str, object]], failed: Sequence[str]) -> int:

@@ -49,6 +49,13 @@ class Registry(dict[str, T]):
         return names
 
 
+def method_class(name: str) -> type:
+    """The registered method class, or an exception saying why not (reported as a skipped row)."""
+    from fgbench.registry import METHODS
+
+    return METHODS.get(name)
+
+
 # -- synthetic captions --------------------------------------------------------------------------------
 
 _WORDS = {

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from _fakes import Checkpoints, Registry, bench_datamodule, captions
+from _fakes import Checkpoints, Registry, bench_datamodule, captions, method_class
 
 
 @dataclass
@@ -37,13 +37,6 @@ class Case:
 
 
 CASES: Registry[Callable[[Ctx], Case]] = Registry("method")
-
-
-def method_class(name: str) -> type:
-    """The registered class, or an exception saying why not (reported as a skipped row)."""
-    from fgbench.registry import METHODS
-
-    return METHODS.get(name)
 
 
 def _built(cls: type, dm: Any, **kwargs: Any) -> Callable[[], Any]:

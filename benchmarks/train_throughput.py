@@ -51,25 +51,22 @@ from typing import Any
 
 import torch
 from _bench import (
-    RESULTS,
+    BenchParser,
     Outcome,
-    bench_parser,
     device_label,
     finish,
     fmt,
-    loadavg,
+    header,
     log,
     matmul_rate,
-    out_csv,
     pick_device,
     render,
-    versions,
 )
 from _fakes import Checkpoints
 from _train_cases import CASES, Case, Ctx
 from _train_loops import count_flops, run_bare, run_suite
 
-OUT_CSV = RESULTS / "train_throughput.csv"
+SCRIPT = "train_throughput"  # its CSV: results/train_throughput.csv
 COMPILE_BACKENDS = ("off", "inductor", "eager", "aot_eager")
 GOAL_OVERHEAD = 1.05  # suite time per step <= 5% above the bare loop's
 
@@ -233,7 +230,7 @@ def goals(rows: list[Row]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = bench_parser(__doc__, OUT_CSV.stem, "tiny profiles, few steps (the fast test)", list(CASES))
+    p = BenchParser(__doc__, SCRIPT, "tiny profiles, few steps (the fast test)", list(CASES))
     p.add_argument("--compile", default=None, choices=COMPILE_BACKENDS, help="backend of the compiled rows")
     p.add_argument(
         "--compile-methods",
@@ -246,9 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=None, help="alternating suite/bare rounds (median)")
     p.add_argument("--distinct-batches", type=int, default=4, help="different synthetic batches cycled")
     args = p.parse_args(argv)
-    # decided by the flag asked for: without a GPU a plain run falls back to the quick sizes below and
-    # still writes the tracked table (its `quick` column says so), as `make bench` does on a CPU host
-    args.out = out_csv(args.out, args.quick, OUT_CSV.stem)
+    # args.out was decided by the flag asked for: without a GPU a plain run falls back to the quick sizes
+    # below and still writes the tracked table (its `quick` column says so), as `make bench` does on a CPU
     if not args.quick and args.device == "auto" and not torch.cuda.is_available():
         print("no GPU: running the --quick sizes (the paper sizes need a GPU; --device cpu forces them)")
         args.quick = True
@@ -268,8 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     device = pick_device(args.device)
     torch.manual_seed(0)
     rate, rate_desc = matmul_rate(device, args.quick)
-    print(f"device: {device_label(device)}; {versions()}")
-    print(f"matrix rate (MFU denominator): {rate_desc}; load average at start {loadavg()}")
+    header(device, f"matrix rate (MFU denominator): {rate_desc}")
     compiled = args.compile_methods if args.compile_methods == "all" else ",".join(args.compile_methods)
     print(
         f"warm-up {args.warmup}, timed steps {args.steps}, rounds {args.rounds}, compiled rows: "
