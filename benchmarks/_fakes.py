@@ -69,7 +69,7 @@ _WORDS = {
 
 
 def caption(rng: random.Random) -> str:
-    """A person-style caption of 12-30 words (the length range of CUHK-PEDES captions)."""
+    """A person-style caption: who wears what, then up to three actions (9-25 words and punctuation)."""
     w = {k: (lambda k=k: rng.choice(_WORDS[k])) for k in _WORDS}
     parts = [f"{w['who']()} wearing a {w['colour']()} {w['top']()} and {w['colour']()} {w['bottom']()}"]
     for _ in range(rng.randint(0, 3)):
