@@ -1,12 +1,13 @@
-"""Helpers shared by the throughput benchmarks (train_throughput.py, eval_throughput.py, data_throughput.py):
-the device and its measured matrix rate, synchronised timing, peak memory, the printed table and the CSV.
+"""Measuring and reporting, shared by the benchmarks: the device and its measured matrix rate, synchronised
+timing, peak memory, a row's status, the common command-line flags, the printed table and the CSV.
 
 Not a benchmark itself; each script puts `benchmarks/` on `sys.path` (it is the script's own folder) and
-imports this module.
+imports this module (and `_fakes`, the synthetic inputs they share).
 """
 
 from __future__ import annotations
 
+import argparse
 import csv
 import gc
 import os
@@ -14,7 +15,9 @@ import platform
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -80,35 +83,39 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def matmul_rate(device: torch.device, quick: bool) -> tuple[float, str]:
-    """Measured dense matrix-multiply rate in FLOP/s: bf16 on a GPU (the MFU denominator), fp32 on the CPU.
-
-    One square matmul, repeated after a warm-up; returns (rate, description).
-    """
-    if device.type == "cuda":
-        n, dtype, reps = 8192, torch.bfloat16, 20
-    else:
-        n, dtype, reps = (512 if quick else 2048), torch.float32, (5 if quick else 10)
+def time_matmul(n: int, dtype: torch.dtype, device: torch.device, reps: int, warmup: int = 3) -> float:
+    """FLOP/s of one square [n, n] x [n, n] matmul in `dtype`, repeated `reps` times after a warm-up."""
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
-    for _ in range(3):
+    for _ in range(warmup):
         a @ b
     sync(device)
     t0 = time.perf_counter()
     for _ in range(reps):
         a @ b
     sync(device)
-    rate = 2.0 * n**3 * reps / (time.perf_counter() - t0)
+    return 2.0 * n**3 * reps / (time.perf_counter() - t0)
+
+
+def matmul_rate(device: torch.device, quick: bool) -> tuple[float, str]:
+    """Measured dense matrix-multiply rate in FLOP/s: bf16 on a GPU (the MFU denominator), fp32 on the CPU;
+    returns (rate, description)."""
+    if device.type == "cuda":
+        n, dtype, reps = 8192, torch.bfloat16, 20
+    else:
+        n, dtype, reps = (512 if quick else 2048), torch.float32, (5 if quick else 10)
+    rate = time_matmul(n, dtype, device, reps)
     name = "bf16" if dtype == torch.bfloat16 else "fp32"
     return rate, f"{name} matmul {n}x{n}x{n}: {rate / 1e12:.2f} TFLOP/s"
 
 
-def _status_kb(field: str) -> float:
-    with open("/proc/self/status") as f:
+def status_kb(field: str, pid: int | str = "self") -> float:
+    """A kB field of /proc/<pid>/status (VmRSS, VmHWM)."""
+    with open(f"/proc/{pid}/status") as f:
         for line in f:
             if line.startswith(field + ":"):
                 return float(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
+    raise RuntimeError(f"{field} not in /proc/{pid}/status")
 
 
 class PeakMemory:
@@ -134,7 +141,7 @@ class PeakMemory:
         try:
             with open("/proc/self/clear_refs", "w") as f:
                 f.write("5")
-            self.base = _status_kb("VmRSS")
+            self.base = status_kb("VmRSS")
         except (OSError, RuntimeError):
             self.exact = False
         return self
@@ -144,7 +151,7 @@ class PeakMemory:
             return torch.cuda.max_memory_allocated(self.device) / 2**20
         if not self.exact:
             return None
-        return max(0.0, _status_kb("VmHWM") - self.base) / 1024.0
+        return max(0.0, status_kb("VmHWM") - self.base) / 1024.0
 
 
 def loadavg() -> str:
@@ -177,3 +184,58 @@ def write_csv(path: Path, rows: Sequence[dict[str, object]]) -> None:
         w.writeheader()
         w.writerows(rows)
     os.replace(tmp, path)
+
+
+@dataclass(kw_only=True)
+class Outcome:
+    """The status part of a table row: ok, skipped (could not run here, and why) or failed (and how)."""
+
+    status: str = "ok"
+    note: str = ""
+
+    def mark(self, status: str, err: BaseException, width: int = 200) -> None:
+        """Set `status` with the error's type and first line as the note."""
+        lines = str(err).splitlines()
+        self.status, self.note = status, f"{type(err).__name__}: {lines[0] if lines else ''}"[:width]
+
+
+class BenchParser(argparse.ArgumentParser):
+    """The flags every throughput benchmark has: --quick, --only (from `only`), --device, --out; `parse_args`
+    turns --out into the CSV path (`out_csv`: the script's default, under results/quick/ for --quick)."""
+
+    def __init__(self, doc: str | None, script: str, quick: str, only: Sequence[str], device: bool = True):
+        super().__init__(description=(doc or script).splitlines()[0])
+        self.script = script
+        self.add_argument("--quick", action="store_true", help=quick)
+        self.add_argument("--only", default=None, help=f"comma-separated subset of {','.join(only)}")
+        if device:
+            self.add_argument(
+                "--device", default="auto", help="auto (cuda if present), cpu, cuda, cuda:1 ..."
+            )
+        self.add_argument(
+            "--out",
+            type=Path,
+            default=None,
+            help=f"CSV path (default results/{script}.csv; --quick: results/quick/)",
+        )
+
+    def parse_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> Any:  # type: ignore[override]
+        ns = super().parse_args(args, namespace)
+        ns.out = out_csv(ns.out, ns.quick, self.script)
+        return ns
+
+
+def header(device: torch.device, rate: str) -> None:
+    """The run's first lines: what it runs on, the matrix rate it measured and the load average."""
+    print(f"device: {device_label(device)}; {versions()}")
+    print(f"{rate}; load average at start {loadavg()}")
+
+
+def finish(path: Path, rows: Sequence[dict[str, object]], failed: Sequence[str]) -> int:
+    """Write the CSV, say where (and the load average), name what failed; the script's exit code."""
+    write_csv(path, rows)
+    print(f"CSV written to {path}; load average at end {loadavg()}")
+    if failed:
+        print("FAILED: " + ", ".join(failed))
+        return 1
+    return 0

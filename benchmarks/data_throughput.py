@@ -26,7 +26,6 @@ of every worker (process start-up) is left out and reported as start-up time.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
@@ -42,20 +41,23 @@ from typing import Any
 
 import numpy as np
 import torch
-from _bench import RESULTS, cpu_model, fmt, loadavg, log, out_csv, render, versions, write_csv
+from _bench import (
+    BenchParser,
+    Outcome,
+    cpu_model,
+    finish,
+    fmt,
+    loadavg,
+    log,
+    render,
+    versions,
+)
+from _fakes import Registry, caption, captions, save_clip_tokenizer
 from PIL import Image
 
-OUT_CSV = RESULTS / "data_throughput.csv"
+SCRIPT = "data_throughput"  # its CSV: results/data_throughput.csv
 
 # -- synthetic dataset on disk -------------------------------------------------------------------------
-
-_WORDS = (
-    "a man woman person wearing red blue black white grey shirt jacket jeans shorts bag shoes hat".split()
-)
-
-
-def _caption(rng: random.Random) -> str:
-    return " ".join(rng.choice(_WORDS) for _ in range(rng.randint(12, 30))) + " ."
 
 
 def write_jpeg(path: Path, size: tuple[int, int], rng: np.random.Generator) -> None:
@@ -82,23 +84,10 @@ def write_rstpreid(root: Path, n_images: int, size: tuple[int, int], seed: int =
         name = f"{pid:05d}_{i % 5}.jpg"
         write_jpeg(base / "imgs" / name, size, rng)
         records.append(
-            {"id": pid, "img_path": name, "captions": [_caption(crng), _caption(crng)], "split": split}
+            {"id": pid, "img_path": name, "captions": [caption(crng), caption(crng)], "split": split}
         )
     (base / "data_captions.json").write_text(json.dumps(records), encoding="utf-8")
     return root
-
-
-def save_clip_tokenizer(path: Path) -> Path:
-    """A byte-level CLIP tokenizer with CLIP's 49,408-entry vocabulary (fillers instead of merges)."""
-    from transformers import CLIPTokenizer
-    from transformers.convert_slow_tokenizer import bytes_to_unicode
-
-    chars = list(bytes_to_unicode().values())
-    vocab = [*chars, *(c + "</w>" for c in chars)]
-    vocab += [f"fill{i}</w>" for i in range(49408 - 2 - len(vocab))] + ["<|startoftext|>", "<|endoftext|>"]
-    path.mkdir(parents=True, exist_ok=True)
-    CLIPTokenizer(vocab={w: i for i, w in enumerate(vocab)}, merges=[]).save_pretrained(path)
-    return path
 
 
 # -- presets -------------------------------------------------------------------------------------------
@@ -116,7 +105,7 @@ class Preset:
     note: str = ""
 
 
-PRESETS: dict[str, Preset] = {}
+PRESETS: Registry[Preset] = Registry("preset")
 
 
 def register_preset(name: str, preset: Preset) -> None:
@@ -126,8 +115,7 @@ def register_preset(name: str, preset: Preset) -> None:
 def _word_tokenizer(max_len: int) -> Any:
     from fgbench.encoders import WordTokenizer
 
-    rng = random.Random(1)
-    return WordTokenizer.build([_caption(rng) for _ in range(200)], max_words=1000, max_len=max_len)
+    return WordTokenizer.build(captions(200, seed=1), max_words=1000, max_len=max_len)
 
 
 def _clip_tokenizer(quick: bool, tmp: Path, max_len: int) -> Any:
@@ -209,7 +197,7 @@ register_preset(
 
 
 @dataclass
-class Row:
+class Row(Outcome):
     preset: str
     workers: int
     methods: str = ""
@@ -218,8 +206,6 @@ class Row:
     images_per_s: float | None = None
     startup_s: float | None = None
     batch_ms: float | None = None
-    status: str = "ok"
-    note: str = ""
 
 
 def measure(
@@ -249,27 +235,16 @@ def measure(
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="tiny images, few batches (the fast test)")
-    p.add_argument("--only", default=None, help=f"comma-separated subset of {','.join(PRESETS)}")
+    quick = "tiny images, few batches (the fast test)"
+    p = BenchParser(__doc__, SCRIPT, quick, list(PRESETS), device=False)
     p.add_argument(
         "--workers", default=None, help="comma-separated worker counts (default 0,1,2,4,8,16 up to the cores)"
     )
     p.add_argument("--batch-size", type=int, default=None, help="default 64 (quick: 8)")
     p.add_argument("--batches", type=int, default=None, help="timed batches per run (default 20; quick: 3)")
     p.add_argument("--pin-memory", action="store_true", help="pin batches (as for a GPU)")
-    p.add_argument(
-        "--out",
-        type=Path,
-        default=None,
-        help="CSV path (default results/data_throughput.csv; --quick: results/quick/)",
-    )
     args = p.parse_args(argv)
-    args.out = out_csv(args.out, args.quick, OUT_CSV.stem)
-    names = list(PRESETS) if args.only is None else args.only.split(",")
-    unknown = sorted(set(names) - set(PRESETS))
-    if unknown:
-        p.error(f"--only: unknown preset(s) {unknown}; known: {', '.join(PRESETS)}")
+    names = PRESETS.select(args.only, p)
     default = (
         "0,1" if args.quick else ",".join(str(w) for w in (0, 1, 2, 4, 8, 16) if w <= (os.cpu_count() or 1))
     )
@@ -295,7 +270,8 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 proc = preset.processor(args.quick, tmp_path)
             except Exception as err:
-                rows.append(Row(name, -1, status="skipped", note=f"{type(err).__name__}: {err}"[:160]))
+                rows.append(Row(name, -1))
+                rows[-1].mark("skipped", err, 160)
                 continue
             for w in workers:
                 row = Row(
@@ -307,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
                         datasets[size], proc, w, batch, batches, args.pin_memory
                     )
                 except Exception as err:
-                    row.status, row.note = "failed", f"{type(err).__name__}: {err}"[:200]
+                    row.mark("failed", err)
                 log(f"[{name}] workers {w}: {row.status} {fmt(row.images_per_s, '.1f')} images/s {row.note}")
                 rows.append(row)
     disp = [
@@ -339,25 +315,17 @@ def main(argv: list[str] | None = None) -> int:
                 f"{name}: ~{per:.0f} images/s per worker here; a GPU step consuming S samples/s needs about "
                 f"ceil({k} x S / {per:.0f}) workers (e.g. {math.ceil(k * 500 / per)} for 500 samples/s)"
             )
-    write_csv(
-        args.out,
-        [
-            {
-                **{k.replace(" ", "_"): v for k, v in d.items()},
-                "status": r.status,
-                "batch": batch,
-                "quick": args.quick,
-                "host": f"{cpu_model()}, {os.cpu_count()} cores",
-            }
-            for r, d in zip(rows, disp, strict=True)
-        ],
-    )
-    print(f"CSV written to {args.out}; load average at end {loadavg()}")
-    failed = [f"{r.preset}/{r.workers}" for r in rows if r.status == "failed"]
-    if failed:
-        print("FAILED: " + ", ".join(failed))
-        return 1
-    return 0
+    csv_rows = [
+        {
+            **{k.replace(" ", "_"): v for k, v in d.items()},
+            "status": r.status,
+            "batch": batch,
+            "quick": args.quick,
+            "host": f"{cpu_model()}, {os.cpu_count()} cores",
+        }
+        for r, d in zip(rows, disp, strict=True)
+    ]
+    return finish(args.out, csv_rows, [f"{r.preset}/{r.workers}" for r in rows if r.status == "failed"])
 
 
 if __name__ == "__main__":

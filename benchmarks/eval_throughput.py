@@ -43,34 +43,33 @@ from their FLOPs at the measured matmul rate of their dtype and shape.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from _bench import (
-    RESULTS,
+    BenchParser,
+    Outcome,
     PeakMemory,
     device_label,
+    finish,
     fmt,
-    loadavg,
+    header,
     log,
     matmul_rate,
-    out_csv,
     pick_device,
     render,
     sync,
-    versions,
-    write_csv,
+    time_matmul,
 )
+from _fakes import Registry, method_class
 from torch import Tensor
 
-OUT_CSV = RESULTS / "eval_throughput.csv"
+SCRIPT = "eval_throughput"  # its CSV: results/eval_throughput.csv
 GOAL_PAIRWISE_S = 300.0  # "the pairwise evaluation of COCO 5K within a few minutes on one GPU"
 
 
@@ -192,21 +191,12 @@ class Case:
     useful: Callable[[Tensor, Tensor, int], float] | None = None  # (word ext, region ext, d) -> real FLOPs
 
 
-CASES: dict[str, Callable[[Sizes, torch.device], Case]] = {}
-
-
-def register_case(name: str) -> Callable[[Callable[..., Case]], Callable[..., Case]]:
-    def deco(fn: Callable[..., Case]) -> Callable[..., Case]:
-        CASES[name] = fn
-        return fn
-
-    return deco
+CASES: Registry[Callable[[Sizes, torch.device], Case]] = Registry("case")
+register_case = CASES.register
 
 
 def _method(name: str, **kwargs: Any) -> Any:
-    from fgbench.registry import METHODS
-
-    return METHODS.get(name)(**kwargs)
+    return method_class(name)(**kwargs)
 
 
 @register_case("person_global")
@@ -348,7 +338,7 @@ def _coco_teran_rerank(sz: Sizes, device: torch.device) -> Case:
 
 
 @dataclass
-class Row:
+class Row(Outcome):
     case: str
     scorer: str = ""
     shape: str = ""
@@ -357,8 +347,6 @@ class Row:
     peak_mb: float | None = None
     features_mb: float | None = None
     metrics: dict[str, float] = field(default_factory=dict)
-    status: str = "ok"
-    note: str = ""
     useful_rate: float | None = None  # real-slot FLOP/s of the pairwise scorer
     matmul_rate: float | None = None  # a plain matmul's FLOP/s, same dtype and chunk shape, this run
 
@@ -452,7 +440,7 @@ def run_case(name: str, sz: Sizes, device: torch.device, rate: float, max_s: flo
     try:
         case = CASES[name](sz, device)
     except Exception as err:  # the method is not registered / not importable: a skipped row
-        row.status, row.note = "skipped", f"{type(err).__name__}: {str(err).splitlines()[0]}"[:160]
+        row.mark("skipped", err, 160)
         return row
     row.scorer, row.pairs, row.note = case.scorer, case.pairwise_pairs, case.note
     if case.useful is not None:
@@ -562,30 +550,16 @@ RIGHT = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="tiny sizes (the fast test)")
-    p.add_argument("--only", default=None, help=f"comma-separated subset of {','.join(CASES)}")
-    p.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda, cuda:1 ...")
+    p = BenchParser(__doc__, SCRIPT, "tiny sizes (the fast test)", list(CASES))
     p.add_argument("--max-seconds", type=float, default=600.0, help="skip cases estimated to take longer")
-    p.add_argument(
-        "--out",
-        type=Path,
-        default=None,
-        help="CSV path (default results/eval_throughput.csv; --quick: results/quick/)",
-    )
     p.add_argument("--repeats", type=int, default=1, help="timed runs per case (the best is kept)")
     args = p.parse_args(argv)
-    args.out = out_csv(args.out, args.quick, OUT_CSV.stem)
-    names = list(CASES) if args.only is None else args.only.split(",")
-    unknown = sorted(set(names) - set(CASES))
-    if unknown:
-        p.error(f"--only: unknown case(s) {unknown}; known: {', '.join(CASES)}")
+    names = CASES.select(args.only, p)
     device = pick_device(args.device)
     sz = QUICK if args.quick else FULL
     # the alignment runs in fp32 (TERAN's scorer): its FLOPs are priced at the fp32 rate
     rate, rate_desc = fp32_rate(device, args.quick)
-    print(f"device: {device_label(device)}; {versions()}")
-    print(f"fp32 matrix rate (for the skip estimates): {rate_desc}; load average at start {loadavg()}")
+    header(device, f"fp32 matrix rate (for the skip estimates): {rate_desc}")
     print(f"sizes: {'quick' if args.quick else 'paper'} {sz}", flush=True)
     rows = []
     for name in names:
@@ -596,7 +570,8 @@ def main(argv: list[str] | None = None) -> int:
             import traceback
 
             traceback.print_exc()
-            row = Row(name, status="failed", note=f"{type(err).__name__}: {str(err).splitlines()[0]}"[:200])
+            row = Row(name)
+            row.mark("failed", err)
         log(f"[{name}] {row.status}: {fmt(row.seconds, '.2f')} s {row.note}")
         rows.append(row)
         if device.type == "cuda":
@@ -613,42 +588,26 @@ def main(argv: list[str] | None = None) -> int:
                 f"goal {r.case}: {r.seconds:.1f} s (goal <= {GOAL_PAIRWISE_S:.0f} s on one GPU): "
                 f"{'MET' if met else 'NOT MET'}{scale}"
             )
-    write_csv(
-        args.out,
-        [
-            {
-                **{k.replace(" ", "_"): v for k, v in d.items()},
-                "status": r.status,
-                "seconds_raw": r.seconds,
-                "metrics": r.metrics,
-                "device": device_label(device),
-                "quick": args.quick,
-            }
-            for r, d in zip(rows, disp, strict=True)
-        ],
-    )
-    print(f"CSV written to {args.out}; load average at end {loadavg()}")
-    failed = [r.case for r in rows if r.status == "failed"]
-    if failed:
-        print("FAILED: " + ", ".join(failed))
-        return 1
-    return 0
+    csv_rows = [
+        {
+            **{k.replace(" ", "_"): v for k, v in d.items()},
+            "status": r.status,
+            "seconds_raw": r.seconds,
+            "metrics": r.metrics,
+            "device": device_label(device),
+            "quick": args.quick,
+        }
+        for r, d in zip(rows, disp, strict=True)
+    ]
+    return finish(args.out, csv_rows, [r.case for r in rows if r.status == "failed"])
 
 
 def fp32_rate(device: torch.device, quick: bool) -> tuple[float, str]:
     """The fp32 matmul rate (TERAN scores in fp32); on a GPU with TF32 off, as PyTorch's default."""
     if device.type != "cuda":
         return matmul_rate(device, quick)
-    n, reps = 8192, 10
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
-    for _ in range(2):
-        a @ b
-    sync(device)
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    sync(device)
-    rate = 2.0 * n**3 * reps / (time.perf_counter() - t0)
+    n = 8192
+    rate = time_matmul(n, torch.float32, device, reps=10, warmup=2)
     tf32 = torch.backends.cuda.matmul.allow_tf32
     return rate, f"fp32 matmul {n}^3 (TF32 {'on' if tf32 else 'off'}): {rate / 1e12:.2f} TFLOP/s"
 

@@ -24,7 +24,6 @@ Scores are float32 ``cosine + 1``: positive, because torchmetrics >= 1.8 treats 
 from __future__ import annotations
 
 import argparse
-import csv
 import gc
 import json
 import os
@@ -39,9 +38,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _bench import out_csv
+from _bench import ROOT, Outcome, fmt, loadavg, out_csv, render, status_kb, write_csv
 
-ROOT = Path(__file__).resolve().parents[1]
 SEED = 0
 CHECK_RTOL = 1e-6  # relative agreement required between implementations
 GOAL_SPEEDUP, GOAL_MEM_FRACTION, GOAL_FUNCTION_PEAK_MB = 10.0, 0.1, 4096.0
@@ -233,14 +231,6 @@ def load_inputs(case: Case, quick: bool, cache: Path | None) -> dict[str, np.nda
 # -- memory -------------------------------------------------------------------------------------------
 
 
-def _status_kb(field_name: str, pid: int | str = "self") -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith(field_name + ":"):
-                return float(line.split()[1])
-    raise RuntimeError(f"{field_name} not in /proc/{pid}/status")
-
-
 class PeakMeter:
     """Peak RSS above a baseline: the kernel high-water mark (reset via clear_refs) or, failing that, a
     5 ms sampling thread."""
@@ -248,7 +238,7 @@ class PeakMeter:
     def __init__(self) -> None:
         gc.collect()
         self.exact = self._reset_hwm()
-        self.base_kb = _status_kb("VmRSS")
+        self.base_kb = status_kb("VmRSS")
         self.sampled_kb = self.base_kb
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -267,14 +257,14 @@ class PeakMeter:
 
     def _sample(self) -> None:
         while not self._stop.wait(0.005):
-            self.sampled_kb = max(self.sampled_kb, _status_kb("VmRSS"))
+            self.sampled_kb = max(self.sampled_kb, status_kb("VmRSS"))
 
     def stop(self) -> tuple[float, float]:
         """(peak extra MB over the baseline, peak total MB of the process since the reset)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
-        peak = _status_kb("VmHWM") if self.exact else max(self.sampled_kb, _status_kb("VmRSS"))
+        peak = status_kb("VmHWM") if self.exact else max(self.sampled_kb, status_kb("VmRSS"))
         return (peak - self.base_kb) / 1024.0, peak / 1024.0
 
 
@@ -481,7 +471,7 @@ def child(case_name: str, impl: str, quick: bool, cache: Path | None) -> dict[st
 
 
 @dataclass
-class Row:
+class Row(Outcome):
     """One case x implementation measurement (or the reason it has none)."""
 
     case: str
@@ -490,8 +480,6 @@ class Row:
     peak_extra_mb: float | None = None
     peak_total_mb: float | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
-    status: str = "ok"
-    note: str = ""
 
 
 def run_child(case: Case, impl: str, quick: bool, cache: Path, limit: tuple[float, float] | None) -> Row:
@@ -507,7 +495,7 @@ def run_child(case: Case, impl: str, quick: bool, cache: Path, limit: tuple[floa
         reason = ""
         while proc.poll() is None:
             try:
-                peak_mb = max(peak_mb, _status_kb("VmRSS", proc.pid) / 1024.0)
+                peak_mb = max(peak_mb, status_kb("VmRSS", proc.pid) / 1024.0)
             except (OSError, RuntimeError):
                 pass
             elapsed = time.perf_counter() - t0
@@ -576,10 +564,6 @@ def check_agreement(case: Case, rows: list[Row]) -> list[str]:
     return failures
 
 
-def _fmt(v: float | None, spec: str) -> str:
-    return "-" if v is None else format(v, spec)
-
-
 def table_rows(rows: list[Row]) -> list[dict[str, str]]:
     """Rows as display strings, with time and memory ratios against ours in the same case."""
     ours = {r.case: r for r in rows if r.impl == "ours" and r.status == "ok"}
@@ -590,87 +574,48 @@ def table_rows(rows: list[Row]) -> list[dict[str, str]]:
         if r.status == "ok" and base is not None and base.seconds and base.peak_extra_mb:
             t_ratio = r.seconds / base.seconds if r.seconds is not None else None
             m_ratio = r.peak_extra_mb / base.peak_extra_mb if r.peak_extra_mb is not None else None
-        r1 = " / ".join(_fmt(r.metrics.get(k), ".2f") for k in case.r1_keys) if r.metrics else "-"
+        r1 = " / ".join(fmt(r.metrics.get(k), ".2f") for k in case.r1_keys) if r.metrics else "-"
         note = r.note if r.status == "ok" else f"{r.status}: {r.note}"
         out.append(
             {
                 "case": r.case,
                 "impl": r.impl,
-                "seconds": _fmt(r.seconds, ".2f"),
-                "peak extra MB": _fmt(r.peak_extra_mb, ".0f"),
-                "peak total MB": _fmt(r.peak_total_mb, ".0f"),
+                "seconds": fmt(r.seconds, ".2f"),
+                "peak extra MB": fmt(r.peak_extra_mb, ".0f"),
+                "peak total MB": fmt(r.peak_total_mb, ".0f"),
                 "R@1": r1,
-                "mAP / rsum": _fmt(r.metrics.get(case.extra_key), ".2f") if r.metrics else "-",
-                "time x ours": _fmt(t_ratio, ".1f"),
-                "mem x ours": _fmt(m_ratio, ".1f"),
+                "mAP / rsum": fmt(r.metrics.get(case.extra_key), ".2f") if r.metrics else "-",
+                "time x ours": fmt(t_ratio, ".1f"),
+                "mem x ours": fmt(m_ratio, ".1f"),
                 "note": note,
             }
         )
     return out
 
 
-def render(disp: list[dict[str, str]]) -> str:
-    """A Markdown pipe table (readable as plain text, pasteable into README.md)."""
-    cols = list(disp[0])
-    width = {c: max(len(c), *(len(d[c]) for d in disp)) for c in cols}
-    right = {"seconds", "peak extra MB", "peak total MB", "R@1", "mAP / rsum", "time x ours", "mem x ours"}
-
-    def line(cells: dict[str, str]) -> str:
-        return (
-            "| "
-            + " | ".join(cells[c].rjust(width[c]) if c in right else cells[c].ljust(width[c]) for c in cols)
-            + " |"
-        )
-
-    sep = (
-        "|"
-        + "|".join(("-" * (width[c] + 1) + ":") if c in right else "-" * (width[c] + 2) for c in cols)
-        + "|"
-    )
-    return "\n".join([line({c: c for c in cols}), sep, *(line(d) for d in disp)])
+RIGHT = {"seconds", "peak extra MB", "peak total MB", "R@1", "mAP / rsum", "time x ours", "mem x ours"}
 
 
-def write_csv(rows: list[Row], disp: list[dict[str, str]], quick: bool, path: Path) -> None:
-    """Raw numbers plus the display ratios, written to a temp file then moved into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fields = [
-        "case",
-        "impl",
-        "quick",
-        "status",
-        "seconds",
-        "peak_extra_mb",
-        "peak_total_mb",
-        "r1",
-        "map_or_rsum",
-        "time_ratio_vs_ours",
-        "mem_ratio_vs_ours",
-        "metrics_json",
-        "note",
+def csv_rows(rows: list[Row], disp: list[dict[str, str]], quick: bool) -> list[dict[str, object]]:
+    """Raw numbers plus the display ratios."""
+    return [
+        {
+            "case": r.case,
+            "impl": r.impl,
+            "quick": quick,
+            "status": r.status,
+            "seconds": r.seconds,
+            "peak_extra_mb": r.peak_extra_mb,
+            "peak_total_mb": r.peak_total_mb,
+            "r1": d["R@1"],
+            "map_or_rsum": d["mAP / rsum"],
+            "time_ratio_vs_ours": d["time x ours"],
+            "mem_ratio_vs_ours": d["mem x ours"],
+            "metrics_json": json.dumps(r.metrics),
+            "note": r.note,
+        }
+        for r, d in zip(rows, disp, strict=True)
     ]
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields)
-        w.writeheader()
-        for r, d in zip(rows, disp, strict=True):
-            w.writerow(
-                {
-                    "case": r.case,
-                    "impl": r.impl,
-                    "quick": quick,
-                    "status": r.status,
-                    "seconds": r.seconds,
-                    "peak_extra_mb": r.peak_extra_mb,
-                    "peak_total_mb": r.peak_total_mb,
-                    "r1": d["R@1"],
-                    "map_or_rsum": d["mAP / rsum"],
-                    "time_ratio_vs_ours": d["time x ours"],
-                    "mem_ratio_vs_ours": d["mem x ours"],
-                    "metrics_json": json.dumps(r.metrics),
-                    "note": r.note,
-                }
-            )
-    os.replace(tmp, path)
 
 
 def goals(rows: list[Row], quick: bool) -> list[str]:
@@ -699,17 +644,13 @@ def goals(rows: list[Row], quick: bool) -> list[str]:
     return out
 
 
-def _loadavg() -> str:
-    return " / ".join(f"{x:.2f}" for x in os.getloadavg())
-
-
 def parent(only: str | None, quick: bool, out_csv: Path) -> int:
     """Run every (or one) case, print the checks, the table and the goals; write the CSV."""
     names = [only] if only else list(CASES)
     rows: list[Row] = []
     failures: list[str] = []
     t_start = time.perf_counter()
-    load_start = _loadavg()
+    load_start = loadavg()
     print(f"load average (1/5/15 min) at start: {load_start}; torch threads: the default (all cores)")
     with tempfile.TemporaryDirectory(prefix="fgbench-bench-") as tmp:
         cache = Path(tmp)
@@ -727,7 +668,7 @@ def parent(only: str | None, quick: bool, out_csv: Path) -> int:
                 t_child = time.perf_counter()
                 row = run_child(case, impl, quick, cache, case.limits.get(impl))
                 print(
-                    f"[{name}] {impl}: {row.status}, measured {_fmt(row.seconds, '.2f')} s "
+                    f"[{name}] {impl}: {row.status}, measured {fmt(row.seconds, '.2f')} s "
                     f"(child process {time.perf_counter() - t_child:.1f} s) {row.note}",
                     flush=True,
                 )
@@ -738,15 +679,15 @@ def parent(only: str | None, quick: bool, out_csv: Path) -> int:
             rows += case_rows
     disp = table_rows(rows)
     print()
-    print(render(disp))
+    print(render(disp, RIGHT))
     print()
     for g in goals(rows, quick):
         print(g)
-    write_csv(rows, disp, quick, out_csv)
+    write_csv(out_csv, csv_rows(rows, disp, quick))
     print(f"CSV written to {out_csv}")
     print(
         f"total wall time {time.perf_counter() - t_start:.0f} s; load average at start {load_start}, "
-        f"at end {_loadavg()} (other processes on the machine slow every timing alike)"
+        f"at end {loadavg()} (other processes on the machine slow every timing alike)"
     )
     if failures:
         print("FAILED: " + ", ".join(failures))

@@ -101,7 +101,7 @@ def test_data_throughput_quick(tmp_path: Path) -> None:
 def probe_cls() -> type:
     sys.path.insert(0, str(BENCH))
     try:
-        from train_throughput import SyncProbe
+        from _sync_probe import SyncProbe
     finally:
         sys.path.remove(str(BENCH))
     return SyncProbe
