@@ -1,8 +1,9 @@
 """clip_zs: zero-shot CLIP, evaluation only (docs/methods.md §6; suite baseline).
 
-`clip_ft`'s towers with CLIP's pretrained weights read from local files (`clip_path`, nothing is
-downloaded); the paper profile fails with a FileNotFoundError naming the path when they are missing. The
-tiny profile runs random tiny towers: a sanity floor of the evaluation, not a zero-shot model.
+The CLIP dual encoder of `fgbench.clip_dual` (clip_ft's towers) with CLIP's pretrained weights read from local
+files (`clip_path`, nothing is downloaded); the paper profile fails with a FileNotFoundError naming the path
+when they are missing. The tiny profile runs random tiny towers: a sanity floor of the evaluation, not a
+zero-shot model.
 
 - Native 224x224 input: person images are squashed to it; `image_size=(384, 128)` runs them at their aspect
   ratio with the positional grid interpolated (docs/methods.md §6).
@@ -11,21 +12,20 @@ tiny profile runs random tiny towers: a sanity floor of the evaluation, not a ze
 - No training: `trains = False`, so `fit` trains nothing and goes straight to the test run (the base class
   and the CLI skip the training loop); `validate` and `test` work as for any method.
 
-[text] the setup and fusion are docs/methods.md §6; the rest is clip_ft's code.
+[text] the setup and fusion are docs/methods.md §6; the rest is `fgbench.clip_dual`'s code (clip_ft's towers).
 """
 
 from __future__ import annotations
 
 from typing import Any, NoReturn
 
-from fgbench.encoders import CLIP_MEAN, CLIP_STD
+from fgbench.clip_dual import CLIP_PATH, PRETRAINED_CLIP, ClipConfig, ClipDual
 from fgbench.profiles import merge_overrides
 from fgbench.registry import register_method
-from methods.clip_ft import CLIP_PATH, ClipDual, ClipProfile
 
-PROFILES: dict[str, ClipProfile] = {
-    "tiny": ClipProfile(),
-    "paper": ClipProfile(pretrained=True, max_len=77, image_size=(224, 224), mean=CLIP_MEAN, std=CLIP_STD),
+PROFILES: dict[str, ClipConfig] = {
+    "tiny": ClipConfig(),
+    "paper": ClipConfig(**PRETRAINED_CLIP, image_size=(224, 224)),
 }
 
 
@@ -37,7 +37,7 @@ class ClipZS(ClipDual):
         profile: "tiny" (random tiny towers) or "paper" (CLIP weights from `clip_path`, required).
         clip_path: CLIP weights and tokenizer (hub name in the local cache, or a folder).
         fusion: composed query from "sum", "image_only" or "text_only".
-        overrides, **fields: `ClipProfile` fields replacing the profile's (e.g. `image_size=(384, 128)`).
+        overrides, **fields: `ClipConfig` fields replacing the profile's (e.g. `image_size=(384, 128)`).
     """
 
     name = "clip_zs"

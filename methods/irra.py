@@ -14,8 +14,9 @@ At test time only the globals are used (dot product); the IRR head and the class
 What comes from where:
 - [code] the architecture (`model/build.py`: `cross_former`, `mlm_head`, their initialisation, width // 64
   heads), the losses, the `loss_names` ablation (`sdm`, `itc`, `mlm`, `id`), the optimiser recipe and the
-  defaults of the paper profile (ViT-B/16 at 384x128, L = 77, 4-layer cross-modal transformer, `irra`
-  augmentation, Adam eps 1e-3, lr 1e-5 with x5 on the cross-modal modules, classifier and MLM head).
+  defaults of the paper profile (ViT-B/16 at 384x128, L = 77, 4-layer cross-modal transformer, IRRA's
+  augmentation (`reid_crop`), Adam eps 1e-3, lr 1e-5 with x5 on the cross-modal modules, classifier and MLM
+  head).
 - our reading: masking runs in the training step (on the device) instead of the dataset workers; the
   cross-modal blocks are `fgbench.encoders.layers.transformer` blocks (pre-LN, GELU, MLP 4x) where IRRA uses
   CLIP's QuickGELU residual blocks; the schedule steps per optimiser step (IRRA per epoch).
@@ -23,67 +24,44 @@ What comes from where:
   49406/49407. The HF tokenizer keeps that merge; we use id SOT - 1 (49405) as the mask id all the same, so
   the only difference is that captions containing that one rare word map it to the mask embedding. The tiny
   profile uses the WordTokenizer's reserved `<mask>`.
+The loss composition, masking and MLM head live in `fgbench.clip_mlm` (shared with mmref); this module adds
+IRRA's cross-former (image-conditioned IRR head) and its profiles.
 """
 
 from __future__ import annotations
 
-import math
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
-from fgbench.data.batches import PairBatch, Text
+from fgbench.clip_dual import CLIP_PATH, REID_OPTIM, REID_PAPER
+from fgbench.clip_mlm import ClipMLM, ClipMLMConfig, init_mlm_head, init_stds, mlm_head
+from fgbench.data.batches import PairBatch
 from fgbench.data.module import RetrievalDataModule
-from fgbench.encoders import CLIP_MEAN, CLIP_STD, WordTokenizer
 from fgbench.encoders.layers import transformer
-from fgbench.losses import id_loss, infonce, mask_tokens, mlm_loss, sdm
 from fgbench.optim import OptimConfig
 from fgbench.profiles import merge_overrides
 from fgbench.registry import register_method
-from methods.clip_ft import CLIP_PATH, IRRA_OPTIM, MAX_SCALE, ClipDual, ClipProfile
 
 LOSS_NAMES = ("sdm", "itc", "mlm", "id")
-TINY_TEMPERATURE = 0.07  # initial τ of the learnable temperature (tiny profile), as the tiny clip_ft
 HEAD_LR_MULT = {"cross_attn": 5.0, "cross_modal_transformer": 5.0, "classifier": 5.0, "mlm_head": 5.0}
 
 
 @dataclass
-class IRRAProfile(ClipProfile):
-    """IRRA's hyper-parameters in one profile."""
-
-    temperature: float = 0.02  # τ of SDM and ITC
-    cmt_depth: int = 1  # layers of the cross-modal transformer of the IRR head
-    mask_prob: float = 0.15  # share of real caption tokens chosen for IRR
+class IRRAConfig(ClipMLMConfig):
+    """IRRA's hyper-parameters in one profile (`ClipMLMConfig`'s fields)."""
 
 
-PROFILES: dict[str, IRRAProfile] = {
-    "tiny": IRRAProfile(),
-    "paper": IRRAProfile(
-        pretrained=True,
-        max_len=77,
-        image_size=(384, 128),
-        mean=CLIP_MEAN,
-        std=CLIP_STD,
-        train_transform="irra",
-        cmt_depth=4,
-        optim=replace(IRRA_OPTIM, lr_mult=dict(HEAD_LR_MULT)),
-    ),
+PROFILES: dict[str, IRRAConfig] = {
+    "tiny": IRRAConfig(),
+    "paper": IRRAConfig(**REID_PAPER, cmt_depth=4, optim=replace(REID_OPTIM, lr_mult=dict(HEAD_LR_MULT))),
 }
 
 
-class QuickGELU(nn.Module):
-    """x · σ(1.702 x), CLIP's activation (IRRA's MLM head)."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x * torch.sigmoid(1.702 * x)
-
-
 @register_method("irra")
-class IRRA(ClipDual):
+class IRRA(ClipMLM):
     """IRRA (SDM + IRR + ID) on a CLIP dual encoder; test time uses the globals only.
 
     Args:
@@ -95,7 +73,7 @@ class IRRA(ClipDual):
             100, as the tiny clip_ft: towers trained from scratch stayed near chance at the fixed τ = 0.02
             meant for pretrained CLIP), fixed at the profile's `temperature` otherwise (IRRA's recipe).
         optim: optimiser; None = the profile's.
-        overrides, **fields: `IRRAProfile` fields replacing the profile's (fgbench.profiles).
+        overrides, **fields: `IRRAConfig` fields replacing the profile's (fgbench.profiles).
     """
 
     name = "irra"
@@ -118,55 +96,26 @@ class IRRA(ClipDual):
         unknown = sorted(set(loss_names) - set(LOSS_NAMES))
         if unknown or not loss_names:
             raise ValueError(f"loss_names={list(loss_names)}: expected a non-empty subset of {LOSS_NAMES}")
-        super().__init__(profile, clip_path, "sum", optim, loss_weights, merge_overrides(overrides, fields))
+        merged = merge_overrides(overrides, fields)  # not `overrides =`: save_hyperparameters reads locals
+        super().__init__(profile, clip_path, loss_names, temperature_learnable, optim, loss_weights, merged)
         self.save_hyperparameters()
-        self.loss_names = tuple(loss_names)
-        learnable = profile == "tiny" if temperature_learnable is None else temperature_learnable
-        init = 1 / TINY_TEMPERATURE if learnable else 1 / self.cfg.temperature
-        # log of the logit scale 1/τ of SDM and ITC (a constant when not learnable)
-        self.logit_scale = nn.Parameter(torch.tensor(math.log(init)), requires_grad=learnable)
-        self.classifier: nn.Linear | None = None
-        self.mask_id = 0
-        self.special_ids: tuple[int, ...] = ()
 
     def build(self, datamodule: RetrievalDataModule) -> None:
         if self.built:
             return
         super().build(datamodule)
-        assert self.image_tower is not None
-        width: int = self.image_tower.out_dim
-        if "id" in self.loss_names:
-            self.classifier = nn.Linear(width, datamodule.num_classes)
-            nn.init.normal_(self.classifier.weight, std=0.001)
-            nn.init.zeros_(self.classifier.bias)
         if "mlm" in self.loss_names:
-            self.mask_id, self.special_ids, vocab = self._mask_vocabulary()
-            self._build_irr_head(width, vocab)
-
-    def _mask_vocabulary(self) -> tuple[int, tuple[int, ...], int]:
-        """(mask id, ids never chosen for masking, vocabulary size) of the tokenizer."""
-        tok = self.tokenizer
-        if isinstance(tok, WordTokenizer):
-            return tok.mask_id, (tok.pad_id, tok.bos_id, tok.eos_id), tok.vocab_size
-        hf = tok.tokenizer  # HFTokenizer: CLIP's SOT/EOT are the last two ids; SOT - 1 serves as <|mask|>
-        specials = (hf.bos_token_id, hf.eos_token_id, hf.pad_token_id)
-        return hf.bos_token_id - 1, tuple(sorted(set(specials))), tok.vocab_size
+            self.mask_id, self.special_ids, vocab = self.mask_vocabulary()
+            self._build_irr_head(self.width, vocab)
 
     def _build_irr_head(self, width: int, vocab: int) -> None:
         """IRRA's cross-former and MLM head, initialised as in `model/build.py`."""
-        heads, depth = max(1, width // 64), self.cfg.cmt_depth
+        heads, depth = max(1, width // 64), self.hp.cmt_depth
         self.cross_attn = nn.MultiheadAttention(width, heads, batch_first=True)
         self.cross_modal_transformer = transformer(width, depth, heads, 4 * width)
         self.ln_pre_t, self.ln_pre_i, self.ln_post = (nn.LayerNorm(width) for _ in range(3))
-        self.mlm_head = nn.Sequential(
-            OrderedDict(
-                dense=nn.Linear(width, width),
-                gelu=QuickGELU(),
-                ln=nn.LayerNorm(width),
-                fc=nn.Linear(width, vocab),
-            )
-        )
-        attn_std, proj_std, fc_std = width**-0.5, width**-0.5 * (2 * depth) ** -0.5, (2 * width) ** -0.5
+        self.mlm_head = mlm_head(width, vocab)
+        attn_std, proj_std, fc_std = init_stds(width, depth)
         for block in self.cross_modal_transformer.layers:
             nn.init.normal_(block.self_attn.in_proj_weight, std=attn_std)
             nn.init.normal_(block.self_attn.out_proj.weight, std=proj_std)
@@ -174,8 +123,7 @@ class IRRA(ClipDual):
             nn.init.normal_(block.linear2.weight, std=proj_std)
         nn.init.normal_(self.cross_attn.in_proj_weight, std=attn_std)
         nn.init.normal_(self.cross_attn.out_proj.weight, std=proj_std)
-        nn.init.normal_(self.mlm_head.dense.weight, std=fc_std)
-        nn.init.normal_(self.mlm_head.fc.weight, std=proj_std)
+        init_mlm_head(self.mlm_head, width, depth)
 
     def cross_former(self, text_tokens: Tensor, image_tokens: Tensor) -> Tensor:
         """Text tokens attend to the image tokens, then the cross-modal transformer and LN: [B, L, width]."""
@@ -186,36 +134,8 @@ class IRRA(ClipDual):
     def losses(self, batch: PairBatch) -> dict[str, Tensor]:
         image = self.image_out(batch.visual)
         text = self.text_out(batch.text)
-        terms: dict[str, Tensor] = {}
-        if "sdm" in self.loss_names:
-            terms["sdm"] = sdm(text.glob, image.glob, batch.label, tau=self.temperature())
-        if "itc" in self.loss_names:
-            terms["itc"] = infonce(text.glob, image.glob, temperature=self.temperature())
-        if "id" in self.loss_names:
-            assert self.classifier is not None
-            terms["id"] = id_loss(self.classifier, image.glob, text.glob, batch.label)
+        terms = self.global_terms(text.glob, image.glob, batch.label)
         if "mlm" in self.loss_names:
             assert image.tokens is not None
-            terms["mlm"] = self.irr_loss(batch.text, image.tokens)
+            terms["mlm"] = self.masked_token_loss(batch.text, image.tokens)
         return terms
-
-    def temperature(self) -> Tensor:
-        """τ of SDM and ITC: the profile's, or the learnt one (logit scale clamped at 100)."""
-        return 1 / self.logit_scale.exp().clamp(max=MAX_SCALE)
-
-    def irr_loss(self, text: Text, image_tokens: Tensor) -> Tensor:
-        """Mask the captions, encode them, reason over the image tokens and predict the chosen tokens."""
-        assert text.input_ids is not None and text.attention_mask is not None
-        masked, labels = mask_tokens(
-            text.input_ids,
-            text.attention_mask,
-            self.special_ids,
-            self.mask_id,
-            self.mlm_head.fc.out_features,
-            prob=self.cfg.mask_prob,
-        )
-        tokens = self.text_out(
-            Text(raw=text.raw, input_ids=masked, attention_mask=text.attention_mask)
-        ).tokens
-        assert tokens is not None
-        return mlm_loss(self.mlm_head(self.cross_former(tokens, image_tokens)), labels)

@@ -2,8 +2,8 @@
 2025; arXiv 2504.07718), docs/methods.md §1.
 
 **A re-implementation from the paper's description**: MMRef's code is not public, so this module builds our
-reading of the paper's text on IRRA's backbone (`methods.irra.IRRA`, subclassed), and `mmref` differs from
-`irra` only by MMRef's own modules. It does not claim to reproduce the paper's numbers.
+reading of the paper's text on IRRA's backbone (`fgbench.clip_mlm.ClipMLM`, which `irra` subclasses too), and
+`mmref` differs from `irra` only by MMRef's own modules. It does not claim to reproduce the paper's numbers.
 
 One learnable reference (a proxy) per training identity or class, R ∈ R^{m×d}, gathers that object's image and
 text evidence:
@@ -12,8 +12,8 @@ text evidence:
 - Local Reconstruction (LR): the masked caption's tokens Q go through one pre-LN block
   H = FFN2(MCA(FFN1(MSA(Q)), K, V)) whose keys and values are n_r reference tokens (a linear map of R[y] to
   n_r·d, reshaped), then IRRA's MLM head and CE on the masked words; gradient to R, the block and the text
-  encoder. The masking and the masked-word loss are IRRA's (`IRRA.irr_loss`, with `cross_former` attending to
-  the reference tokens instead of the image tokens).
+  encoder. The masking and the masked-word loss are IRRA's (`ClipMLM.masked_token_loss`, with `cross_former`
+  attending to the reference tokens instead of the image tokens).
 - Reference-Guided Representation Learning (RGRL): the same classification against sg(R) (τ_g); gradient to
   the encoders only. Option `rgrl_kl`: a symmetric KL between the image's and the text's reference
   distributions of matched pairs.
@@ -51,7 +51,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -61,6 +60,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Subset
 
+from fgbench.clip_dual import CLIP_PATH, REID_OPTIM, REID_PAPER
+from fgbench.clip_mlm import ClipMLM, ClipMLMConfig, init_mlm_head, init_stds, mlm_head
 from fgbench.data.batches import (
     ComposedQueryBatch,
     PairBatch,
@@ -70,14 +71,10 @@ from fgbench.data.batches import (
     move_batch,
 )
 from fgbench.data.module import RetrievalDataModule
-from fgbench.encoders import CLIP_MEAN, CLIP_STD
 from fgbench.features import Features
-from fgbench.losses import infonce, sdm
 from fgbench.optim import OptimConfig
-from fgbench.profiles import check_choice
+from fgbench.profiles import check_choice, merge_overrides
 from fgbench.registry import register_method
-from methods.clip_ft import CLIP_PATH, IRRA_OPTIM
-from methods.irra import IRRA, IRRAProfile, QuickGELU
 
 REFS = "references"  # parameter name of R (excluded from weight decay by this substring)
 ALIGN_LOSSES = {"sdm": "sdm", "infonce": "itc"}  # align_loss -> IRRA's loss name
@@ -102,9 +99,9 @@ REF_SPACES: dict[str, Callable[[Tensor, float], Tensor]] = {
 
 
 @dataclass
-class MMRefProfile(IRRAProfile):
-    """MMRef's hyper-parameters in one profile: IRRA's fields (its `cmt_depth` unused: the LR block is one
-    block) plus the references'."""
+class MMRefConfig(ClipMLMConfig):
+    """MMRef's hyper-parameters in one profile: IRRA's fields (`ClipMLMConfig`; its `cmt_depth` unused: the LR
+    block is one block) plus the references'."""
 
     tau_fuse: float = 0.05  # τ_f of L_Fuse
     tau_rgrl: float = 0.05  # τ_g of L_RGRL (and of rgrl_kl)
@@ -117,16 +114,10 @@ def _no_decay_on_refs(cfg: OptimConfig) -> OptimConfig:
     return cfg if REFS in cfg.no_decay else replace(cfg, no_decay=(*cfg.no_decay, REFS))
 
 
-PROFILES: dict[str, MMRefProfile] = {
-    "tiny": MMRefProfile(optim=_no_decay_on_refs(OptimConfig())),
-    "paper": MMRefProfile(
-        pretrained=True,
-        max_len=77,
-        image_size=(384, 128),
-        mean=CLIP_MEAN,
-        std=CLIP_STD,
-        train_transform="irra",
-        optim=_no_decay_on_refs(replace(IRRA_OPTIM, lr_mult=dict(HEAD_LR_MULT))),
+PROFILES: dict[str, MMRefConfig] = {
+    "tiny": MMRefConfig(optim=_no_decay_on_refs(OptimConfig())),
+    "paper": MMRefConfig(
+        **REID_PAPER, optim=_no_decay_on_refs(replace(REID_OPTIM, lr_mult=dict(HEAD_LR_MULT)))
     ),
 }
 
@@ -171,7 +162,7 @@ class LocalReconstruction(nn.Module):
         self.cross_attn = nn.MultiheadAttention(width, heads, batch_first=True)
         self.ffn1, self.ffn2 = _ffn(width), _ffn(width)
         # IRRA's initialisation of its cross-modal transformer (model/build.py), depth 1
-        attn_std, proj_std, fc_std = width**-0.5, width**-0.5 * 2**-0.5, (2 * width) ** -0.5
+        attn_std, proj_std, fc_std = init_stds(width, 1)
         for attn in (self.self_attn, self.cross_attn):
             nn.init.normal_(attn.in_proj_weight, std=attn_std)
             nn.init.normal_(attn.out_proj.weight, std=proj_std)
@@ -194,23 +185,8 @@ class LocalReconstruction(nn.Module):
         return self.ln_post(x)
 
 
-def build_mlm_head(width: int, vocab: int) -> nn.Sequential:
-    """IRRA's MLM head (Linear, QuickGELU, LN, Linear -> vocabulary) with its initialisation."""
-    head = nn.Sequential(
-        OrderedDict(
-            dense=nn.Linear(width, width),
-            gelu=QuickGELU(),
-            ln=nn.LayerNorm(width),
-            fc=nn.Linear(width, vocab),
-        )
-    )
-    nn.init.normal_(head.dense.weight, std=(2 * width) ** -0.5)
-    nn.init.normal_(head.fc.weight, std=width**-0.5 * 2**-0.5)
-    return head
-
-
 @register_method("mmref")
-class MMRef(IRRA):
+class MMRef(ClipMLM):
     """MMRef (references + GF + LR + RGRL, top-k refinement in reference space) on IRRA's CLIP dual encoder.
 
     Args:
@@ -228,7 +204,7 @@ class MMRef(IRRA):
         n_ref_tokens: reference tokens n_r of the LR block's keys/values.
         temperature_learnable: L_align's τ learnt (IRRA's switch: None = learnable in the tiny profile only).
         optim: optimiser; None = the profile's (R is kept out of weight decay either way).
-        overrides, **fields: `MMRefProfile` fields replacing the profile's (fgbench.profiles).
+        overrides, **fields: `MMRefConfig` fields replacing the profile's (fgbench.profiles).
     """
 
     name = "mmref"
@@ -265,16 +241,9 @@ class MMRef(IRRA):
             raise ValueError(f"rerank_k={rerank_k}: expected an integer >= 1")
         if n_ref_tokens < 1:
             raise ValueError(f"n_ref_tokens={n_ref_tokens}: expected an integer >= 1")
-        super().__init__(
-            profile,
-            clip_path,
-            loss_names=(ALIGN_LOSSES[align_loss],),
-            temperature_learnable=temperature_learnable,
-            optim=optim,
-            loss_weights=loss_weights,
-            overrides=overrides,
-            **fields,
-        )
+        # overrides and fields merged inline: save_hyperparameters reads the arguments' local names
+        merged, loss_names = merge_overrides(overrides, fields), (ALIGN_LOSSES[align_loss],)
+        super().__init__(profile, clip_path, loss_names, temperature_learnable, optim, loss_weights, merged)
         # not saved: IRRA's loss_names (set from align_loss) and the test-time switches, which training never
         # reads, so `test --ckpt_path` takes them from its own config (LightningCLI puts a checkpoint's
         # hyper-parameters over the command line's)
@@ -292,9 +261,8 @@ class MMRef(IRRA):
     def build(self, datamodule: RetrievalDataModule) -> None:
         if self.built:
             return
-        super().build(datamodule)  # IRRA: tokenizer, towers, processor (no ID classifier, no IRR head)
-        assert self.image_tower is not None
-        width: int = self.image_tower.out_dim
+        super().build(datamodule)  # tokenizer, towers, processor (no ID classifier, no IRR head)
+        width = self.width
         m = datamodule.num_classes
         if m < 1:
             raise ValueError(
@@ -302,15 +270,16 @@ class MMRef(IRRA):
                 "one reference per training identity/class (LoadedData.num_classes)"
             )
         if self.ref_init == "normal":
-            init = torch.randn(m, width) * self.cfg.ref_init_std
+            init = torch.randn(m, width) * self.hp.ref_init_std
         else:  # class means are set at fit start (`on_fit_start`); zeros until then
             init = torch.zeros(m, width)
         self.references = nn.Parameter(init, requires_grad=self.use_fuse or self.use_lr)
         self.references_ready.fill_(self.ref_init == "normal")
         if self.use_lr:
-            self.mask_id, self.special_ids, vocab = self._mask_vocabulary()
+            self.mask_id, self.special_ids, vocab = self.mask_vocabulary()
             self.lr_block = LocalReconstruction(width, self.n_ref_tokens)
-            self.mlm_head = build_mlm_head(width, vocab)
+            self.mlm_head = mlm_head(width, vocab)
+            init_mlm_head(self.mlm_head, width, depth=1)
 
     def on_fit_start(self) -> None:
         super().on_fit_start()
@@ -362,7 +331,7 @@ class MMRef(IRRA):
     # -- training ------------------------------------------------------------------------------------
     def cross_former(self, text_tokens: Tensor, ref_tokens: Tensor) -> Tensor:
         """MMRef's LR block in the place of IRRA's cross-former: the masked caption attends to the reference
-        tokens [B, n_r, d] instead of the image tokens, so `IRRA.irr_loss` computes L_LR."""
+        tokens [B, n_r, d] instead of the image tokens, so `masked_token_loss` computes L_LR."""
         return self.lr_block(text_tokens, ref_tokens)
 
     def reference_tokens(self, labels: Tensor) -> Tensor:
@@ -374,20 +343,16 @@ class MMRef(IRRA):
         assert self.references is not None
         image = self.image_out(batch.visual).glob
         text = self.text_out(batch.text).glob
-        terms: dict[str, Tensor] = {}
-        if self.align_loss == "sdm":
-            terms["sdm"] = sdm(text, image, batch.label, tau=self.temperature())
-        else:
-            terms["itc"] = infonce(text, image, temperature=self.temperature())
+        terms = self.global_terms(text, image, batch.label)  # L_align: `sdm` or `itc`
         e, y = torch.cat([image, text]), torch.cat([batch.label, batch.label])
         if self.use_fuse:
-            terms["fuse"] = reference_nce(e.detach(), self.references, y, self.cfg.tau_fuse)
+            terms["fuse"] = reference_nce(e.detach(), self.references, y, self.hp.tau_fuse)
         if self.use_lr:
-            terms["lr"] = self.irr_loss(batch.text, self.reference_tokens(batch.label))
+            terms["lr"] = self.masked_token_loss(batch.text, self.reference_tokens(batch.label))
         if self.use_rgrl:
-            terms["rgrl"] = reference_nce(e, self.references.detach(), y, self.cfg.tau_rgrl)
+            terms["rgrl"] = reference_nce(e, self.references.detach(), y, self.hp.tau_rgrl)
         if self.rgrl_kl:
-            terms["rgrl_kl"] = reference_kl(image, text, self.references.detach(), self.cfg.tau_rgrl)
+            terms["rgrl_kl"] = reference_kl(image, text, self.references.detach(), self.hp.tau_rgrl)
         return terms
 
     # -- test time: reference space and refinement ---------------------------------------------------
@@ -398,7 +363,7 @@ class MMRef(IRRA):
         with torch.autocast(glob.device.type, enabled=False):
             refs = F.normalize(self.references.detach().float(), dim=-1).to(glob.device)
             cos = F.normalize(glob.float(), dim=-1) @ refs.T
-            return F.normalize(REF_SPACES[self.ref_space](cos, self.cfg.tau_ref), dim=-1)
+            return F.normalize(REF_SPACES[self.ref_space](cos, self.hp.tau_ref), dim=-1)
 
     def _with_ref(self, f: Features) -> Features:
         if self.rerank_k is not None:  # refine off: no reference vectors to store

@@ -624,7 +624,7 @@ def test_override_types_follow_the_profile_dataclass() -> None:
     from fgbench.errors import ConfigError
     from methods.clip_ft import ClipFT
 
-    assert ClipFT(overrides={"image_size": [64, 32], "max_len": 8}).cfg.image_size == (64, 32)
+    assert ClipFT(overrides={"image_size": [64, 32], "max_len": 8}).hp.image_size == (64, 32)
     for bad in ({"max_len": 8.5}, {"pretrained": 1}, {"mean": [0.5, 0.5]}, {"tiny_image": 3}):
         with pytest.raises(ConfigError, match=next(iter(bad))):
             ClipFT(overrides=bad)

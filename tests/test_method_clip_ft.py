@@ -254,7 +254,7 @@ def test_profile_fields_are_settable_from_the_command_line(root: Path, tmp_path:
     state = torch.load(ckpt, weights_only=True)["state_dict"]
     assert state["image_tower.pos"].shape[0] == 1 + (32 // 8) * (16 // 8)  # CLS + 4 x 2 patches
     assert state["text_tower.pos"].shape[0] == 6 + 2  # max_len words + bos/eos
-    assert ClipFT(overrides={"max_len": 6}, max_len=6).cfg.max_len == 6
+    assert ClipFT(overrides={"max_len": 6}, max_len=6).hp.max_len == 6
     with pytest.raises(TypeError, match="given both in `overrides` and as keywords"):
         ClipFT(overrides={"max_len": 6}, max_len=8)
 
@@ -263,7 +263,7 @@ def test_paper_profile_from_a_local_clip_folder(root: Path, clip_dir: Path) -> N
     dm = datamodule(root, "synth-person")
     model = attach(ClipFT(profile="paper", clip_path=str(clip_dir), image_size=(32, 16)), dm)
     assert model.optim_cfg.name == "adam" and model.optim_cfg.eps == 1e-3 and model.optim_cfg.lr == 1e-5
-    assert model.processor.image_size == (32, 16) and model.processor.train_transform == "irra"
+    assert model.processor.image_size == (32, 16) and model.processor.train_transform == "reid_crop"
     batch: PairBatch = train_batch(dm)
     assert batch.text.input_ids.shape == (4, 77) and batch.visual.pixels.shape[-2:] == (32, 16)
     loss = model.losses(batch)["itc"]

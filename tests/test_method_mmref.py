@@ -245,7 +245,7 @@ def test_4_masked_word_loss_ignores_unmasked_positions_and_uses_the_reference_to
     vocab = model.mlm_head.fc.out_features
     torch.manual_seed(3)
     _, labels = mask_tokens(
-        text.input_ids, text.attention_mask, model.special_ids, model.mask_id, vocab, prob=model.cfg.mask_prob
+        text.input_ids, text.attention_mask, model.special_ids, model.mask_id, vocab, prob=model.hp.mask_prob
     )
     chosen = labels != IGNORE_INDEX
     assert chosen.any() and (~chosen).any()
@@ -257,7 +257,7 @@ def test_4_masked_word_loss_ignores_unmasked_positions_and_uses_the_reference_to
                 lambda mod, inp, out: torch.where(garble[..., None], torch.randn_like(out) * 50, out)
             )
         torch.manual_seed(3)  # the same masking as above
-        loss = model.irr_loss(text, refs)
+        loss = model.masked_token_loss(text, refs)
         if hook is not None:
             hook.remove()
         return loss

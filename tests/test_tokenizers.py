@@ -93,7 +93,7 @@ def test_hf_tokenizer_fixed_length_truncation_and_pickle(tmp_path: Path) -> None
     assert torch.equal(again(["a man"])["input_ids"], tok(["a man"])["input_ids"])
 
 
-@pytest.mark.parametrize("preset", ["none", "irra", "randcrop_flip", "targetpad"])
+@pytest.mark.parametrize("preset", ["none", "reid_crop", "randcrop_flip", "targetpad"])
 def test_processor_presets_give_fixed_shapes(preset: str) -> None:
     proc = MethodProcessor(image_size=(64, 32), train_transform=preset, test_transform=preset)
     img = Image.new("L", (45, 70), color=128)  # grey, not RGB
@@ -112,7 +112,7 @@ def test_processor_normalises_and_tokenizes(tok: WordTokenizer) -> None:
 
 
 def test_processor_and_transforms_pickle(tok: WordTokenizer) -> None:
-    proc = MethodProcessor(train_transform="irra", test_transform="targetpad", tokenizer=tok)
+    proc = MethodProcessor(train_transform="reid_crop", test_transform="targetpad", tokenizer=tok)
     again = pickle.loads(pickle.dumps(proc))
     img = Image.new("RGB", (30, 50), color=(10, 200, 30))
     transform = pickle.loads(pickle.dumps(again.image_transform(train=False)))

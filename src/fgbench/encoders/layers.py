@@ -1,5 +1,6 @@
 """Small building blocks shared by the encoders: grids of cell boxes, position-grid resizing (as IRRA resizes
-CLIP's positional grid for 384x128 person images), pre-LN transformer stacks, masked pooling and input checks.
+CLIP's positional grid for 384x128 person images), pre-LN transformer stacks, CLIP's QuickGELU, masked pooling
+and input checks.
 """
 
 from __future__ import annotations
@@ -40,6 +41,13 @@ def transformer(
         width, heads, mlp_dim, dropout, activation="gelu", batch_first=True, norm_first=True
     )
     return nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
+
+
+class QuickGELU(nn.Module):
+    """x · σ(1.702 x), CLIP's activation (IRRA's MLM head)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * torch.sigmoid(1.702 * x)
 
 
 def zero_padding(x: Tensor, mask: Tensor) -> Tensor:

@@ -1,9 +1,10 @@
 """A method's processor: image size, mean/std, named train/test transform presets (torchvision.transforms.v2)
 and a tokenizer; implements the `fgbench.data.processor.Processor` protocol and runs in DataLoader workers.
 
-Presets: `none` (resize); `irra` (IRRA's `build_transforms`: resize, h-flip 0.5, pad 10 + random crop, random
-erasing 0.02-0.4 filled with the mean); `randcrop_flip` (VSE++ training: RandomResizedCrop + h-flip);
-`targetpad` (CLIP4Cir's `targetpad_transform`: pad to aspect ratio <= 1.25, resize, centre crop).
+Presets: `none` (resize); `reid_crop` (person re-identification augmentation, IRRA's `build_transforms`:
+resize, h-flip 0.5, pad 10 + random crop, random erasing 0.02-0.4 filled with the mean); `randcrop_flip`
+(VSE++ training: RandomResizedCrop + h-flip); `targetpad` (CLIP4Cir's `targetpad_transform`: pad to aspect
+ratio <= 1.25, resize, centre crop).
 """
 
 from __future__ import annotations
@@ -58,8 +59,8 @@ def _none(p: MethodProcessor) -> Steps:
     return [v2.Resize(p.image_size)], []
 
 
-@register_preset("irra")
-def _irra(p: MethodProcessor) -> Steps:
+@register_preset("reid_crop")
+def _reid_crop(p: MethodProcessor) -> Steps:
     geometric = [
         v2.Resize(p.image_size),
         v2.RandomHorizontalFlip(0.5),
@@ -86,7 +87,7 @@ class MethodProcessor:
 
     Example:
         >>> tok = HFTokenizer("openai/clip-vit-base-patch16", max_length=77)
-        >>> proc = MethodProcessor((384, 128), CLIP_MEAN, CLIP_STD, train_transform="irra", tokenizer=tok)
+        >>> proc = MethodProcessor((384, 128), CLIP_MEAN, CLIP_STD, "reid_crop", tokenizer=tok)
         >>> proc.image_transform(train=True)(pil_image).shape  # [3, 384, 128]
     """
 
