@@ -42,8 +42,6 @@ from fgbench.clip_dual import (
     ClipConfig,
     ClipDual,
 )
-from fgbench.clip_dual import build_tokenizer as build_tokenizer  # re-export for nsfse (see ClipProfile)
-from fgbench.clip_dual import build_towers as build_towers  # re-export for nsfse (see ClipProfile)
 from fgbench.data.batches import PairBatch, TripletBatch
 from fgbench.data.module import RetrievalDataModule, task_family
 from fgbench.losses import infonce
@@ -51,9 +49,6 @@ from fgbench.optim import OptimConfig
 from fgbench.profiles import check_choice, merge_overrides
 from fgbench.registry import register_method
 
-# methods/nsfse.py imports ClipProfile, build_tokenizer and build_towers from here until it imports
-# fgbench.clip_dual: the three are re-exports, none is clip_ft's own
-ClipProfile = ClipConfig
 ENCODERS = ("both", "text", "image")
 
 PROFILES: dict[str, ClipConfig] = {

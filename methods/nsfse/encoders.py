@@ -10,6 +10,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from fgbench.clip_dual import ClipConfig, build_tokenizer, build_towers
 from fgbench.data.module import RetrievalDataModule
 from fgbench.encoders import (
     CLIP_MEAN,
@@ -22,7 +23,6 @@ from fgbench.encoders import (
     build_text_encoder,
 )
 from fgbench.encoders.tokenizers import SPECIALS
-from methods.clip_ft import ClipProfile, build_tokenizer, build_towers
 
 from .config import NSFSEConfig
 
@@ -94,7 +94,7 @@ def cnn_bigru(
 
 def clip_encoders(hp: NSFSEConfig, dm: RetrievalDataModule, clip_path: str) -> Encoders:
     """The variant's encoders (not from the paper): CLIP towers and BPE tokenizer from `clip_path`."""
-    cfg = ClipProfile(pretrained=True, max_len=min(77, hp.max_len + 2), image_size=hp.image_size)
+    cfg = ClipConfig(pretrained=True, max_len=min(77, hp.max_len + 2), image_size=hp.image_size)
     tokenizer = build_tokenizer(cfg, dm, clip_path)
     image, text = build_towers(cfg, tokenizer, hp.image_size, clip_path)  # type: ignore[arg-type]
     size = tuple(image.vision.embeddings.image_size)
