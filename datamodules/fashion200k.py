@@ -26,9 +26,14 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-from torch.utils.data import Dataset
 
-from fgbench.data.datasets import ComposedQueryDataset, ImageFiles, Transform, VisualDataset
+from fgbench.data.datasets import (
+    ComposedQueryDataset,
+    ImageFiles,
+    Transform,
+    TransformDataset,
+    VisualDataset,
+)
 from fgbench.data.module import EvalSet, LoadedData, RetrievalDataModule
 from fgbench.data.query_ids import number_repeats
 from fgbench.data.validation import (
@@ -147,14 +152,14 @@ class CaptionIndex:
         return [i for i, c in enumerate(self.image_caption) if self.caption_parents[c]]
 
 
-class ParentPairDataset(Dataset):
+class ParentPairDataset(TransformDataset):
     """Training triplets drawn on the fly: item i = the i-th modifiable image and a random one-word-different
     target (TIRG); `target_label` is the target's caption id (same caption = same target)."""
 
-    def __init__(self, store: ImageFiles, index: CaptionIndex) -> None:
+    def __init__(self, store: ImageFiles, index: CaptionIndex, transform: Transform | None = None) -> None:
+        super().__init__(transform)
         self.store, self.index = store, index
         self.sources = index.modifiable()
-        self.transform: Transform | None = None
 
     def __len__(self) -> int:
         return len(self.sources)

@@ -49,7 +49,7 @@ def test_train_batches_and_random_texts(root: Path) -> None:
     assert isinstance(batch, TripletBatch)
     assert batch.reference.pixels.shape == batch.target.pixels.shape == (4, 3, 64, 64)
     assert len(batch.text.raw) == 4 and batch.target_label.shape == (4,)
-    ds = dm.loaded.train
+    ds = dm.train_dataset()  # the loaders' copy, with the processor's transform
     assert len(ds) == 6 and dm.num_classes == 12  # 2 triplets x 3 categories over 12 distinct images
     random.seed(0)
     drawn = {ds[0]["text"] for _ in range(60)}

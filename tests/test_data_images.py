@@ -62,8 +62,7 @@ def test_without_verification_a_decode_failure_names_the_file(tmp_path: Path) ->
     bad = fx.image(fx.split("val")[0])
     corrupt(bad)
     dm = rstpreid(tmp_path, verify_images=False)
-    gallery = dm.loaded.eval_sets["val"].gallery
-    gallery.transform = lambda img: img  # type: ignore[attr-defined]
+    gallery = dm.loaded.eval_sets["val"].gallery.with_transform(lambda img: img)  # type: ignore[arg-type]
     with pytest.raises(ImageReadError, match=rf"{bad}: cannot decode the image"):
         [gallery[i] for i in range(len(gallery))]  # type: ignore[arg-type]
 

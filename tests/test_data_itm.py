@@ -134,8 +134,7 @@ def test_with_boxes_normalised_by_image_size(tmp_path: Path) -> None:
     n = len(fx.F30K_SPLITS)
     fx.write_boxes(base, range(n), [fx.image_size(i) for i in range(n)])
     dm = Flickr30KDataModule(root=str(tmp_path), with_boxes=True)
-    dm.test_dataloader()  # attaches the eval transform
-    item = dm.loaded.eval_sets["test"].gallery[1]  # Karpathy image 4
+    item = dm.test_dataloader()[1].dataset[1]  # Karpathy image 4, with the eval transform
     assert item["pixels"].shape == (3, 64, 64)
     assert item["boxes"].tolist() == [[0, 0, 1, 1], [0, 0, 0.5, 1], [0, 0, 1, 0.5]]
     assert dm.evaluation_set("test").spec.info["boxes"] is True

@@ -70,8 +70,7 @@ def test_rstpreid_end_to_end(tmp_path: Path) -> None:
     b = batches[0]
     assert isinstance(b, PairBatch)
     assert b.visual.pixels is not None and b.visual.pixels.shape == (4, 3, 64, 64)
-    ds = dm.loaded.train
-    assert ds is not None
+    ds = dm.train_dataset()
     labels = [ds[i]["label"] for i in range(len(ds))]
     image_index = [ds[i]["image_index"] for i in range(len(ds))]
     assert labels == [i // 10 for i in range(30)]  # train ids 0,1,2 are their own ranks

@@ -16,13 +16,14 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from fgbench.data import batches as B
+from fgbench.data.datasets import TransformDataset
 from fgbench.data.images import ImageCheck
 from fgbench.data.processor import BasicProcessor, Processor
 from fgbench.data.samplers import Resumable, ShuffleSampler
@@ -41,13 +42,43 @@ QUERY_COLLATE: dict[str, Callable[..., Any]] = {
     "composed": B.collate_composed_queries,
 }
 
+# what the gallery serves: raw images, SCAN's precomputed region features or TERAN's bottom-up ones
+FeatureSource = Literal["images", "precomp", "butd"]
+TaskFamily = Literal["person", "itm", "composed"]
+
+
+def family_of(tasks: frozenset[str]) -> TaskFamily:
+    """The task family of a set of tasks: composed, itm (Flickr30K, COCO, synth-scenes) or person (text-image
+    only: person retrieval, CUB, Flowers)."""
+    if "composed" in tasks:
+        return "composed"
+    return "itm" if "image-text" in tasks else "person"
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    """Everything a method's `build` and the CLI know of a DataModule, in one typed, frozen description
+    (`RetrievalDataModule.info()`), so no code reads an undeclared DataModule attribute."""
+
+    name: str
+    tasks: frozenset[str]
+    family: TaskFamily
+    feature_source: FeatureSource
+    with_boxes: bool  # the images come with their bottom-up boxes (`butd` always has them)
+    region_dim: int | None  # feature size of the precomputed regions; None when the data serves images
+    val_split: str
+    test_split: str
+    train_texts: tuple[str, ...]  # the training captions (the tiny profile's word vocabulary)
+    num_classes: int  # training identities / classes (MMRef references, ID classifiers)
+    tiny_image_size: tuple[int, int]  # (height, width) the tiny profile resizes images to
+
 
 @dataclass
 class EvalSet:
     """One evaluation split: query and gallery datasets plus the EvalSpec that scores them."""
 
-    queries: Dataset
-    gallery: Dataset
+    queries: TransformDataset
+    gallery: TransformDataset
     spec: EvalSpec
     query_kind: str = "text"  # "text" | "composed" (selects the query collate function)
 
@@ -56,7 +87,7 @@ class EvalSet:
 class LoadedData:
     """What `load()` returns."""
 
-    train: Dataset | None
+    train: TransformDataset | None
     eval_sets: dict[str, EvalSet]  # split name -> EvalSet
     stats: dict[str, dict[str, int]]  # split -> {images, captions, labels, queries, gallery, missing}
     # (`missing` counts files referenced but absent, before any skip_missing drop)
@@ -117,8 +148,9 @@ class RetrievalDataModule(L.LightningDataModule):
     tasks: ClassVar[frozenset[str]] = frozenset()
     layout: ClassVar[str] = ""  # the expected tree under `root` (docs/data/), shown in errors
     folder: ClassVar[str] = ""  # the dataset's folder under `root` (synthetic subclasses override it)
-    # documented counts per split (docs/data/): {"images", "captions", "labels", "queries", "gallery"} -> int, or None
-    # where unknown. A mismatch is a warning (plain and ≈ counts alike); found counts go into result.json.
+    # documented counts per split (docs/data/): {"images", "captions", "labels", "queries", "gallery"} -> int,
+    # or None where unknown. A mismatch is a warning (plain and ≈ counts alike); found counts go into
+    # result.json.
     expected: ClassVar[dict[str, dict[str, int | None]]] = {}
     # (height, width) the tiny profile resizes images to (docs/methods.md, "Tiny profile")
     tiny_image_size: ClassVar[tuple[int, int]] = (32, 32)
@@ -157,6 +189,9 @@ class RetrievalDataModule(L.LightningDataModule):
         self.persistent_workers = persistent_workers and num_workers > 0
         self.strict = strict
         self.verify_images = verify_images
+        # what the data serves; a family with precomputed features (`itm`) sets both from its arguments
+        self.feature_source: FeatureSource = "images"
+        self.with_boxes: bool = False
         self.image_progress = False  # a progress bar while decoding (the `data check` command sets it)
         self.quirks = QuirkLog(self.name, self.quirk_kinds, strict)
         self.processor: Processor = BasicProcessor()
@@ -212,6 +247,30 @@ class RetrievalDataModule(L.LightningDataModule):
         """The training captions (builds the tiny profile's word vocabulary)."""
         return self.loaded.train_vocab_texts
 
+    def info(self) -> DataInfo:
+        """The description a method builds itself from (loads the data if it is not loaded yet)."""
+        return DataInfo(
+            name=self.name,
+            tasks=frozenset(self.tasks),
+            family=family_of(self.tasks),
+            feature_source=self.feature_source,
+            with_boxes=self.with_boxes,
+            region_dim=region_dim(self),
+            val_split=self.val_split,
+            test_split=self.test_split,
+            train_texts=tuple(self.train_texts()),
+            num_classes=self.num_classes,
+            tiny_image_size=tuple(self.tiny_image_size),  # type: ignore[arg-type]
+        )
+
+    def train_dataset(self, augment: bool = True) -> TransformDataset:
+        """The training dataset with the processor's image transform (`augment=False`: the test transform,
+        e.g. for a pass over the training pairs in eval mode); a configured copy, the loaded one untouched."""
+        ds = self.loaded.train
+        if ds is None:
+            raise RuntimeError(f"{self.name}: this configuration has no training split")
+        return ds.with_transform(self.processor.image_transform(augment))
+
     def check(self) -> dict[str, dict[str, int]]:
         """Per-split counts for `fgbench data check`."""
         return self.loaded.stats
@@ -257,10 +316,7 @@ class RetrievalDataModule(L.LightningDataModule):
         return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
 
     def train_dataloader(self) -> DataLoader:
-        ds = self.loaded.train
-        if ds is None:
-            raise RuntimeError(f"{self.name}: this configuration has no training split")
-        ds.transform = self.processor.image_transform(True)  # type: ignore[attr-defined]
+        ds = self.train_dataset(augment=True)
         task = "composed" if "composed" in self.tasks else "text-image"
         n_rep, rank = self._world()
         seed = int(os.environ.get("PL_GLOBAL_SEED", 0))  # set by seed_everything
@@ -296,11 +352,10 @@ class RetrievalDataModule(L.LightningDataModule):
         """[queries, gallery] loaders of an evaluation split."""
         es = self._eval_set(split)
         transform = self.processor.image_transform(False)
-        es.queries.transform = transform  # type: ignore[attr-defined]
-        es.gallery.transform = transform  # type: ignore[attr-defined]
+        queries, gallery = es.queries.with_transform(transform), es.gallery.with_transform(transform)
         return [
-            self._loader(es.queries, QUERY_COLLATE[es.query_kind], self.eval_batch_size, False),
-            self._loader(es.gallery, B.collate_visuals, self.eval_batch_size, False),
+            self._loader(queries, QUERY_COLLATE[es.query_kind], self.eval_batch_size, False),
+            self._loader(gallery, B.collate_visuals, self.eval_batch_size, False),
         ]
 
     def val_dataloader(self) -> list[DataLoader]:
@@ -310,17 +365,14 @@ class RetrievalDataModule(L.LightningDataModule):
         return self.eval_dataloaders(self.test_split)
 
 
-def task_family(dm: RetrievalDataModule) -> str:
-    """The task family of a DataModule: composed, itm (Flickr30K, COCO, synth-scenes) or person (text-image
-    only: person retrieval, CUB, Flowers)."""
-    if "composed" in dm.tasks:
-        return "composed"
-    return "itm" if "image-text" in dm.tasks else "person"
+def task_family(dm: RetrievalDataModule) -> TaskFamily:
+    """The task family of a DataModule (`family_of` its tasks)."""
+    return family_of(dm.tasks)
 
 
 def region_dim(dm: RetrievalDataModule) -> int | None:
     """Feature size of the data's precomputed regions; None when it serves images."""
-    if getattr(dm, "feature_source", "images") == "images":
+    if dm.feature_source == "images":
         return None
     ds = dm.loaded.train if dm.loaded.train is not None else dm.evaluation_set(dm.test_split).gallery
     return int(ds[0]["regions"].shape[-1])
