@@ -246,14 +246,16 @@ class ITMDataModule(RetrievalDataModule):
                     index.captions,
                 )
             else:
-                out.eval_sets[split] = eval_set(index, self.protocol(split), self.info(split, index, missing))
+                out.eval_sets[split] = eval_set(
+                    index, self.protocol(split), self.spec_info(split, index, missing)
+                )
         return out
 
     def protocol(self, split: str) -> str:
         """Test: the dataset's protocol; val: one f30k_1k-style fold (whatever the dataset)."""
         return self.test_protocol if split == "test" else "f30k_1k"
 
-    def info(self, split: str, index: SplitIndex, missing: list[Path]) -> dict[str, Any]:
+    def spec_info(self, split: str, index: SplitIndex, missing: list[Path]) -> dict[str, Any]:
         info: dict[str, Any] = {
             "dataset": self.name,
             "split": split,
@@ -521,8 +523,8 @@ class COCODataModule(ITMDataModule):
             return f"Found test_ims.npy but no testall_*. {COCO_TEST_SUBSET}"
         return None
 
-    def info(self, split: str, index: SplitIndex, missing: list[Path]) -> dict[str, Any]:
-        info = super().info(split, index, missing)
+    def spec_info(self, split: str, index: SplitIndex, missing: list[Path]) -> dict[str, Any]:
+        info = super().spec_info(split, index, missing)
         if split == "test" and self.feature_source == "precomp" and index.info.get("file_split") == "test":
             info["forced_test_subset"] = True
         return info
