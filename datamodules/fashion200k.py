@@ -41,7 +41,6 @@ from fgbench.data.validation import (
     QuirkKind,
     find_missing,
     handle_missing,
-    not_found,
     warn_counts,
 )
 from fgbench.evaluation.spec import EvalSpec
@@ -202,13 +201,8 @@ class Fashion200KDataModule(RetrievalDataModule):
     ) -> None:
         super().__init__(root=root, val_split=val_split, test_split=test_split, **kwargs)
 
-    @property
-    def base(self) -> Path:
-        return self.root / self.folder
-
     def load(self) -> LoadedData:
-        if not self.base.is_dir():
-            raise not_found(self.name, self.base, self.layout)
+        self.require_dir()
         out = LoadedData(train=None, eval_sets={}, stats={})
         self.build_train(self.read_labels("train"), out)
         for split in dict.fromkeys([self.val_split, self.test_split]):
@@ -220,9 +214,7 @@ class Fashion200KDataModule(RetrievalDataModule):
         return out
 
     def annotation(self, rel: str) -> Path:
-        path = self.base / rel
-        if not path.is_file():
-            raise not_found(self.name, path, self.layout)
+        path = self.require_file(self.base / rel)
         return path
 
     def read_labels(self, split: str) -> Labelled:

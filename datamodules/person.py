@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import Dataset, Sampler
 
 from fgbench.data.datasets import ImageFiles, PairDataset, TextDataset, VisualDataset
 from fgbench.data.module import EvalSet, LoadedData, RetrievalDataModule
@@ -36,7 +36,6 @@ from fgbench.data.validation import (
     QuirkKind,
     find_missing,
     handle_missing,
-    not_found,
     read_json,
     require,
     warn_counts,
@@ -210,16 +209,10 @@ class PersonDataModule(RetrievalDataModule):
             raise ValueError(f"{self.name}: sampler must be one of {SAMPLERS}, got {sampler!r}")
         self.sampler, self.pk_k = sampler, pk_k
 
-    @property
-    def base(self) -> Path:
-        return self.root / self.folder
-
     # -- reading -------------------------------------------------------------------------------------
     def annotation_path(self) -> Path:
         """The annotation file; subclasses recognise known wrong names."""
-        path = self.base / self.annotation_file
-        if not path.is_file():
-            raise not_found(self.name, path, self.layout)
+        path = self.require_file(self.base / self.annotation_file)
         return path
 
     def read_records(self, file: Path) -> list[Record]:
@@ -348,8 +341,7 @@ class PersonDataModule(RetrievalDataModule):
 
     # -- load ----------------------------------------------------------------------------------------
     def load(self) -> LoadedData:
-        if not self.base.is_dir():
-            raise not_found(self.name, self.base, self.layout)
+        self.require_dir()
         file = self.annotation_path()
         by_split: dict[str, list[Record]] = {"train": [], "val": [], "test": []}
         for r in self.read_records(file):
@@ -463,7 +455,7 @@ class CUHKPedesDataModule(PersonDataModule):
                 f"for {self.annotation_file} (the file with 'split', read by anosorae/IRRA) and put it "
                 f"at {path}."
             )
-        raise not_found(self.name, path, self.layout, hint)
+        return self.require_file(path, hint)  # raises: the file is absent
 
     def entry_split(self, entry: Any, file: Path, i: int) -> str:
         if file.name == self.renamed_file and isinstance(entry, dict) and "split" not in entry:
@@ -493,6 +485,11 @@ class ICFGPedesDataModule(PersonDataModule):
     split_values: ClassVar[tuple[str, ...]] = ("train", "test")
     captions_per_image: ClassVar[int] = 1
     quirk_kinds: ClassVar[tuple[QuirkKind, ...]] = person_quirk_kinds(1)
+    no_val_split: ClassVar[str] = (
+        "{name} has no val split: the suite reports the last epoch (run with trainer.limit_val_batches=0), "
+        "or pass select_on_test=True to select checkpoints on test as the papers do (recorded as "
+        "selected_on: test)"
+    )
     # Ding et al. (arXiv 2107.12666): one description per image; 34,674 pairs of 3,102 persons for training,
     # 19,848 pairs of 1,000 persons for test
     expected: ClassVar[dict[str, dict[str, int | None]]] = {
@@ -519,15 +516,6 @@ class ICFGPedesDataModule(PersonDataModule):
 
     def spec_info(self, split: str) -> dict[str, Any]:
         return {**super().spec_info(split), "selected_on": "test" if self.select_on_test else "last_epoch"}
-
-    def val_dataloader(self) -> list[DataLoader]:
-        if self.val_split not in self.loaded.eval_sets:
-            raise RuntimeError(
-                f"{self.name} has no val split: the suite reports the last epoch (run with "
-                "trainer.limit_val_batches=0), or pass select_on_test=True to select checkpoints on test "
-                "as the papers do (recorded as selected_on: test)"
-            )
-        return super().val_dataloader()
 
 
 @register_datamodule("rstpreid")

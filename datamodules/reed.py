@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-from torch.utils.data import DataLoader
 
 from fgbench.data.datasets import ImageFiles, PairDataset, TextDataset, VisualDataset
 from fgbench.data.module import EvalSet, LoadedData, RetrievalDataModule
@@ -36,7 +35,6 @@ from fgbench.data.validation import (
     QuirkKind,
     find_missing,
     handle_missing,
-    not_found,
     warn_counts,
 )
 from fgbench.evaluation.spec import EvalSpec
@@ -152,6 +150,10 @@ class ReedDataModule(RetrievalDataModule):
 
     tasks: ClassVar[frozenset[str]] = frozenset({"text-image"})
     quirk_kinds: ClassVar[tuple[QuirkKind, ...]] = REED_QUIRKS
+    no_val_split: ClassVar[str] = (
+        "{name}: no val split without tuning=True (Reed et al. train on trainvalclasses and report the last "
+        "epoch); pass tuning=True to validate on valclasses, or run with trainer.limit_val_batches=0"
+    )
     text_dir: ClassVar[str] = ""  # the caption archive under the dataset folder
     image_dir: ClassVar[str] = ""  # the image folder under the dataset folder
     class_pattern: ClassVar[str] = ""  # regex with one group: the class number in a folder name
@@ -166,10 +168,6 @@ class ReedDataModule(RetrievalDataModule):
     def __init__(self, root: str = "data", tuning: bool = False, **kwargs: Any) -> None:
         super().__init__(root=root, **kwargs)
         self.tuning = tuning
-
-    @property
-    def base(self) -> Path:
-        return self.root / self.folder
 
     @property
     def captions_root(self) -> Path:
@@ -215,9 +213,7 @@ class ReedDataModule(RetrievalDataModule):
 
     def read_list(self, name: str) -> list[str]:
         """One class folder name per line; the number in the name must parse."""
-        file = self.list_file(name)
-        if not file.is_file():
-            raise not_found(self.name, file, self.layout)
+        file = self.require_file(self.list_file(name))
         classes: list[str] = []
         for n, line in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
             cls = line.strip()
@@ -305,8 +301,7 @@ class ReedDataModule(RetrievalDataModule):
         return {"train": "trainvalclasses", "test": "testclasses"}
 
     def load(self) -> LoadedData:
-        if not self.base.is_dir():
-            raise not_found(self.name, self.base, self.layout)
+        self.require_dir()
         lists = self.read_lists()
         stems = self.caption_stems(lists["allclasses"])
         no_text = [self.expected_caption_file(p, stems) for p in self.orphan_images(stems)]
@@ -393,15 +388,6 @@ class ReedDataModule(RetrievalDataModule):
         store = ImageFiles([it.image for it in kept])
         es = EvalSet(queries=TextDataset([c for c, _ in caps]), gallery=VisualDataset(store), spec=spec)
         return es, {**d.counts(), "queries": len(caps), "gallery": len(kept)}
-
-    def val_dataloader(self) -> list[DataLoader]:
-        if self.val_split not in self.loaded.eval_sets:
-            raise RuntimeError(
-                f"{self.name}: no val split without tuning=True (Reed et al. train on trainvalclasses and "
-                "report the last epoch); pass tuning=True to validate on valclasses, or run with "
-                "trainer.limit_val_batches=0"
-            )
-        return super().val_dataloader()
 
 
 @register_datamodule("cub")

@@ -27,7 +27,7 @@ from fgbench.data.datasets import TransformDataset
 from fgbench.data.images import ImageCheck
 from fgbench.data.processor import BasicProcessor, Processor
 from fgbench.data.samplers import Resumable, ShuffleSampler
-from fgbench.data.validation import EXPECTED_LOG, IMAGE_CHECK, QuirkKind, QuirkLog
+from fgbench.data.validation import EXPECTED_LOG, IMAGE_CHECK, QuirkKind, QuirkLog, not_found
 from fgbench.evaluation.spec import EvalSpec
 
 log = logging.getLogger("fgbench.data")
@@ -156,6 +156,9 @@ class RetrievalDataModule(L.LightningDataModule):
     tiny_image_size: ClassVar[tuple[int, int]] = (32, 32)
     # the irregular entries the authors' files contain, read as the official loader reads them
     quirk_kinds: ClassVar[tuple[QuirkKind, ...]] = ()
+    # for a family whose default configuration has no val split: why, and what to run instead ("{name}" is
+    # replaced); `val_dataloader` raises it rather than the bare "no evaluation split"
+    no_val_split: ClassVar[str] = ""
 
     def __init__(
         self,
@@ -206,6 +209,24 @@ class RetrievalDataModule(L.LightningDataModule):
     def set_processor(self, processor: Processor) -> None:
         """Attach a method's processor (tokenizer, image size, mean/std, augmentation) before fitting."""
         self.processor = processor
+
+    @property
+    def base(self) -> Path:
+        """The dataset's folder under `root`: every path of the dataset is built from it."""
+        return self.root / self.folder
+
+    def require_dir(self, path: Path | None = None) -> Path:
+        """`path` (default: the dataset folder) if it is a folder, else the error showing the layout."""
+        path = self.base if path is None else path
+        if not path.is_dir():
+            raise not_found(self.name, path, self.layout)
+        return path
+
+    def require_file(self, path: Path, hint: str | None = None) -> Path:
+        """`path` if it is a file, else the error showing the expected layout (and `hint`)."""
+        if not path.is_file():
+            raise not_found(self.name, path, self.layout, hint)
+        return path
 
     def quirk(
         self, split: str, kind: str, file: Path | str, where: str, field: str | None, value: Any
@@ -359,6 +380,8 @@ class RetrievalDataModule(L.LightningDataModule):
         ]
 
     def val_dataloader(self) -> list[DataLoader]:
+        if self.no_val_split and self.val_split not in self.loaded.eval_sets:
+            raise RuntimeError(self.no_val_split.format(name=self.name))
         return self.eval_dataloaders(self.val_split)
 
     def test_dataloader(self) -> list[DataLoader]:
