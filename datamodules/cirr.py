@@ -29,7 +29,6 @@ from fgbench.data.validation import (
     DatasetFormatError,
     QuirkKind,
     find_missing,
-    handle_missing,
     read_json,
     require,
     warn_counts,
@@ -177,7 +176,7 @@ class CIRRDataModule(RetrievalDataModule):
         missing = find_missing(paths)
         if missing and split == "train" and self.resolve_by_name:
             paths, missing = self.resolve_train_paths(paths, missing)
-        handle_missing(self.name, split, missing, len(paths), self.skip_missing, self.missing_hint(split))
+        self.apply_missing_rule(split, missing, len(paths), self.missing_hint(split))
         return SplitData(names, paths, triplets, labelled, missing)
 
     def pair_ids(self, split: str, queries: list[Triplet], labelled: bool) -> list[str]:

@@ -40,7 +40,6 @@ from fgbench.data.validation import (
     DatasetFormatError,
     QuirkKind,
     find_missing,
-    handle_missing,
     warn_counts,
 )
 from fgbench.evaluation.spec import EvalSpec
@@ -271,7 +270,7 @@ class Fashion200KDataModule(RetrievalDataModule):
         """Apply the missing-file rule to a split's images; return the missing relative paths."""
         files = [self.base / p for p in paths]
         missing = find_missing(files)
-        handle_missing(self.name, split, missing, len(set(files)), self.skip_missing)
+        self.apply_missing_rule(split, missing, len(set(files)))
         lost = set(missing)
         return {p for p, f in zip(paths, files, strict=True) if f in lost}
 

@@ -33,7 +33,6 @@ from fgbench.data.validation import (
     DatasetFormatError,
     QuirkKind,
     find_missing,
-    handle_missing,
     read_json,
     require,
     warn_counts,
@@ -268,7 +267,7 @@ class FashionIQDataModule(RetrievalDataModule):
         """Apply the missing-file rule to the images of `asins`; return the missing ASINs."""
         paths = [self.image_path(a) for a in dict.fromkeys(asins)]
         missing = find_missing(paths)
-        handle_missing(self.name, split, missing, len(paths), self.skip_missing, self.missing_hint(missing))
+        self.apply_missing_rule(split, missing, len(paths), self.missing_hint(missing))
         return {p.stem for p in missing}
 
     def missing_hint(self, missing: Sequence[Path]) -> str:

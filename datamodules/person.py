@@ -24,23 +24,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-import torch
 from torch.utils.data import Dataset, Sampler
 
-from fgbench.data.datasets import ImageFiles, PairDataset, TextDataset, VisualDataset
-from fgbench.data.module import EvalSet, LoadedData, RetrievalDataModule
+from fgbench.data.datasets import ImageFiles, PairDataset, caption_pairs
+from fgbench.data.module import EvalSet, LoadedData, RetrievalDataModule, caption_eval_set
 from fgbench.data.query_ids import number_repeats
 from fgbench.data.samplers import PKSampler
 from fgbench.data.validation import (
     DatasetFormatError,
     QuirkKind,
     find_missing,
-    handle_missing,
     read_json,
     require,
     warn_counts,
 )
-from fgbench.evaluation.spec import EvalSpec
 from fgbench.registry import register_datamodule
 
 log = logging.getLogger("fgbench.data")
@@ -369,7 +366,7 @@ class PersonDataModule(RetrievalDataModule):
         """Apply the missing-image rule to one split."""
         missing = find_missing(r.path for r in records)
         hint = f"Image paths are relative to {self.base / 'imgs'}/ (field {self.path_field!r})."
-        handle_missing(self.name, split, missing, len(records), self.skip_missing, hint)
+        self.apply_missing_rule(split, missing, len(records), hint)
         return Split(records, missing)
 
     def train_set(self, sp: Split) -> tuple[PairDataset, dict[str, int], int]:
@@ -380,36 +377,24 @@ class PersonDataModule(RetrievalDataModule):
         ids = sorted({r.pid for r in sp.records})
         rank = {pid: i for i, pid in enumerate(ids)}
         kept = sp.kept()
-        pairs = [(n, r, c) for n, r in enumerate(kept) for c in r.captions]
-        ds = PairDataset(
-            ImageFiles([r.path for r in kept]),
-            image_ids=[n for n, _, _ in pairs],
-            captions=[c for _, _, c in pairs],
-            labels=[rank[r.pid] for _, r, _ in pairs],
-            image_index=[n for n, _, _ in pairs],
+        ds = caption_pairs(
+            ImageFiles([r.path for r in kept]), [r.captions for r in kept], [rank[r.pid] for r in kept]
         )
-        return ds, {**sp.counts(), "queries": len(pairs), "gallery": 0}, len(ids)
+        return ds, {**sp.counts(), "queries": len(ds), "gallery": 0}, len(ids)
 
     def eval_set(self, split: str, sp: Split) -> tuple[EvalSet, dict[str, int]]:
         """Gallery = the split's images, queries = all their captions, relevance = same raw id."""
         kept = sp.kept()
-        caps = [(c, r.pid) for r in kept for c in r.captions]
-        store = ImageFiles([r.path for r in kept])
-        images = number_repeats(
-            [r.rel for r in kept], self.base / self.annotation_file
-        )  # a path listed twice (duplicate_path) numbered
-        spec = EvalSpec(
-            protocol="person_t2i",
-            query_labels=torch.tensor([pid for _, pid in caps], dtype=torch.long),
-            gallery_labels=torch.tensor([r.pid for r in kept], dtype=torch.long),
-            query_ids=[
-                f"{im}#{j}" for im, r in zip(images, kept, strict=True) for j in range(len(r.captions))
-            ],
-            gallery_names=images,
+        es = caption_eval_set(
+            "person_t2i",
+            ImageFiles([r.path for r in kept]),
+            [r.captions for r in kept],
+            [r.pid for r in kept],
+            # a path listed twice (duplicate_path) numbered
+            number_repeats([r.rel for r in kept], self.base / self.annotation_file),
             info={**self.spec_info(split), "n_missing": len(sp.missing)},
         )
-        es = EvalSet(queries=TextDataset([c for c, _ in caps]), gallery=VisualDataset(store), spec=spec)
-        return es, {**sp.counts(), "queries": len(caps), "gallery": len(kept)}
+        return es, {**sp.counts(), "queries": len(es.queries), "gallery": len(kept)}
 
     def spec_info(self, split: str) -> dict[str, Any]:
         return {"dataset": self.name, "split": split, "labels": "raw person id"}

@@ -113,6 +113,21 @@ class PairDataset(TransformDataset):
         return item
 
 
+def caption_pairs(
+    store: VisualStore, captions: Sequence[Sequence[str]], labels: Sequence[int]
+) -> PairDataset:
+    """Training pairs, one per (image, caption), image by image: image n is the store's item n, and each of
+    its pairs carries `labels[n]` and image_index n (person retrieval, Reed et al.'s CUB and Flowers)."""
+    pairs = [(n, c) for n, caps in enumerate(captions) for c in caps]
+    return PairDataset(
+        store,
+        image_ids=[n for n, _ in pairs],
+        captions=[c for _, c in pairs],
+        labels=[labels[n] for n, _ in pairs],
+        image_index=[n for n, _ in pairs],
+    )
+
+
 class TextDataset(TransformDataset):
     """Caption queries for evaluation."""
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -23,11 +23,18 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from fgbench.data import batches as B
-from fgbench.data.datasets import TransformDataset
+from fgbench.data.datasets import TextDataset, TransformDataset, VisualDataset, VisualStore
 from fgbench.data.images import ImageCheck
 from fgbench.data.processor import BasicProcessor, Processor
 from fgbench.data.samplers import Resumable, ShuffleSampler
-from fgbench.data.validation import EXPECTED_LOG, IMAGE_CHECK, QuirkKind, QuirkLog, not_found
+from fgbench.data.validation import (
+    EXPECTED_LOG,
+    IMAGE_CHECK,
+    QuirkKind,
+    QuirkLog,
+    handle_missing,
+    not_found,
+)
 from fgbench.evaluation.spec import EvalSpec
 
 log = logging.getLogger("fgbench.data")
@@ -122,6 +129,34 @@ class LoadedData:
                 if "missing" in counts:
                     counts["missing"] = max(0, int(counts["missing"]) - len(bad))
                 counts["unreadable"] = len(bad)
+
+
+def caption_eval_set(
+    protocol: str,
+    store: VisualStore,
+    captions: Sequence[Sequence[str]],
+    labels: Sequence[int],
+    names: Sequence[str],
+    info: dict[str, Any],
+    label_names: dict[int, str] | None = None,
+) -> EvalSet:
+    """Text-to-image evaluation over images that each hold captions: gallery = the store's images (image n
+    labelled `labels[n]`, named `names[n]`), queries = every caption in order, labelled as its image, with
+    the stable id "<image name>#<j>" (person retrieval, Reed et al.'s classes)."""
+    spec = EvalSpec(
+        protocol=protocol,
+        query_labels=torch.tensor(
+            [lab for lab, caps in zip(labels, captions, strict=True) for _ in caps], dtype=torch.long
+        ),
+        gallery_labels=torch.tensor(list(labels), dtype=torch.long),
+        query_ids=[f"{im}#{j}" for im, caps in zip(names, captions, strict=True) for j in range(len(caps))],
+        gallery_names=list(names),
+        label_names=label_names,
+        info=info,
+    )
+    return EvalSet(
+        queries=TextDataset([c for caps in captions for c in caps]), gallery=VisualDataset(store), spec=spec
+    )
 
 
 class StatefulLoader(DataLoader):
@@ -227,6 +262,11 @@ class RetrievalDataModule(L.LightningDataModule):
         if not path.is_file():
             raise not_found(self.name, path, self.layout, hint)
         return path
+
+    def apply_missing_rule(self, split: str, missing: Sequence[Path], total: int, hint: str = "") -> None:
+        """The missing-file rule for `missing` of `total` referenced files: raise, or under `skip_missing`
+        warn with the counts (unreadable images named as such; `fgbench.data.validation.handle_missing`)."""
+        handle_missing(self.name, split, missing, total, self.skip_missing, hint)
 
     def quirk(
         self, split: str, kind: str, file: Path | str, where: str, field: str | None, value: Any
