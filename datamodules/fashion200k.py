@@ -274,30 +274,43 @@ class Fashion200KDataModule(RetrievalDataModule):
         lost = set(missing)
         return {p for p, f in zip(paths, files, strict=True) if f in lost}
 
-    def build_train(self, labels: Labelled, out: LoadedData) -> None:
-        absent = self.apply_missing("train", labels.paths)
+    def present(self, split: str, labels: Labelled) -> tuple[list[str], set[str], CaptionIndex]:
+        """Apply the missing-file rule to a split: the kept paths (label-file order), the absent ones and the
+        caption index of the kept images."""
+        absent = self.apply_missing(split, labels.paths)
         kept = [i for i, p in enumerate(labels.paths) if p not in absent]
-        index = CaptionIndex.build([labels.captions[i] for i in kept])
-        train = ParentPairDataset(ImageFiles([self.base / labels.paths[i] for i in kept]), index)
-        out.train = train
-        out.num_classes = len(index.captions)
-        out.train_vocab_texts = [*index.captions, "replace with"]  # the template's words are in no caption
-        out.missing["train"] = sorted(str(self.base / p) for p in absent)
-        out.stats["train"] = {
+        return [labels.paths[i] for i in kept], absent, CaptionIndex.build([labels.captions[i] for i in kept])
+
+    def record_split(
+        self,
+        out: LoadedData,
+        split: str,
+        labels: Labelled,
+        index: CaptionIndex,
+        absent: set[str],
+        **served: int,
+    ) -> None:
+        """A split's missing files and counts; `served` = its queries and gallery."""
+        out.missing[split] = sorted(str(self.base / p) for p in absent)
+        out.stats[split] = {
             "images": len(labels.paths),
             "captions": len(set(labels.captions)),
             "labels": len(index.captions),
-            "queries": len(train),
-            "gallery": 0,
+            **served,
             "missing": len(absent),
         }
 
+    def build_train(self, labels: Labelled, out: LoadedData) -> None:
+        kept, absent, index = self.present("train", labels)
+        train = ParentPairDataset(ImageFiles([self.base / p for p in kept]), index)
+        out.train = train
+        out.num_classes = len(index.captions)
+        out.train_vocab_texts = [*index.captions, "replace with"]  # the template's words are in no caption
+        self.record_split(out, "train", labels, index, absent, queries=len(train), gallery=0)
+
     def build_test(self, labels: Labelled, out: LoadedData) -> None:
         """Gallery = every test image; queries from test_queries.txt; labels = caption ids."""
-        absent = self.apply_missing("test", labels.paths)
-        kept = [i for i, p in enumerate(labels.paths) if p not in absent]
-        gallery = [labels.paths[i] for i in kept]
-        index = CaptionIndex.build([labels.captions[i] for i in kept])
+        gallery, absent, index = self.present("test", labels)
         position = {p: j for j, p in enumerate(gallery)}
         queries = self.read_queries(dict(zip(labels.paths, labels.captions, strict=True)))
         queries = [(s, t) for s, t in queries if s not in absent and t not in absent]
@@ -322,15 +335,7 @@ class Fashion200KDataModule(RetrievalDataModule):
         out.eval_sets["test"] = EvalSet(
             ComposedQueryDataset(store, src, texts), VisualDataset(store), spec, query_kind="composed"
         )
-        out.missing["test"] = sorted(str(self.base / p) for p in absent)
-        out.stats["test"] = {
-            "images": len(labels.paths),
-            "captions": len(set(labels.captions)),
-            "labels": len(index.captions),
-            "queries": len(queries),
-            "gallery": len(gallery),
-            "missing": len(absent),
-        }
+        self.record_split(out, "test", labels, index, absent, queries=len(queries), gallery=len(gallery))
 
     def read_queries(self, caption_of: dict[str, str]) -> list[tuple[str, str]]:
         """test_queries.txt: "source_path target_path" per line, both among the test images (path -> the
