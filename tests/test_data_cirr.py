@@ -3,6 +3,7 @@ real files, bad input."""
 
 from __future__ import annotations
 
+import functools
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +21,7 @@ from fgbench.data.validation import (
     MissingFilesError,
 )
 from fgbench.evaluation import evaluate
+from tests.fixtures import fails_then_skips
 from tests.fixtures.composed import CIRR_QUIRKS, cirr_name, edit_json, write_cirr
 
 
@@ -117,11 +119,9 @@ def test_missing_root_shows_layout(tmp_path: Path) -> None:
 
 def test_missing_image_fails_then_skip_missing_drops(root: Path) -> None:
     lost = root / "cirr_dataset" / "dev" / f"{cirr_name('val', 7)}.png"
-    lost.unlink()
-    with pytest.raises(MissingFilesError, match=r"cirr \[val\]: 1 of 8 referenced files are missing") as err:
-        CIRRDataModule(root=str(root)).setup()
-    assert str(lost) in str(err.value)
-    dm = CIRRDataModule(root=str(root), skip_missing=True)
+    make = functools.partial(CIRRDataModule, root=str(root))
+    dm, message = fails_then_skips(make, [lost], r"cirr \[val\]: 1 of 8 referenced files are missing")
+    assert str(lost) in message
     spec = dm.evaluation_set("val").spec
     # queries 11 (target 7) and 12 (image set holds 7) are dropped; the gallery loses image 7
     assert spec.gallery_names == dev(3, 0, 1, 2, 6, 4, 5)

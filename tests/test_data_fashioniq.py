@@ -3,6 +3,7 @@ real files, bad input."""
 
 from __future__ import annotations
 
+import functools
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +21,7 @@ from fgbench.data.validation import (
     MissingFilesError,
 )
 from fgbench.evaluation import evaluate
+from tests.fixtures import fails_then_skips
 from tests.fixtures.composed import FIQ_QUIRKS, edit_json, write_fashioniq
 
 TEXTS_A = ["Is red and has short sleeves", "Darker navy and more casual"]
@@ -182,11 +184,9 @@ def test_missing_root_shows_layout(tmp_path: Path) -> None:
 
 def test_missing_image_fails_then_skip_missing_drops(root: Path) -> None:
     lost = root / "fashionIQ_dataset" / "images" / "shirt_val_1.jpg"  # target of shirt's first val triplet
-    lost.unlink()
-    with pytest.raises(MissingFilesError, match=r"\[val\]: 1 of 12 referenced files") as err:
-        FashionIQDataModule(root=str(root)).setup()
-    assert str(lost) in str(err.value) and "Tried <ASIN>.jpg" in str(err.value)
-    dm = FashionIQDataModule(root=str(root), skip_missing=True)
+    make = functools.partial(FashionIQDataModule, root=str(root))
+    dm, message = fails_then_skips(make, [lost], r"\[val\]: 1 of 12 referenced files")
+    assert str(lost) in message and "Tried <ASIN>.jpg" in message
     spec = dm.evaluation_set("val").spec
     assert spec.n_gallery == 12 and spec.info["n_missing"] == 1
     assert spec.query_labels.tolist() == [1, 3, 6, 8, 10]  # shirt block is now 4, 5, 6
