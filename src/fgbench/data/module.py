@@ -6,6 +6,10 @@ class serves the loaders: a training loader of task batches, and for validation 
 queries then gallery, whose items carry their dataset index. `batch_size` is per device and never scaled
 with the world size (in-batch losses depend on it; docs/methods.md). Lightning wraps the loaders in
 DistributedSamplers under DDP; the evaluator de-duplicates the padded items by index.
+
+What a method builds itself from is one frozen `DataInfo` (`RetrievalDataModule.info()`: task family,
+feature source, boxes, region width, splits, training captions, classes, tiny image size); the loaders serve
+copies of the loaded datasets carrying the processor's transform (`with_transform`), never changing them.
 """
 
 from __future__ import annotations
