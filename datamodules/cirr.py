@@ -29,8 +29,6 @@ from fgbench.data.validation import (
     DatasetFormatError,
     QuirkKind,
     find_missing,
-    handle_missing,
-    not_found,
     read_json,
     require,
     warn_counts,
@@ -146,14 +144,9 @@ class CIRRDataModule(RetrievalDataModule):
         super().__init__(root=root, val_split=val_split, test_split=test_split, **kwargs)  # type: ignore[arg-type]
         self.resolve_by_name = resolve_by_name
 
-    @property
-    def base(self) -> Path:
-        return self.root / self.folder
-
     # -- load -----------------------------------------------------------------------------------------
     def load(self) -> LoadedData:
-        if not self.base.is_dir():
-            raise not_found(self.name, self.base, self.layout)
+        self.require_dir()
         eval_splits = [s for s in dict.fromkeys([self.val_split, self.test_split]) if s]
         data = {s: self.read_split(s) for s in ["train", *eval_splits]}
         out = LoadedData(train=None, eval_sets={}, stats={})
@@ -183,7 +176,7 @@ class CIRRDataModule(RetrievalDataModule):
         missing = find_missing(paths)
         if missing and split == "train" and self.resolve_by_name:
             paths, missing = self.resolve_train_paths(paths, missing)
-        handle_missing(self.name, split, missing, len(paths), self.skip_missing, self.missing_hint(split))
+        self.apply_missing_rule(split, missing, len(paths), self.missing_hint(split))
         return SplitData(names, paths, triplets, labelled, missing)
 
     def pair_ids(self, split: str, queries: list[Triplet], labelled: bool) -> list[str]:
@@ -285,9 +278,7 @@ class CIRRDataModule(RetrievalDataModule):
         return ""
 
     def annotation(self, rel: str) -> Path:
-        path = self.base / "cirr" / rel
-        if not path.is_file():
-            raise not_found(self.name, path, self.layout)
+        path = self.require_file(self.base / "cirr" / rel)
         return path
 
     def resolve_train_paths(self, paths: list[Path], missing: list[Path]) -> tuple[list[Path], list[Path]]:

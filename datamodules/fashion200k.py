@@ -26,17 +26,20 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-from torch.utils.data import Dataset
 
-from fgbench.data.datasets import ComposedQueryDataset, ImageFiles, Transform, VisualDataset
+from fgbench.data.datasets import (
+    ComposedQueryDataset,
+    ImageFiles,
+    Transform,
+    TransformDataset,
+    VisualDataset,
+)
 from fgbench.data.module import EvalSet, LoadedData, RetrievalDataModule
 from fgbench.data.query_ids import number_repeats
 from fgbench.data.validation import (
     DatasetFormatError,
     QuirkKind,
     find_missing,
-    handle_missing,
-    not_found,
     warn_counts,
 )
 from fgbench.evaluation.spec import EvalSpec
@@ -147,14 +150,14 @@ class CaptionIndex:
         return [i for i, c in enumerate(self.image_caption) if self.caption_parents[c]]
 
 
-class ParentPairDataset(Dataset):
+class ParentPairDataset(TransformDataset):
     """Training triplets drawn on the fly: item i = the i-th modifiable image and a random one-word-different
     target (TIRG); `target_label` is the target's caption id (same caption = same target)."""
 
-    def __init__(self, store: ImageFiles, index: CaptionIndex) -> None:
+    def __init__(self, store: ImageFiles, index: CaptionIndex, transform: Transform | None = None) -> None:
+        super().__init__(transform)
         self.store, self.index = store, index
         self.sources = index.modifiable()
-        self.transform: Transform | None = None
 
     def __len__(self) -> int:
         return len(self.sources)
@@ -197,13 +200,8 @@ class Fashion200KDataModule(RetrievalDataModule):
     ) -> None:
         super().__init__(root=root, val_split=val_split, test_split=test_split, **kwargs)
 
-    @property
-    def base(self) -> Path:
-        return self.root / self.folder
-
     def load(self) -> LoadedData:
-        if not self.base.is_dir():
-            raise not_found(self.name, self.base, self.layout)
+        self.require_dir()
         out = LoadedData(train=None, eval_sets={}, stats={})
         self.build_train(self.read_labels("train"), out)
         for split in dict.fromkeys([self.val_split, self.test_split]):
@@ -215,9 +213,7 @@ class Fashion200KDataModule(RetrievalDataModule):
         return out
 
     def annotation(self, rel: str) -> Path:
-        path = self.base / rel
-        if not path.is_file():
-            raise not_found(self.name, path, self.layout)
+        path = self.require_file(self.base / rel)
         return path
 
     def read_labels(self, split: str) -> Labelled:
@@ -274,34 +270,47 @@ class Fashion200KDataModule(RetrievalDataModule):
         """Apply the missing-file rule to a split's images; return the missing relative paths."""
         files = [self.base / p for p in paths]
         missing = find_missing(files)
-        handle_missing(self.name, split, missing, len(set(files)), self.skip_missing)
+        self.apply_missing_rule(split, missing, len(set(files)))
         lost = set(missing)
         return {p for p, f in zip(paths, files, strict=True) if f in lost}
 
-    def build_train(self, labels: Labelled, out: LoadedData) -> None:
-        absent = self.apply_missing("train", labels.paths)
+    def present(self, split: str, labels: Labelled) -> tuple[list[str], set[str], CaptionIndex]:
+        """Apply the missing-file rule to a split: the kept paths (label-file order), the absent ones and the
+        caption index of the kept images."""
+        absent = self.apply_missing(split, labels.paths)
         kept = [i for i, p in enumerate(labels.paths) if p not in absent]
-        index = CaptionIndex.build([labels.captions[i] for i in kept])
-        train = ParentPairDataset(ImageFiles([self.base / labels.paths[i] for i in kept]), index)
-        out.train = train
-        out.num_classes = len(index.captions)
-        out.train_vocab_texts = [*index.captions, "replace with"]  # the template's words are in no caption
-        out.missing["train"] = sorted(str(self.base / p) for p in absent)
-        out.stats["train"] = {
+        return [labels.paths[i] for i in kept], absent, CaptionIndex.build([labels.captions[i] for i in kept])
+
+    def record_split(
+        self,
+        out: LoadedData,
+        split: str,
+        labels: Labelled,
+        index: CaptionIndex,
+        absent: set[str],
+        **served: int,
+    ) -> None:
+        """A split's missing files and counts; `served` = its queries and gallery."""
+        out.missing[split] = sorted(str(self.base / p) for p in absent)
+        out.stats[split] = {
             "images": len(labels.paths),
             "captions": len(set(labels.captions)),
             "labels": len(index.captions),
-            "queries": len(train),
-            "gallery": 0,
+            **served,
             "missing": len(absent),
         }
 
+    def build_train(self, labels: Labelled, out: LoadedData) -> None:
+        kept, absent, index = self.present("train", labels)
+        train = ParentPairDataset(ImageFiles([self.base / p for p in kept]), index)
+        out.train = train
+        out.num_classes = len(index.captions)
+        out.train_vocab_texts = [*index.captions, "replace with"]  # the template's words are in no caption
+        self.record_split(out, "train", labels, index, absent, queries=len(train), gallery=0)
+
     def build_test(self, labels: Labelled, out: LoadedData) -> None:
         """Gallery = every test image; queries from test_queries.txt; labels = caption ids."""
-        absent = self.apply_missing("test", labels.paths)
-        kept = [i for i, p in enumerate(labels.paths) if p not in absent]
-        gallery = [labels.paths[i] for i in kept]
-        index = CaptionIndex.build([labels.captions[i] for i in kept])
+        gallery, absent, index = self.present("test", labels)
         position = {p: j for j, p in enumerate(gallery)}
         queries = self.read_queries(dict(zip(labels.paths, labels.captions, strict=True)))
         queries = [(s, t) for s, t in queries if s not in absent and t not in absent]
@@ -326,15 +335,7 @@ class Fashion200KDataModule(RetrievalDataModule):
         out.eval_sets["test"] = EvalSet(
             ComposedQueryDataset(store, src, texts), VisualDataset(store), spec, query_kind="composed"
         )
-        out.missing["test"] = sorted(str(self.base / p) for p in absent)
-        out.stats["test"] = {
-            "images": len(labels.paths),
-            "captions": len(set(labels.captions)),
-            "labels": len(index.captions),
-            "queries": len(queries),
-            "gallery": len(gallery),
-            "missing": len(absent),
-        }
+        self.record_split(out, "test", labels, index, absent, queries=len(queries), gallery=len(gallery))
 
     def read_queries(self, caption_of: dict[str, str]) -> list[tuple[str, str]]:
         """test_queries.txt: "source_path target_path" per line, both among the test images (path -> the

@@ -33,8 +33,6 @@ from fgbench.data.validation import (
     DatasetFormatError,
     QuirkKind,
     find_missing,
-    handle_missing,
-    not_found,
     read_json,
     require,
     warn_counts,
@@ -190,19 +188,13 @@ class FashionIQDataModule(RetrievalDataModule):
         self.train_text = train_text
         self.expected = expected_counts(self.categories, protocol)
 
-    @property
-    def base(self) -> Path:
-        return self.root / self.folder
-
     def image_path(self, asin: str) -> Path:
         return self.base / "images" / f"{asin}{IMAGE_EXT}"
 
     # -- load -----------------------------------------------------------------------------------------
     def load(self) -> LoadedData:
-        if not self.base.is_dir():
-            raise not_found(self.name, self.base, self.layout)
-        if not (self.base / "images").is_dir():
-            raise not_found(self.name, self.base / "images", self.layout)
+        self.require_dir()
+        self.require_dir(self.base / "images")
         out = LoadedData(train=None, eval_sets={}, stats={})
         eval_splits = [s for s in dict.fromkeys([self.val_split, self.test_split]) if s]
         for split in ["train", *eval_splits]:
@@ -268,16 +260,14 @@ class FashionIQDataModule(RetrievalDataModule):
         return names
 
     def annotation(self, rel: str) -> Path:
-        path = self.base / rel
-        if not path.is_file():
-            raise not_found(self.name, path, self.layout)
+        path = self.require_file(self.base / rel)
         return path
 
     def check_images(self, split: str, asins: Sequence[str]) -> set[str]:
         """Apply the missing-file rule to the images of `asins`; return the missing ASINs."""
         paths = [self.image_path(a) for a in dict.fromkeys(asins)]
         missing = find_missing(paths)
-        handle_missing(self.name, split, missing, len(paths), self.skip_missing, self.missing_hint(missing))
+        self.apply_missing_rule(split, missing, len(paths), self.missing_hint(missing))
         return {p.stem for p in missing}
 
     def missing_hint(self, missing: Sequence[Path]) -> str:

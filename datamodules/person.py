@@ -24,24 +24,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import Dataset, Sampler
 
-from fgbench.data.datasets import ImageFiles, PairDataset, TextDataset, VisualDataset
-from fgbench.data.module import EvalSet, LoadedData, RetrievalDataModule
+from fgbench.data.datasets import ImageFiles, PairDataset, caption_pairs
+from fgbench.data.module import EvalSet, LoadedData, RetrievalDataModule, caption_eval_set
 from fgbench.data.query_ids import number_repeats
 from fgbench.data.samplers import PKSampler
 from fgbench.data.validation import (
     DatasetFormatError,
     QuirkKind,
     find_missing,
-    handle_missing,
-    not_found,
     read_json,
     require,
     warn_counts,
 )
-from fgbench.evaluation.spec import EvalSpec
 from fgbench.registry import register_datamodule
 
 log = logging.getLogger("fgbench.data")
@@ -210,16 +206,10 @@ class PersonDataModule(RetrievalDataModule):
             raise ValueError(f"{self.name}: sampler must be one of {SAMPLERS}, got {sampler!r}")
         self.sampler, self.pk_k = sampler, pk_k
 
-    @property
-    def base(self) -> Path:
-        return self.root / self.folder
-
     # -- reading -------------------------------------------------------------------------------------
     def annotation_path(self) -> Path:
         """The annotation file; subclasses recognise known wrong names."""
-        path = self.base / self.annotation_file
-        if not path.is_file():
-            raise not_found(self.name, path, self.layout)
+        path = self.require_file(self.base / self.annotation_file)
         return path
 
     def read_records(self, file: Path) -> list[Record]:
@@ -348,8 +338,7 @@ class PersonDataModule(RetrievalDataModule):
 
     # -- load ----------------------------------------------------------------------------------------
     def load(self) -> LoadedData:
-        if not self.base.is_dir():
-            raise not_found(self.name, self.base, self.layout)
+        self.require_dir()
         file = self.annotation_path()
         by_split: dict[str, list[Record]] = {"train": [], "val": [], "test": []}
         for r in self.read_records(file):
@@ -377,7 +366,7 @@ class PersonDataModule(RetrievalDataModule):
         """Apply the missing-image rule to one split."""
         missing = find_missing(r.path for r in records)
         hint = f"Image paths are relative to {self.base / 'imgs'}/ (field {self.path_field!r})."
-        handle_missing(self.name, split, missing, len(records), self.skip_missing, hint)
+        self.apply_missing_rule(split, missing, len(records), hint)
         return Split(records, missing)
 
     def train_set(self, sp: Split) -> tuple[PairDataset, dict[str, int], int]:
@@ -388,36 +377,24 @@ class PersonDataModule(RetrievalDataModule):
         ids = sorted({r.pid for r in sp.records})
         rank = {pid: i for i, pid in enumerate(ids)}
         kept = sp.kept()
-        pairs = [(n, r, c) for n, r in enumerate(kept) for c in r.captions]
-        ds = PairDataset(
-            ImageFiles([r.path for r in kept]),
-            image_ids=[n for n, _, _ in pairs],
-            captions=[c for _, _, c in pairs],
-            labels=[rank[r.pid] for _, r, _ in pairs],
-            image_index=[n for n, _, _ in pairs],
+        ds = caption_pairs(
+            ImageFiles([r.path for r in kept]), [r.captions for r in kept], [rank[r.pid] for r in kept]
         )
-        return ds, {**sp.counts(), "queries": len(pairs), "gallery": 0}, len(ids)
+        return ds, {**sp.counts(), "queries": len(ds), "gallery": 0}, len(ids)
 
     def eval_set(self, split: str, sp: Split) -> tuple[EvalSet, dict[str, int]]:
         """Gallery = the split's images, queries = all their captions, relevance = same raw id."""
         kept = sp.kept()
-        caps = [(c, r.pid) for r in kept for c in r.captions]
-        store = ImageFiles([r.path for r in kept])
-        images = number_repeats(
-            [r.rel for r in kept], self.base / self.annotation_file
-        )  # a path listed twice (duplicate_path) numbered
-        spec = EvalSpec(
-            protocol="person_t2i",
-            query_labels=torch.tensor([pid for _, pid in caps], dtype=torch.long),
-            gallery_labels=torch.tensor([r.pid for r in kept], dtype=torch.long),
-            query_ids=[
-                f"{im}#{j}" for im, r in zip(images, kept, strict=True) for j in range(len(r.captions))
-            ],
-            gallery_names=images,
+        es = caption_eval_set(
+            "person_t2i",
+            ImageFiles([r.path for r in kept]),
+            [r.captions for r in kept],
+            [r.pid for r in kept],
+            # a path listed twice (duplicate_path) numbered
+            number_repeats([r.rel for r in kept], self.base / self.annotation_file),
             info={**self.spec_info(split), "n_missing": len(sp.missing)},
         )
-        es = EvalSet(queries=TextDataset([c for c, _ in caps]), gallery=VisualDataset(store), spec=spec)
-        return es, {**sp.counts(), "queries": len(caps), "gallery": len(kept)}
+        return es, {**sp.counts(), "queries": len(es.queries), "gallery": len(kept)}
 
     def spec_info(self, split: str) -> dict[str, Any]:
         return {"dataset": self.name, "split": split, "labels": "raw person id"}
@@ -463,7 +440,7 @@ class CUHKPedesDataModule(PersonDataModule):
                 f"for {self.annotation_file} (the file with 'split', read by anosorae/IRRA) and put it "
                 f"at {path}."
             )
-        raise not_found(self.name, path, self.layout, hint)
+        return self.require_file(path, hint)  # raises: the file is absent
 
     def entry_split(self, entry: Any, file: Path, i: int) -> str:
         if file.name == self.renamed_file and isinstance(entry, dict) and "split" not in entry:
@@ -493,6 +470,11 @@ class ICFGPedesDataModule(PersonDataModule):
     split_values: ClassVar[tuple[str, ...]] = ("train", "test")
     captions_per_image: ClassVar[int] = 1
     quirk_kinds: ClassVar[tuple[QuirkKind, ...]] = person_quirk_kinds(1)
+    no_val_split: ClassVar[str] = (
+        "{name} has no val split: the suite reports the last epoch (run with trainer.limit_val_batches=0), "
+        "or pass select_on_test=True to select checkpoints on test as the papers do (recorded as "
+        "selected_on: test)"
+    )
     # Ding et al. (arXiv 2107.12666): one description per image; 34,674 pairs of 3,102 persons for training,
     # 19,848 pairs of 1,000 persons for test
     expected: ClassVar[dict[str, dict[str, int | None]]] = {
@@ -519,15 +501,6 @@ class ICFGPedesDataModule(PersonDataModule):
 
     def spec_info(self, split: str) -> dict[str, Any]:
         return {**super().spec_info(split), "selected_on": "test" if self.select_on_test else "last_epoch"}
-
-    def val_dataloader(self) -> list[DataLoader]:
-        if self.val_split not in self.loaded.eval_sets:
-            raise RuntimeError(
-                f"{self.name} has no val split: the suite reports the last epoch (run with "
-                "trainer.limit_val_batches=0), or pass select_on_test=True to select checkpoints on test "
-                "as the papers do (recorded as selected_on: test)"
-            )
-        return super().val_dataloader()
 
 
 @register_datamodule("rstpreid")

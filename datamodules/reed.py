@@ -24,22 +24,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-import torch
-from torch.utils.data import DataLoader
-
-from fgbench.data.datasets import ImageFiles, PairDataset, TextDataset, VisualDataset
-from fgbench.data.module import EvalSet, LoadedData, RetrievalDataModule
+from fgbench.data.datasets import ImageFiles, PairDataset, caption_pairs
+from fgbench.data.module import EvalSet, LoadedData, RetrievalDataModule, caption_eval_set
 from fgbench.data.validation import (
     MAX_LISTED,
     DatasetFormatError,
     DatasetNotFoundError,
     QuirkKind,
     find_missing,
-    handle_missing,
-    not_found,
     warn_counts,
 )
-from fgbench.evaluation.spec import EvalSpec
 from fgbench.registry import register_datamodule
 
 log = logging.getLogger("fgbench.data")
@@ -152,6 +146,10 @@ class ReedDataModule(RetrievalDataModule):
 
     tasks: ClassVar[frozenset[str]] = frozenset({"text-image"})
     quirk_kinds: ClassVar[tuple[QuirkKind, ...]] = REED_QUIRKS
+    no_val_split: ClassVar[str] = (
+        "{name}: no val split without tuning=True (Reed et al. train on trainvalclasses and report the last "
+        "epoch); pass tuning=True to validate on valclasses, or run with trainer.limit_val_batches=0"
+    )
     text_dir: ClassVar[str] = ""  # the caption archive under the dataset folder
     image_dir: ClassVar[str] = ""  # the image folder under the dataset folder
     class_pattern: ClassVar[str] = ""  # regex with one group: the class number in a folder name
@@ -166,10 +164,6 @@ class ReedDataModule(RetrievalDataModule):
     def __init__(self, root: str = "data", tuning: bool = False, **kwargs: Any) -> None:
         super().__init__(root=root, **kwargs)
         self.tuning = tuning
-
-    @property
-    def base(self) -> Path:
-        return self.root / self.folder
 
     @property
     def captions_root(self) -> Path:
@@ -215,9 +209,7 @@ class ReedDataModule(RetrievalDataModule):
 
     def read_list(self, name: str) -> list[str]:
         """One class folder name per line; the number in the name must parse."""
-        file = self.list_file(name)
-        if not file.is_file():
-            raise not_found(self.name, file, self.layout)
+        file = self.require_file(self.list_file(name))
         classes: list[str] = []
         for n, line in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
             cls = line.strip()
@@ -305,8 +297,7 @@ class ReedDataModule(RetrievalDataModule):
         return {"train": "trainvalclasses", "test": "testclasses"}
 
     def load(self) -> LoadedData:
-        if not self.base.is_dir():
-            raise not_found(self.name, self.base, self.layout)
+        self.require_dir()
         lists = self.read_lists()
         stems = self.caption_stems(lists["allclasses"])
         no_text = [self.expected_caption_file(p, stems) for p in self.orphan_images(stems)]
@@ -314,7 +305,7 @@ class ReedDataModule(RetrievalDataModule):
         unassigned = [t for t in no_text if t.parent.name == "*"]
         if unassigned:
             n_files = len(unassigned) + sum(map(len, stems.values()))
-            handle_missing(self.name, "all", unassigned, n_files, self.skip_missing, NO_CLASS_HINT)
+            self.apply_missing_rule("all", unassigned, n_files, NO_CLASS_HINT)
             out.missing["all"] = [str(p) for p in unassigned]
         data = {s: self.read_split(s, lists[lst], stems, no_text) for s, lst in self.splits().items()}
         out.train, out.stats["train"] = self.train_set(data["train"])
@@ -351,36 +342,27 @@ class ReedDataModule(RetrievalDataModule):
         hint = (
             f"Images belong in {self.base / self.image_dir}/; caption files in {self.captions_root}/<class>/."
         )
-        handle_missing(self.name, split, missing, len(items) + len(absent_text), self.skip_missing, hint)
+        self.apply_missing_rule(split, missing, len(items) + len(absent_text), hint)
         return ClassSplit(classes, items, missing)
 
     def train_set(self, d: ClassSplit) -> tuple[PairDataset, dict[str, int]]:
         """One sample per (image, caption); label = rank of the class among the sorted training classes."""
         rank = {c: i for i, c in enumerate(sorted(d.classes))}
         kept = d.kept()
-        pairs = [(n, it, c) for n, it in enumerate(kept) for c in it.captions]
-        ds = PairDataset(
-            ImageFiles([it.image for it in kept]),
-            image_ids=[n for n, _, _ in pairs],
-            captions=[c for _, _, c in pairs],
-            labels=[rank[it.cls] for _, it, _ in pairs],
-            image_index=[n for n, _, _ in pairs],
+        ds = caption_pairs(
+            ImageFiles([it.image for it in kept]), [it.captions for it in kept], [rank[it.cls] for it in kept]
         )
-        return ds, {**d.counts(), "queries": len(pairs), "gallery": 0}
+        return ds, {**d.counts(), "queries": len(ds), "gallery": 0}
 
     def eval_set(self, split: str, d: ClassSplit) -> tuple[EvalSet, dict[str, int]]:
         """Queries = every caption (labelled by class; the method pools them per class), gallery = images."""
         kept = d.kept()
-        caps = [(c, it.label) for it in kept for c in it.captions]
-        images = [f"{it.cls}/{it.text.stem}" for it in kept]  # the caption file, unique per class folder
-        spec = EvalSpec(
-            protocol="class_reed",
-            query_labels=torch.tensor([lab for _, lab in caps], dtype=torch.long),
-            gallery_labels=torch.tensor([it.label for it in kept], dtype=torch.long),
-            query_ids=[
-                f"{im}#{j}" for im, it in zip(images, kept, strict=True) for j in range(len(it.captions))
-            ],
-            gallery_names=images,
+        es = caption_eval_set(
+            "class_reed",
+            ImageFiles([it.image for it in kept]),
+            [it.captions for it in kept],
+            [it.label for it in kept],
+            [f"{it.cls}/{it.text.stem}" for it in kept],  # the caption file, unique per class folder
             label_names={self.class_number(c): c for c in d.classes},  # pooled class queries: the class
             info={
                 "dataset": self.name,
@@ -390,18 +372,7 @@ class ReedDataModule(RetrievalDataModule):
                 "n_missing": len(d.missing),
             },
         )
-        store = ImageFiles([it.image for it in kept])
-        es = EvalSet(queries=TextDataset([c for c, _ in caps]), gallery=VisualDataset(store), spec=spec)
-        return es, {**d.counts(), "queries": len(caps), "gallery": len(kept)}
-
-    def val_dataloader(self) -> list[DataLoader]:
-        if self.val_split not in self.loaded.eval_sets:
-            raise RuntimeError(
-                f"{self.name}: no val split without tuning=True (Reed et al. train on trainvalclasses and "
-                "report the last epoch); pass tuning=True to validate on valclasses, or run with "
-                "trainer.limit_val_batches=0"
-            )
-        return super().val_dataloader()
+        return es, {**d.counts(), "queries": len(es.queries), "gallery": len(kept)}
 
 
 @register_datamodule("cub")

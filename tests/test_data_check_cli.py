@@ -130,16 +130,11 @@ def test_data_check_missing_root_exits_2(tmp_path: Path, capsys: pytest.CaptureF
     assert "data_captions.json" in out and "Traceback" not in out
 
 
-def corrupt(path: Path) -> None:
-    path.write_bytes(path.read_bytes()[:200])  # a truncated JPEG: the header parses, the data does not
-
-
 def test_corrupt_image_passes_without_verify_and_is_reported_with_it(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     fx = write_rstpreid(tmp_path)
-    bad = fx.image(fx.split("val")[1])
-    corrupt(bad)
+    bad = fx.corrupt("val", 1)
     rc, got = run_check(tmp_path, "rstpreid")
     assert rc == 0 and got["n_unreadable"] == {} and "--verify-images" in capsys.readouterr().out
     rc, got = run_check(tmp_path, "rstpreid", "--verify-images")
@@ -156,8 +151,7 @@ def test_corrupt_image_without_skip_missing_is_one_clean_error(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     fx = write_rstpreid(tmp_path)
-    bad = fx.image(fx.split("train")[0])
-    corrupt(bad)
+    bad = fx.corrupt("train", 0)
     args = ["data", "check", "rstpreid", "--root", str(tmp_path), "--verify-images"]
     assert main([*args, "--set", "skip_missing=false"]) == 1
     out = capsys.readouterr().err

@@ -3,9 +3,11 @@ real files, bad input."""
 
 from __future__ import annotations
 
-import json
+import functools
 import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -19,7 +21,8 @@ from fgbench.data.validation import (
     MissingFilesError,
 )
 from fgbench.evaluation import evaluate
-from tests.fixtures.composed import CIRR_QUIRKS, cirr_name, write_cirr
+from tests.fixtures import fails_then_skips
+from tests.fixtures.composed import CIRR_QUIRKS, cirr_name, edit_json, write_cirr
 
 
 @pytest.fixture
@@ -32,11 +35,8 @@ def dev(*numbers: int) -> list[str]:
     return [cirr_name("val", i) for i in numbers]
 
 
-def edit_captions(root: Path, split: str, edit) -> None:
-    file = root / "cirr_dataset" / "cirr" / "captions" / f"cap.rc2.{split}.json"
-    entries = json.loads(file.read_text())
-    edit(entries)
-    file.write_text(json.dumps(entries))
+def edit_captions(root: Path, split: str, change: Callable[[list[dict]], Any]) -> None:
+    edit_json(root / "cirr_dataset" / "cirr" / "captions" / f"cap.rc2.{split}.json", change)
 
 
 def test_train_batches(root: Path) -> None:
@@ -119,11 +119,9 @@ def test_missing_root_shows_layout(tmp_path: Path) -> None:
 
 def test_missing_image_fails_then_skip_missing_drops(root: Path) -> None:
     lost = root / "cirr_dataset" / "dev" / f"{cirr_name('val', 7)}.png"
-    lost.unlink()
-    with pytest.raises(MissingFilesError, match=r"cirr \[val\]: 1 of 8 referenced files are missing") as err:
-        CIRRDataModule(root=str(root)).setup()
-    assert str(lost) in str(err.value)
-    dm = CIRRDataModule(root=str(root), skip_missing=True)
+    make = functools.partial(CIRRDataModule, root=str(root))
+    dm, message = fails_then_skips(make, [lost], r"cirr \[val\]: 1 of 8 referenced files are missing")
+    assert str(lost) in message
     spec = dm.evaluation_set("val").spec
     # queries 11 (target 7) and 12 (image set holds 7) are dropped; the gallery loses image 7
     assert spec.gallery_names == dev(3, 0, 1, 2, 6, 4, 5)
@@ -158,43 +156,46 @@ def test_invalid_json_names_the_position(root: Path) -> None:
         CIRRDataModule(root=str(root)).setup()
 
 
-def test_missing_field_names_the_entry(root: Path) -> None:
-    edit_captions(root, "val", lambda e: e[1].pop("caption"))
-    with pytest.raises(DatasetFormatError, match=r"entry 1 \(pairid 11\), field 'caption': missing field"):
-        CIRRDataModule(root=str(root)).setup()
-
-
-def test_only_test1_may_lack_targets(root: Path) -> None:
-    edit_captions(root, "val", lambda e: e[2].pop("target_hard"))
-    with pytest.raises(
-        DatasetFormatError, match=r"entry 2 \(pairid 12\), field 'target_hard': missing field"
-    ):
-        CIRRDataModule(root=str(root)).setup()
-
-
-def test_reference_not_among_members(root: Path) -> None:
-    def edit(entries: list[dict]) -> None:
-        entries[0]["img_set"]["members"] = dev(1, 2, 3, 4, 5, 6)
-
-    edit_captions(root, "val", edit)
-    with pytest.raises(
-        DatasetFormatError, match=r"entry 0 .*reference 'dev-0-0-img0' is not among the img_set"
-    ):
-        CIRRDataModule(root=str(root)).setup()
-
-
-def test_name_outside_the_split_file(root: Path) -> None:
-    edit_captions(root, "test1", lambda e: e[0]["img_set"]["members"].__setitem__(5, "test1-99-0-img1"))
-    with pytest.raises(
-        DatasetFormatError, match=r"entry 0 .*image 'test1-99-0-img1' is not in the split file"
-    ):
-        CIRRDataModule(root=str(root)).setup()
-
-
-def test_val_target_equal_to_reference_has_no_positive(root: Path) -> None:
-    """The reference leaves its own candidates (CLIP4Cir asserts one positive): unusable in val."""
-    edit_captions(root, "val", lambda e: e[0].update(target_hard=e[0]["reference"]))
-    with pytest.raises(DatasetFormatError, match=r"entry 0 \(pairid 10\): target_hard equals the reference"):
+@pytest.mark.parametrize(
+    ("split", "change", "message"),
+    [
+        ("val", lambda e: e[1].pop("caption"), r"entry 1 \(pairid 11\), field 'caption': missing field"),
+        # only test1 may lack targets
+        (
+            "val",
+            lambda e: e[2].pop("target_hard"),
+            r"entry 2 \(pairid 12\), field 'target_hard': missing field",
+        ),
+        (
+            "val",
+            lambda e: e[0]["img_set"].update(members=dev(1, 2, 3, 4, 5, 6)),
+            r"entry 0 .*reference 'dev-0-0-img0' is not among the img_set",
+        ),
+        (
+            "test1",
+            lambda e: e[0]["img_set"]["members"].__setitem__(5, "test1-99-0-img1"),
+            r"entry 0 .*image 'test1-99-0-img1' is not in the split file",
+        ),
+        # the reference leaves its own candidates (CLIP4Cir asserts one positive): unusable in val
+        (
+            "val",
+            lambda e: e[0].update(target_hard=e[0]["reference"]),
+            r"entry 0 \(pairid 10\): target_hard equals the reference",
+        ),
+    ],
+    ids=[
+        "missing_field",
+        "only_test1_lacks_targets",
+        "reference_not_a_member",
+        "name_outside_split",
+        "target_is_reference",
+    ],
+)
+def test_bad_entry_is_named(
+    root: Path, split: str, change: Callable[[list[dict]], Any], message: str
+) -> None:
+    edit_captions(root, split, change)
+    with pytest.raises(DatasetFormatError, match=message):
         CIRRDataModule(root=str(root)).setup()
 
 

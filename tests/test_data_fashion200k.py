@@ -3,6 +3,7 @@ quirks of the real files."""
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import pytest
@@ -13,8 +14,8 @@ from fgbench.data.validation import (
     DatasetFormatError,
     DatasetNotFoundError,
     DatasetQuirkError,
-    MissingFilesError,
 )
+from tests.fixtures import fails_then_skips
 from tests.fixtures.composed import F200K_EMPTY, F200K_QUIRKS, write_fashion200k
 
 DRESS = "women/dresses/casual_and_day_dresses"
@@ -88,11 +89,9 @@ def test_missing_root_shows_layout(tmp_path: Path) -> None:
 
 def test_missing_image_fails_then_skip_missing_drops(root: Path) -> None:
     lost = root / "fashion200k" / DRESS / "5002" / "5002_0.jpeg"  # target of the first query
-    lost.unlink()
-    with pytest.raises(MissingFilesError, match=r"\[test\]: 1 of 5 referenced files") as err:
-        Fashion200KDataModule(root=str(root)).setup()
-    assert str(lost) in str(err.value)
-    dm = Fashion200KDataModule(root=str(root), skip_missing=True)
+    make = functools.partial(Fashion200KDataModule, root=str(root))
+    dm, message = fails_then_skips(make, [lost], r"\[test\]: 1 of 5 referenced files")
+    assert str(lost) in message
     spec = dm.evaluation_set("test").spec
     assert spec.gallery_labels.tolist() == [0, 1, 2, 3]  # 5002_1 still carries "green midi dress"
     assert spec.query_labels.tolist() == [0] and spec.exclude.tolist() == [2]

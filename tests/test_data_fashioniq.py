@@ -3,9 +3,11 @@ real files, bad input."""
 
 from __future__ import annotations
 
-import json
+import functools
 import random
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -19,7 +21,8 @@ from fgbench.data.validation import (
     MissingFilesError,
 )
 from fgbench.evaluation import evaluate
-from tests.fixtures.composed import FIQ_QUIRKS, write_fashioniq
+from tests.fixtures import fails_then_skips
+from tests.fixtures.composed import FIQ_QUIRKS, edit_json, write_fashioniq
 
 TEXTS_A = ["Is red and has short sleeves", "Darker navy and more casual"]
 TEXTS_B = [
@@ -36,11 +39,8 @@ def root(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def edit_json(root: Path, rel: str, edit) -> None:
-    file = root / "fashionIQ_dataset" / rel
-    entries = json.loads(file.read_text())
-    edit(entries)
-    file.write_text(json.dumps(entries))
+def edit_file(root: Path, rel: str, change: Callable[[list], Any]) -> None:
+    edit_json(root / "fashionIQ_dataset" / rel, change)
 
 
 def test_train_batches_and_random_texts(root: Path) -> None:
@@ -49,7 +49,7 @@ def test_train_batches_and_random_texts(root: Path) -> None:
     assert isinstance(batch, TripletBatch)
     assert batch.reference.pixels.shape == batch.target.pixels.shape == (4, 3, 64, 64)
     assert len(batch.text.raw) == 4 and batch.target_label.shape == (4,)
-    ds = dm.loaded.train
+    ds = dm.train_dataset()  # the loaders' copy, with the processor's transform
     assert len(ds) == 6 and dm.num_classes == 12  # 2 triplets x 3 categories over 12 distinct images
     random.seed(0)
     drawn = {ds[0]["text"] for _ in range(60)}
@@ -184,11 +184,9 @@ def test_missing_root_shows_layout(tmp_path: Path) -> None:
 
 def test_missing_image_fails_then_skip_missing_drops(root: Path) -> None:
     lost = root / "fashionIQ_dataset" / "images" / "shirt_val_1.jpg"  # target of shirt's first val triplet
-    lost.unlink()
-    with pytest.raises(MissingFilesError, match=r"\[val\]: 1 of 12 referenced files") as err:
-        FashionIQDataModule(root=str(root)).setup()
-    assert str(lost) in str(err.value) and "Tried <ASIN>.jpg" in str(err.value)
-    dm = FashionIQDataModule(root=str(root), skip_missing=True)
+    make = functools.partial(FashionIQDataModule, root=str(root))
+    dm, message = fails_then_skips(make, [lost], r"\[val\]: 1 of 12 referenced files")
+    assert str(lost) in message and "Tried <ASIN>.jpg" in message
     spec = dm.evaluation_set("val").spec
     assert spec.n_gallery == 12 and spec.info["n_missing"] == 1
     assert spec.query_labels.tolist() == [1, 3, 6, 8, 10]  # shirt block is now 4, 5, 6
@@ -208,30 +206,31 @@ def test_invalid_json_names_the_position(root: Path) -> None:
         FashionIQDataModule(root=str(root)).setup()
 
 
-def test_missing_field_names_the_entry(root: Path) -> None:
-    edit_json(root, "captions/cap.dress.val.json", lambda e: e[1].pop("captions"))
-    with pytest.raises(
-        DatasetFormatError, match=r"cap\.dress\.val\.json, entry 1, field 'captions': missing"
-    ):
-        FashionIQDataModule(root=str(root)).setup()
-
-
-def test_val_target_outside_the_split(root: Path) -> None:
-    edit_json(root, "captions/cap.toptee.val.json", lambda e: e[0].update(target="dress_val_1"))
-    with pytest.raises(DatasetFormatError, match=r"entry 0, field 'target': 'dress_val_1' is not in split"):
-        FashionIQDataModule(root=str(root)).setup()
-
-
-def test_target_outside_a_split_has_no_positive(root: Path) -> None:
-    """CLIP4Cir asserts one positive per val query: a target outside the split file stops the run."""
-    edit_json(root, "captions/cap.toptee.val.json", lambda e: e[0].update(target="dress_val_1"))
-    with pytest.raises(DatasetFormatError, match=r"entry 0, field 'target': 'dress_val_1' is not in split"):
-        FashionIQDataModule(root=str(root)).setup()
-
-
-def test_wrong_number_of_captions_stops(root: Path) -> None:
-    edit_json(root, "captions/cap.dress.train.json", lambda e: e[1]["captions"].append("third"))
-    with pytest.raises(DatasetFormatError, match=r"entry 1, field 'captions'.*expected two caption strings"):
+@pytest.mark.parametrize(
+    ("file", "change", "message"),
+    [
+        (
+            "cap.dress.val",
+            lambda e: e[1].pop("captions"),
+            r"cap\.dress\.val\.json, entry 1, field 'captions': missing",
+        ),
+        # CLIP4Cir asserts one positive per val query: a target outside the split file stops the run
+        (
+            "cap.toptee.val",
+            lambda e: e[0].update(target="dress_val_1"),
+            r"entry 0, field 'target': 'dress_val_1' is not in split",
+        ),
+        (
+            "cap.dress.train",
+            lambda e: e[1]["captions"].append("third"),
+            r"entry 1, field 'captions'.*expected two caption strings",
+        ),
+    ],
+    ids=["missing_field", "target_outside_split", "three_captions"],
+)
+def test_bad_entry_is_named(root: Path, file: str, change: Callable[[list[dict]], Any], message: str) -> None:
+    edit_file(root, f"captions/{file}.json", change)
+    with pytest.raises(DatasetFormatError, match=message):
         FashionIQDataModule(root=str(root)).setup()
 
 
@@ -293,8 +292,8 @@ def test_each_quirk_is_an_error_under_strict(tmp_path: Path, kind: str) -> None:
 
 
 def test_train_quirks_are_reported_per_split(root: Path) -> None:
-    edit_json(root, "captions/cap.dress.train.json", lambda e: e[1].update(target=e[1]["candidate"]))
-    edit_json(root, "image_splits/split.toptee.train.json", lambda e: e.append(e[0]))
+    edit_file(root, "captions/cap.dress.train.json", lambda e: e[1].update(target=e[1]["candidate"]))
+    edit_file(root, "image_splits/split.toptee.train.json", lambda e: e.append(e[0]))
     dm = FashionIQDataModule(root=str(root))
     assert len(dm.loaded.train) == 6  # the triplet stays a training sample
     assert {k: q["count"] for k, q in dm.loaded.quirks["train"].items()} == {

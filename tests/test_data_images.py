@@ -18,18 +18,13 @@ from fixtures.composed import write_fashioniq
 from fixtures.person import write_rstpreid
 
 
-def corrupt(path: Path) -> None:
-    path.write_bytes(path.read_bytes()[:200])  # a truncated JPEG: the header parses, the data does not
-
-
 def rstpreid(root: Path, **kwargs: object):
     return DATAMODULES.get("rstpreid")(root=str(root), **kwargs)
 
 
 def test_setup_refuses_an_unreadable_image_naming_it(tmp_path: Path) -> None:
     fx = write_rstpreid(tmp_path)
-    bad = fx.image(fx.split("train")[2])
-    corrupt(bad)
+    bad = fx.corrupt("train", 2)
     with pytest.raises(
         UnreadableFilesError, match=r"rstpreid \[train\]: 1 of \d+ referenced images cannot be"
     ):
@@ -42,9 +37,8 @@ def test_setup_refuses_an_unreadable_image_naming_it(tmp_path: Path) -> None:
 
 def test_skip_missing_drops_unreadable_images_and_records_them(tmp_path: Path) -> None:
     fx = write_rstpreid(tmp_path)
-    bad_train, bad_test = fx.image(fx.split("train")[0]), fx.image(fx.split("test")[1])
-    corrupt(bad_train)
-    corrupt(bad_test)
+    fx.corrupt("train", 0)
+    bad_test = fx.corrupt("test", 1)
     dm = rstpreid(tmp_path, skip_missing=True)
     full = rstpreid(tmp_path, verify_images=False).loaded
     data = dm.loaded
@@ -59,11 +53,9 @@ def test_skip_missing_drops_unreadable_images_and_records_them(tmp_path: Path) -
 
 def test_without_verification_a_decode_failure_names_the_file(tmp_path: Path) -> None:
     fx = write_rstpreid(tmp_path)
-    bad = fx.image(fx.split("val")[0])
-    corrupt(bad)
+    bad = fx.corrupt("val", 0)
     dm = rstpreid(tmp_path, verify_images=False)
-    gallery = dm.loaded.eval_sets["val"].gallery
-    gallery.transform = lambda img: img  # type: ignore[attr-defined]
+    gallery = dm.loaded.eval_sets["val"].gallery.with_transform(lambda img: img)  # type: ignore[arg-type]
     with pytest.raises(ImageReadError, match=rf"{bad}: cannot decode the image"):
         [gallery[i] for i in range(len(gallery))]  # type: ignore[arg-type]
 

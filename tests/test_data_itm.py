@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import pickle
 import re
@@ -22,6 +23,7 @@ from fgbench.data.validation import (
     MissingFilesError,
 )
 from fgbench.registry import DATAMODULES
+from tests.fixtures import fails_then_skips
 from tests.fixtures import itm as fx
 
 # Karpathy indices of each split's images, in images[] order (tests/fixtures/itm.py F30K_SPLITS, COCO_SPLITS)
@@ -134,8 +136,7 @@ def test_with_boxes_normalised_by_image_size(tmp_path: Path) -> None:
     n = len(fx.F30K_SPLITS)
     fx.write_boxes(base, range(n), [fx.image_size(i) for i in range(n)])
     dm = Flickr30KDataModule(root=str(tmp_path), with_boxes=True)
-    dm.test_dataloader()  # attaches the eval transform
-    item = dm.loaded.eval_sets["test"].gallery[1]  # Karpathy image 4
+    item = dm.test_dataloader()[1].dataset[1]  # Karpathy image 4, with the eval transform
     assert item["pixels"].shape == (3, 64, 64)
     assert item["boxes"].tolist() == [[0, 0, 1, 1], [0, 0, 0.5, 1], [0, 0, 1, 0.5]]
     assert dm.evaluation_set("test").spec.info["boxes"] is True
@@ -170,11 +171,11 @@ def test_missing_root_shows_layout(tmp_path: Path) -> None:
 
 def test_missing_images_listed_counted_and_skipped(tmp_path: Path) -> None:
     base = fx.write_f30k_images(tmp_path)
-    for i in (1, 0):  # a test image and a train image
-        (base / "flickr30k-images" / f"img{i}.jpg").unlink()
-    with pytest.raises(MissingFilesError, match=r"(?s)\[train\]: 1 of 3 .*img0.jpg.*skip_missing=True"):
-        Flickr30KDataModule(root=str(tmp_path)).setup()
-    dm = Flickr30KDataModule(root=str(tmp_path), skip_missing=True)
+    dm, _ = fails_then_skips(
+        functools.partial(Flickr30KDataModule, root=str(tmp_path)),
+        [base / "flickr30k-images" / f"img{i}.jpg" for i in (1, 0)],  # a test image and a train image
+        r"(?s)\[train\]: 1 of 3 .*img0.jpg.*skip_missing=True",
+    )
     stats = dm.check()
     assert stats["train"] == {
         "images": 3,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Callable
@@ -23,9 +24,9 @@ from fgbench.data.validation import (
     DatasetFormatError,
     DatasetNotFoundError,
     DatasetQuirkError,
-    MissingFilesError,
 )
 from fgbench.registry import DATAMODULES
+from tests.fixtures import fails_then_skips
 from tests.fixtures.person import (
     QUIRK_INJECTORS,
     PersonFixture,
@@ -70,8 +71,7 @@ def test_rstpreid_end_to_end(tmp_path: Path) -> None:
     b = batches[0]
     assert isinstance(b, PairBatch)
     assert b.visual.pixels is not None and b.visual.pixels.shape == (4, 3, 64, 64)
-    ds = dm.loaded.train
-    assert ds is not None
+    ds = dm.train_dataset()
     labels = [ds[i]["label"] for i in range(len(ds))]
     image_index = [ds[i]["image_index"] for i in range(len(ds))]
     assert labels == [i // 10 for i in range(30)]  # train ids 0,1,2 are their own ranks
@@ -252,12 +252,8 @@ def test_missing_root_shows_layout(tmp_path: Path) -> None:
 def test_missing_images_raise_or_are_skipped(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     fx = write_cuhk(tmp_path)
     gone = [fx.image(fx.split("test")[0]), fx.image(fx.split("train")[1])]
-    for p in gone:
-        p.unlink()
-    with pytest.raises(MissingFilesError) as err:
-        CUHKPedesDataModule(root=str(tmp_path)).setup()
-    assert str(gone[1]) in str(err.value) and "1 of 6" in str(err.value)
-    dm = CUHKPedesDataModule(root=str(tmp_path), skip_missing=True)
+    dm, message = fails_then_skips(functools.partial(CUHKPedesDataModule, root=str(tmp_path)), gone, "1 of 6")
+    assert str(gone[1]) in message
     with caplog.at_level(logging.WARNING, logger="fgbench.data"):
         stats = dm.check()
     assert "skip_missing=True drops 1 of 4" in caplog.text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 from pathlib import Path
@@ -17,6 +18,7 @@ from fgbench.data.validation import (
     MissingFilesError,
 )
 from fgbench.registry import DATAMODULES
+from tests.fixtures import fails_then_skips
 from tests.fixtures.reed import (
     QUIRK_COUNTS,
     QUIRK_KINDS,
@@ -81,25 +83,32 @@ def test_missing_root_shows_layout(tmp_path: Path) -> None:
         FlowersDataModule(root=str(tmp_path)).setup()
 
 
-def test_class_lists_must_be_disjoint(tmp_path: Path) -> None:
-    fx = write_cub(tmp_path)
-    fx.list_file("testclasses").write_text("004.Bird_4\n005.Bird_5\n006.Bird_6\n", encoding="utf-8")
-    with pytest.raises(DatasetFormatError, match=r"testclasses\.txt: classes also in valclasses\.txt"):
-        CUBDataModule(root=str(tmp_path)).setup()
-
-
-def test_class_lists_must_cover_allclasses(tmp_path: Path) -> None:
-    fx = write_cub(tmp_path)
-    fx.list_file("testclasses").write_text("005.Bird_5\n", encoding="utf-8")
-    with pytest.raises(DatasetFormatError, match=r"allclasses\.txt: differs from train ∪ val ∪ test"):
-        CUBDataModule(root=str(tmp_path)).setup()
-
-
-def test_class_list_line_must_parse(tmp_path: Path) -> None:
-    fx = write_flowers(tmp_path)
-    fx.list_file("valclasses").write_text("class_00004\n\nflower 4\n", encoding="utf-8")
-    with pytest.raises(DatasetFormatError, match=r"valclasses\.txt, line 3: unparsable class name"):
-        FlowersDataModule(root=str(tmp_path)).setup()
+@pytest.mark.parametrize(
+    ("dataset", "listed", "lines", "message"),
+    [
+        (
+            "cub",
+            "testclasses",
+            "004.Bird_4\n005.Bird_5\n006.Bird_6\n",
+            r"testclasses\.txt: classes also in valclasses\.txt",
+        ),
+        ("cub", "testclasses", "005.Bird_5\n", r"allclasses\.txt: differs from train ∪ val ∪ test"),
+        (
+            "flowers",
+            "valclasses",
+            "class_00004\n\nflower 4\n",
+            r"valclasses\.txt, line 3: unparsable class name",
+        ),
+    ],
+    ids=["disjoint", "cover_allclasses", "line_must_parse"],
+)
+def test_bad_class_list(tmp_path: Path, dataset: str, listed: str, lines: str, message: str) -> None:
+    write, module = {"cub": (write_cub, CUBDataModule), "flowers": (write_flowers, FlowersDataModule)}[
+        dataset
+    ]
+    write(tmp_path).list_file(listed).write_text(lines, encoding="utf-8")
+    with pytest.raises(DatasetFormatError, match=message):
+        module(root=str(tmp_path)).setup()
 
 
 def test_listed_class_needs_a_folder(tmp_path: Path) -> None:
@@ -167,14 +176,10 @@ def test_caption_without_image_and_image_without_caption(
 ) -> None:
     fx = write_cub(tmp_path)
     lost_image = fx.images["005.Bird_5"][0]
-    lost_image.unlink()
     lost_text = fx.captions["006.Bird_6"][1]
-    lost_text.unlink()
-    with pytest.raises(MissingFilesError) as err:
-        CUBDataModule(root=str(tmp_path)).setup()
-    assert "test]: 2 of 4" in str(err.value)
-    assert str(lost_image) in str(err.value) and str(lost_text) in str(err.value)
-    dm = CUBDataModule(root=str(tmp_path), skip_missing=True)
+    make = functools.partial(CUBDataModule, root=str(tmp_path))
+    dm, message = fails_then_skips(make, [lost_image, lost_text], r"test\]: 2 of 4")
+    assert str(lost_image) in message and str(lost_text) in message
     with caplog.at_level(logging.WARNING, logger="fgbench.data"):
         st = dm.check()["test"]
     assert "skip_missing=True drops 2 of 4" in caplog.text

@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 
 from fgbench.data.datasets import ImageFiles, VisualStore
 from fgbench.data.module import LoadedData, RetrievalDataModule
-from fgbench.data.validation import DatasetError, DatasetFormatError, QuirkKind, not_found, warn_counts
+from fgbench.data.validation import DatasetError, DatasetFormatError, QuirkKind, warn_counts
 from fgbench.registry import register_datamodule
 
 from .common import (
@@ -217,10 +217,6 @@ class ITMDataModule(RetrievalDataModule):
         if self.feature_source == "precomp" and self.caption_policy != "first5":
             raise ValueError(f"{self.name}: SCAN precomp files hold five captions per image; use first5")
 
-    @property
-    def base(self) -> Path:
-        return self.root / self.folder
-
     # -- pipeline -------------------------------------------------------------------------------------
     def load(self) -> LoadedData:
         reader = {"images": self.read_images, "precomp": self.read_precomp, "butd": self.read_butd}
@@ -246,14 +242,16 @@ class ITMDataModule(RetrievalDataModule):
                     index.captions,
                 )
             else:
-                out.eval_sets[split] = eval_set(index, self.protocol(split), self.info(split, index, missing))
+                out.eval_sets[split] = eval_set(
+                    index, self.protocol(split), self.spec_info(split, index, missing)
+                )
         return out
 
     def protocol(self, split: str) -> str:
         """Test: the dataset's protocol; val: one f30k_1k-style fold (whatever the dataset)."""
         return self.test_protocol if split == "test" else "f30k_1k"
 
-    def info(self, split: str, index: SplitIndex, missing: list[Path]) -> dict[str, Any]:
+    def spec_info(self, split: str, index: SplitIndex, missing: list[Path]) -> dict[str, Any]:
         info: dict[str, Any] = {
             "dataset": self.name,
             "split": split,
@@ -278,12 +276,10 @@ class ITMDataModule(RetrievalDataModule):
 
     def require_file(self, path: Path, hint: str | None = None) -> Path:
         """The dataset folder, then the file: a missing one raises with the expected layout."""
-        folder = self.root / (self.precomp_folder if self.feature_source == "precomp" else self.folder)
-        if not folder.is_dir():
-            raise not_found(self.name, folder, self.layout)
-        if not path.is_file():
-            raise not_found(self.name, path, self.layout, hint)
-        return path
+        self.require_dir(
+            self.root / (self.precomp_folder if self.feature_source == "precomp" else self.folder)
+        )
+        return super().require_file(path, hint)
 
     # -- images: Karpathy JSON + raw images -----------------------------------------------------------
     def read_images(self, splits: list[str]) -> dict[str, SplitIndex]:
@@ -521,8 +517,8 @@ class COCODataModule(ITMDataModule):
             return f"Found test_ims.npy but no testall_*. {COCO_TEST_SUBSET}"
         return None
 
-    def info(self, split: str, index: SplitIndex, missing: list[Path]) -> dict[str, Any]:
-        info = super().info(split, index, missing)
+    def spec_info(self, split: str, index: SplitIndex, missing: list[Path]) -> dict[str, Any]:
+        info = super().spec_info(split, index, missing)
         if split == "test" and self.feature_source == "precomp" and index.info.get("file_split") == "test":
             info["forced_test_subset"] = True
         return info

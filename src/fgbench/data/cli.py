@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from fgbench.data.module import RetrievalDataModule
 from fgbench.data.validation import DatasetError, MissingFilesError
 from fgbench.io import atomic_write_json
 from fgbench.registry import DATAMODULES
@@ -119,10 +120,12 @@ def _is_count(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def build_report(dm: Any, name: str, root: str, options: dict[str, Any], verified: bool) -> dict[str, Any]:
+def build_report(
+    dm: RetrievalDataModule, name: str, root: str, options: dict[str, Any], verified: bool
+) -> dict[str, Any]:
     """What `data check` shows, JSON-ready: counts found and expected per row, quirks, files, warnings."""
     data = dm.loaded
-    class_expected: dict[str, dict[str, int | None]] = getattr(dm, "expected", {}) or {}
+    class_expected = dm.expected
     rows = {}
     for row, counts in data.stats.items():
         found = {k: int(v) for k, v in counts.items() if _is_count(v)}

@@ -2,14 +2,16 @@
 
 A *visual store* turns an image id into a visual entry: `ImageFiles` opens a file with PIL (RGB) and applies
 the processor's transform; region-feature stores (precomputed features) return `regions` and `boxes`.
-The DataModule sets `transform` on the datasets when it builds the loaders.
+A dataset gets its transform at construction or as a configured copy (`with_transform`): the DataModule's
+loaders serve copies carrying the processor's transform, and the datasets it loaded are never changed.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
 
 from PIL import Image
 from torch import Tensor
@@ -62,11 +64,24 @@ class ImageFiles:
         return {"pixels": transform(load_image(self.paths[i]))}
 
 
+class TransformDataset(Dataset):
+    """A dataset whose visual entries go through an image transform, given at construction or as a copy."""
+
+    def __init__(self, transform: Transform | None = None) -> None:
+        self.transform = transform
+
+    def with_transform(self, transform: Transform | None) -> Self:
+        """A shallow copy (the index lists are shared) that applies `transform`; this dataset is unchanged."""
+        view = copy.copy(self)
+        view.transform = transform
+        return view
+
+
 def _prefixed(d: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
     return {prefix + k: v for k, v in d.items()}
 
 
-class PairDataset(Dataset):
+class PairDataset(TransformDataset):
     """(image, caption) training pairs: text-image and image-text tasks."""
 
     def __init__(
@@ -76,12 +91,13 @@ class PairDataset(Dataset):
         captions: Sequence[str],
         labels: Sequence[int],
         image_index: Sequence[int],
+        transform: Transform | None = None,
     ) -> None:
+        super().__init__(transform)
         if not (len(image_ids) == len(captions) == len(labels) == len(image_index)):
             raise ValueError("PairDataset: image_ids, captions, labels and image_index differ in length")
         self.store, self.image_ids, self.captions = store, list(image_ids), list(captions)
         self.labels, self.image_index = list(labels), list(image_index)
-        self.transform: Transform | None = None
 
     def __len__(self) -> int:
         return len(self.captions)
@@ -97,12 +113,27 @@ class PairDataset(Dataset):
         return item
 
 
-class TextDataset(Dataset):
+def caption_pairs(
+    store: VisualStore, captions: Sequence[Sequence[str]], labels: Sequence[int]
+) -> PairDataset:
+    """Training pairs, one per (image, caption), image by image: image n is the store's item n, and each of
+    its pairs carries `labels[n]` and image_index n (person retrieval, Reed et al.'s CUB and Flowers)."""
+    pairs = [(n, c) for n, caps in enumerate(captions) for c in caps]
+    return PairDataset(
+        store,
+        image_ids=[n for n, _ in pairs],
+        captions=[c for _, c in pairs],
+        labels=[labels[n] for n, _ in pairs],
+        image_index=[n for n, _ in pairs],
+    )
+
+
+class TextDataset(TransformDataset):
     """Caption queries for evaluation."""
 
     def __init__(self, captions: Sequence[str]) -> None:
+        super().__init__()
         self.captions = list(captions)
-        self.transform: Transform | None = None
 
     def __len__(self) -> int:
         return len(self.captions)
@@ -111,13 +142,15 @@ class TextDataset(Dataset):
         return {"index": i, "text": self.captions[i]}
 
 
-class VisualDataset(Dataset):
+class VisualDataset(TransformDataset):
     """Gallery items for evaluation: the store's items `ids` in order."""
 
-    def __init__(self, store: VisualStore, ids: Sequence[int] | None = None) -> None:
+    def __init__(
+        self, store: VisualStore, ids: Sequence[int] | None = None, transform: Transform | None = None
+    ) -> None:
+        super().__init__(transform)
         self.store = store
         self.ids = list(range(len(store))) if ids is None else list(ids)
-        self.transform: Transform | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -126,7 +159,7 @@ class VisualDataset(Dataset):
         return {"index": i, **self.store.get(self.ids[i], self.transform)}
 
 
-class TripletDataset(Dataset):
+class TripletDataset(TransformDataset):
     """(reference, text, target) training triplets of composed retrieval."""
 
     def __init__(
@@ -135,11 +168,12 @@ class TripletDataset(Dataset):
         ref_ids: Sequence[int],
         texts: Sequence[str] | Sequence[Callable[[], str]],
         tgt_ids: Sequence[int],
+        transform: Transform | None = None,
     ) -> None:
+        super().__init__(transform)
         if not (len(ref_ids) == len(texts) == len(tgt_ids)):
             raise ValueError("TripletDataset: ref_ids, texts and tgt_ids differ in length")
         self.store, self.ref_ids, self.texts, self.tgt_ids = store, list(ref_ids), list(texts), list(tgt_ids)
-        self.transform: Transform | None = None
 
     def __len__(self) -> int:
         return len(self.ref_ids)
@@ -156,14 +190,20 @@ class TripletDataset(Dataset):
         return item
 
 
-class ComposedQueryDataset(Dataset):
+class ComposedQueryDataset(TransformDataset):
     """(reference, text) evaluation queries of composed retrieval."""
 
-    def __init__(self, store: VisualStore, ref_ids: Sequence[int], texts: Sequence[str]) -> None:
+    def __init__(
+        self,
+        store: VisualStore,
+        ref_ids: Sequence[int],
+        texts: Sequence[str],
+        transform: Transform | None = None,
+    ) -> None:
+        super().__init__(transform)
         if len(ref_ids) != len(texts):
             raise ValueError("ComposedQueryDataset: ref_ids and texts differ in length")
         self.store, self.ref_ids, self.texts = store, list(ref_ids), list(texts)
-        self.transform: Transform | None = None
 
     def __len__(self) -> int:
         return len(self.ref_ids)

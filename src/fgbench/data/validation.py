@@ -252,7 +252,8 @@ def handle_missing(
 def warn_counts(
     dataset: str, split: str, found: Mapping[str, int], expected: Mapping[str, int | None]
 ) -> list[str]:
-    """Compare found counts with the documented ones (docs/data/); warn for each difference and return the warnings."""
+    """Compare found counts with the documented ones (docs/data/); warn for each difference and return the
+    warnings."""
     record = EXPECTED_LOG.get()
     if record is not None:
         record.setdefault(split, {}).update(expected)
