@@ -49,7 +49,6 @@ What comes from where (docs/methods.md marks):
 from __future__ import annotations
 
 import contextlib
-import copy
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -300,8 +299,7 @@ class MMRef(ClipMLM):
         train = datamodule.loaded.train
         if train is None:
             raise RuntimeError(f"mmref: {datamodule.name} has no training split to initialise R from")
-        ds = copy.copy(train)  # the loaders' dataset keeps its training transform
-        ds.transform = self.processor.image_transform(False)  # type: ignore[attr-defined]
+        ds = train.with_transform(self.processor.image_transform(False))  # a copy: the loaders' keeps its own
         trainer = self._trainer
         world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
         loader = DataLoader(

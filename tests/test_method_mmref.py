@@ -95,8 +95,7 @@ def test_references_are_one_per_training_identity_and_start_at_class_means(root:
     assert torch.equal(torch.get_rng_state(), rng)  # the pass draws no random number
     assert bool(model.references_ready) and model.training
     # brute force: every training pair encoded alone, test transform, eval mode
-    ds = dm.loaded.train
-    saved, ds.transform = ds.transform, model.processor.image_transform(False)
+    ds = dm.loaded.train.with_transform(model.processor.image_transform(False))
     model.eval()
     sums = torch.zeros_like(model.references)
     with torch.no_grad():
@@ -105,7 +104,6 @@ def test_references_are_one_per_training_identity_and_start_at_class_means(root:
             v = F.normalize(model.image_out(b.visual).glob, dim=-1)
             t = F.normalize(model.text_out(b.text).glob, dim=-1)
             sums[b.label] += v + t
-    ds.transform = saved
     torch.testing.assert_close(model.references.detach(), F.normalize(sums, dim=-1), atol=1e-5, rtol=1e-5)
     again = model.references.detach().clone()
     model.init_references(dm)
