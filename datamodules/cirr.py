@@ -116,6 +116,8 @@ class CIRRDataModule(RetrievalDataModule):
     `train/` for the file name; each use is logged. `test_split=None` skips test1 (its images are not needed).
     """
 
+    published_as: ClassVar[str] = "CIRR"  # its `dataset` spelling in results/published.csv
+
     name: ClassVar[str] = "cirr"
     tasks: ClassVar[frozenset[str]] = frozenset({"composed"})
     folder: ClassVar[str] = "cirr_dataset"

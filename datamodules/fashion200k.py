@@ -185,6 +185,8 @@ class ParentPairDataset(TransformDataset):
 class Fashion200KDataModule(RetrievalDataModule):
     """Fashion200K: on-the-fly training pairs, TIRG's test queries scored by caption."""
 
+    published_as: ClassVar[str] = "Fashion200K"  # its `dataset` spelling in results/published.csv
+
     name: ClassVar[str] = "fashion200k"
     tasks: ClassVar[frozenset[str]] = frozenset({"composed"})
     layout: ClassVar[str] = LAYOUT

@@ -153,6 +153,8 @@ class CategorySplit:
 class FashionIQDataModule(RetrievalDataModule):
     """FashionIQ triplets of one or all three categories; evaluation on val per category (`fiq_a`/`fiq_b`)."""
 
+    published_as: ClassVar[str] = "FashionIQ"  # its `dataset` spelling in results/published.csv
+
     name: ClassVar[str] = "fashioniq"
     tasks: ClassVar[frozenset[str]] = frozenset({"composed"})
     layout: ClassVar[str] = LAYOUT

@@ -409,6 +409,8 @@ class PersonDataModule(RetrievalDataModule):
 class CUHKPedesDataModule(PersonDataModule):
     """CUHK-PEDES from `reid_raw.json` (or the same file renamed `CUHK-PEDES.json`)."""
 
+    published_as: ClassVar[str] = "CUHK-PEDES"  # its `dataset` spelling in results/published.csv
+
     name: ClassVar[str] = "cuhk-pedes"
     folder: ClassVar[str] = "CUHK-PEDES"
     annotation_file: ClassVar[str] = "reid_raw.json"
@@ -462,6 +464,8 @@ class ICFGPedesDataModule(PersonDataModule):
     anosorae/IRRA does), recorded as `selected_on: test` in the EvalSpec info.
     """
 
+    published_as: ClassVar[str] = "ICFG-PEDES"  # its `dataset` spelling in results/published.csv
+
     name: ClassVar[str] = "icfg-pedes"
     folder: ClassVar[str] = "ICFG-PEDES"
     annotation_file: ClassVar[str] = "ICFG-PEDES.json"
@@ -506,6 +510,8 @@ class ICFGPedesDataModule(PersonDataModule):
 @register_datamodule("rstpreid")
 class RSTPReidDataModule(PersonDataModule):
     """RSTPReid from `data_captions.json` (3,701/200/200 ids); rejects the older 3,901/100/100 release."""
+
+    published_as: ClassVar[str] = "RSTPReid"  # its `dataset` spelling in results/published.csv
 
     name: ClassVar[str] = "rstpreid"
     folder: ClassVar[str] = "RSTPReid"

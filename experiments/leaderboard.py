@@ -43,33 +43,22 @@ from fgbench.errors import UserError, cli_entry
 from fgbench.evaluation import PROTOCOLS
 from fgbench.evaluation.outcomes import outcomes_file
 from fgbench.io import atomic_write_bytes, atomic_write_text
+from fgbench.registry import DATAMODULES, METHODS, Registry
 from fgbench.results import RESULT_FILE, RESULT_GLOB, is_result_file, read_result
 
-# registry dataset name -> the `dataset` spelling of published.csv (datasets absent here are never compared)
-PUBLISHED_DATASETS: dict[str, str] = {
-    "rstpreid": "RSTPReid",
-    "cuhk-pedes": "CUHK-PEDES",
-    "icfg-pedes": "ICFG-PEDES",
-    "f30k": "Flickr30K",
-    "coco": "MS-COCO",
-    "fashioniq": "FashionIQ",
-    "cirr": "CIRR",
-    "fashion200k": "Fashion200K",
-}
 
-# published.csv `method` -> registry name. At most one published name per registry name, so a measured cell
-# has at most one published number; the choice is the row docs/methods.md names as the method's reference.
-PUBLISHED_METHODS: dict[str, str] = {
-    "CLIP (fine-tuned baseline)": "clip_ft",
-    "CLIP zero-shot (LAVIS re-evaluation)": "clip_zs",
-    "IRRA": "irra",
-    "VSE++": "vsepp",
-    "TIRG": "tirg",
-    "CLIP4Cir v3 (TOMM'23)": "clip4cir",
-    "MMRef": "mmref",
-    "TERAN (MrSw, single model)": "teran",
-    "NSFSE": "nsfse",
-}
+def published_names(registry: Registry[type]) -> dict[str, str]:
+    """results/published.csv spelling -> registry name, from each registered class's `published_as` (a
+    method's reference row, a dataset's name there); classes without one are never compared with a paper."""
+    names: dict[str, str] = {}
+    for name in registry.list():
+        spelling = registry.get(name).published_as
+        if spelling in names:
+            raise ValueError(f"{name} and {names[spelling]} both give published_as={spelling!r}")
+        if spelling:
+            names[spelling] = name
+    return names
+
 
 COMPARED_PROFILES = frozenset({"paper"})  # profiles whose numbers are set beside the papers'
 SYNTHETIC_PREFIX = "synth-"  # the embedded benchmark's datasets (datamodules/synthetic)
@@ -225,14 +214,14 @@ def load_published(path: str | Path) -> pd.DataFrame:
     missing = [c for c in PUBLISHED_COLUMNS if c not in pub.columns]
     if missing:
         raise ValueError(f"{path}: missing columns {missing}; expected {list(PUBLISHED_COLUMNS)}")
-    by_name = {v: k for k, v in PUBLISHED_DATASETS.items()}
-    pub = pub[pub["dataset"].isin(by_name) & pub["method"].isin(PUBLISHED_METHODS)]
+    datasets, methods = published_names(DATAMODULES), published_names(METHODS)
+    pub = pub[pub["dataset"].isin(datasets) & pub["method"].isin(methods)]
     return pd.DataFrame(
         {
-            "dataset": pub["dataset"].map(by_name),
+            "dataset": pub["dataset"].map(datasets),
             "split": pub["split"],
             "protocol": pub["protocol"],
-            "method": pub["method"].map(PUBLISHED_METHODS),
+            "method": pub["method"].map(methods),
             "metric": pub["metric"],
             "published": pub["value"],
             "verified": pub["verified"].eq("yes"),

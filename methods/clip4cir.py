@@ -140,6 +140,7 @@ class CLIP4Cir(RetrievalMethod):
     """
 
     name: ClassVar[str] = "clip4cir"
+    published_as: ClassVar[str] = "CLIP4Cir v3 (TOMM'23)"  # results/published.csv
     provenance: ClassVar[str] = "port of ABaldrati/CLIP4Cir"
     tasks: ClassVar[frozenset[str]] = frozenset({"composed"})
 

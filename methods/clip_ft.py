@@ -92,6 +92,7 @@ class ClipFT(ClipDual):
     """
 
     name = "clip_ft"
+    published_as = "CLIP (fine-tuned baseline)"  # results/published.csv
     provenance = "suite baseline"
     tasks = frozenset({"text-image", "image-text", "composed"})
     presets = PROFILES

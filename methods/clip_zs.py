@@ -41,6 +41,7 @@ class ClipZS(ClipDual):
     """
 
     name = "clip_zs"
+    published_as = "CLIP zero-shot (LAVIS re-evaluation)"  # results/published.csv
     provenance = "suite baseline"
     tasks = frozenset({"text-image", "image-text", "composed"})
     trains = False

@@ -77,6 +77,7 @@ class IRRA(ClipMLM):
     """
 
     name = "irra"
+    published_as = "IRRA"  # results/published.csv
     provenance = "port of anosorae/IRRA"
     tasks = frozenset({"text-image"})
     presets = PROFILES

@@ -207,6 +207,7 @@ class MMRef(ClipMLM):
     """
 
     name = "mmref"
+    published_as = "MMRef"  # results/published.csv
     provenance = "re-implementation from the paper's description"
     tasks = frozenset({"text-image"})
     presets = PROFILES

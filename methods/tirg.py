@@ -142,6 +142,7 @@ class TIRG(RetrievalMethod):
     """
 
     name: ClassVar[str] = "tirg"
+    published_as: ClassVar[str] = "TIRG"  # results/published.csv
     provenance: ClassVar[str] = "port of google/tirg"
     tasks: ClassVar[frozenset[str]] = frozenset({"composed"})
 

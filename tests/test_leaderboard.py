@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 from experiments import leaderboard as lb
+from fgbench.registry import DATAMODULES, METHODS
 from fgbench.results import write_result
 
 PUBLISHED = """task,dataset,split,protocol,method,backbone,metric,value,source,verified
@@ -202,8 +203,10 @@ def test_real_published_csv_parses_and_the_mapping_names_exist() -> None:
     raw = pd.read_csv(path)
     assert list(raw.columns) == list(lb.PUBLISHED_COLUMNS)
     assert raw["value"].dtype == float and set(raw["verified"]) == {"yes", "no"}
-    assert set(lb.PUBLISHED_METHODS) <= set(raw["method"])
-    assert set(lb.PUBLISHED_DATASETS.values()) <= set(raw["dataset"])
+    methods, datasets = lb.published_names(METHODS), lb.published_names(DATAMODULES)
+    assert set(methods) <= set(raw["method"]) and set(datasets) <= set(raw["dataset"])
+    assert {"irra", "mmref", "clip4cir", "nsfse"} <= set(methods.values())  # one reference row each
+    assert {"rstpreid", "f30k", "cirr", "fashion200k"} <= set(datasets.values())
     pub = lb.load_published(path)
     keys = ["dataset", "split", "protocol", "method", "metric"]
     assert not pub.duplicated(keys).any()  # one published number per measured cell

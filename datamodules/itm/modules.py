@@ -442,6 +442,8 @@ def split_index(
 class Flickr30KDataModule(ITMDataModule):
     """Flickr30K: Karpathy splits (29K / 1,014 / 1K images); test protocol `f30k_1k` (no folds)."""
 
+    published_as: ClassVar[str] = "Flickr30K"  # its `dataset` spelling in results/published.csv
+
     name: ClassVar[str] = "f30k"
     folder: ClassVar[str] = "Flickr30K"
     expected: ClassVar[Counts] = {
@@ -460,6 +462,8 @@ class Flickr30KDataModule(ITMDataModule):
 @register_datamodule("coco")
 class COCODataModule(ITMDataModule):
     """MS-COCO: Karpathy splits (113,287 with restval / 5K / 5K); test `coco_5k` or `coco_1k_5fold`."""
+
+    published_as: ClassVar[str] = "MS-COCO"  # its `dataset` spelling in results/published.csv
 
     name: ClassVar[str] = "coco"
     folder: ClassVar[str] = "COCO"

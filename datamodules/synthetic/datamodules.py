@@ -34,6 +34,7 @@ class SyntheticMixin:
 
     name: ClassVar[str]
     folder: ClassVar[str]
+    published_as: ClassVar[str] = ""  # synthetic: never compared with a paper, whatever reader it shares
     root: Path
 
     def __init__(

@@ -63,6 +63,7 @@ class NSFSE(RetrievalMethod):
     """
 
     name: ClassVar[str] = "nsfse"
+    published_as: ClassVar[str] = "NSFSE"  # results/published.csv
     provenance: ClassVar[str] = PROVENANCE
     tasks: ClassVar[frozenset[str]] = frozenset({"composed"})
 

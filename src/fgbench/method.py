@@ -36,6 +36,7 @@ class RetrievalMethod(L.LightningModule):
     """Base LightningModule of every retrieval method."""
 
     name: ClassVar[str] = ""  # registry name
+    published_as: ClassVar[str] = ""  # its reference row's `method` in results/published.csv; "" none
     provenance: ClassVar[str] = ""  # "port of <repo>", "re-implementation from the paper's description", ...
     tasks: ClassVar[frozenset[str]] = frozenset()  # subset of {"text-image", "image-text", "composed"}
     trains: ClassVar[bool] = True  # False for evaluation-only methods (zero-shot)

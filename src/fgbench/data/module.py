@@ -185,6 +185,7 @@ class RetrievalDataModule(L.LightningDataModule):
 
     name: ClassVar[str] = ""
     tasks: ClassVar[frozenset[str]] = frozenset()
+    published_as: ClassVar[str] = ""  # its `dataset` spelling in results/published.csv; "" never compared
     layout: ClassVar[str] = ""  # the expected tree under `root` (docs/data/), shown in errors
     folder: ClassVar[str] = ""  # the dataset's folder under `root` (synthetic subclasses override it)
     # documented counts per split (docs/data/): {"images", "captions", "labels", "queries", "gallery"} -> int,
