@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -43,6 +43,12 @@ class OptimConfig:
     step_epochs: int = 20  # "step": decay period
     gamma: float = 0.1  # "step": decay factor
 
+    def with_lr_mult(self, mult: dict[str, float]) -> OptimConfig:
+        """This config with the method's own `lr_mult` prefixes (e.g. a backbone's multiplier from a flat
+        method field) after those the profile names, which win (the first matching prefix counts)."""
+        extra = {prefix: m for prefix, m in mult.items() if prefix not in self.lr_mult}
+        return replace(self, lr_mult={**self.lr_mult, **extra}) if extra else self
+
     @classmethod
     def from_profile(cls, hp: object, **extra: Any) -> OptimConfig:
         """The optimiser of a method profile's flat fields (`optimizer`, `lr`, `weight_decay`, `schedule`,
@@ -54,6 +60,7 @@ class OptimConfig:
 # profile field -> OptimConfig field (OptimConfig.from_profile)
 PROFILE_FIELDS = {"optimizer": "name", "lr": "lr", "weight_decay": "weight_decay", "schedule": "schedule",
                   "step_epochs": "step_epochs", "gamma": "gamma"}  # fmt: skip
+
 
 # checkpoints keep OptimConfig in their hyper-parameters: allow it under torch.load(weights_only=True)
 torch.serialization.add_safe_globals([OptimConfig])
