@@ -58,7 +58,6 @@ Our reading [inf]:
 
 from __future__ import annotations
 
-import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, NamedTuple
@@ -69,23 +68,17 @@ from torch import Tensor, nn
 
 from fgbench.data.batches import PairBatch, Text, TextBatch, Visual, VisualBatch
 from fgbench.data.module import RetrievalDataModule, region_dim
-from fgbench.encoders import (
-    HFTokenizer,
-    MethodProcessor,
-    TinyCNN,
-    build_image_encoder,
-    build_text_encoder,
-    roi_pool,
-)
-from fgbench.encoders.layers import pixels_of, text_inputs, zero_padding
-from fgbench.encoders.regions import ConcatAndProcess, ProjectAndSum
-from fgbench.encoders.tokenizers import build_vocabulary
+from fgbench.encoders import MethodProcessor, TinyCNN, build_image_encoder
+from fgbench.encoders.layers import text_inputs, zero_padding
+from fgbench.encoders.regions import POS_ENCODINGS, region_inputs
+from fgbench.encoders.token_text import TOKEN_TEXT_ENCODERS, TokenTextSizes, build_token_text
+from fgbench.encoders.word_windows import WORD_SPANS, punctuation_table, scored_tokens, word_mask
 from fgbench.evaluation import EvalResult, EvalSpec
-from fgbench.features import STORE_DTYPES, Features, length_buckets
+from fgbench.features import Features, cut_padding, length_buckets
 from fgbench.losses import hardest_negative_triplet
 from fgbench.losses.warmup import summed_hinge_epochs, warmup_label
-from fgbench.method import RetrievalMethod
 from fgbench.optim import OptimConfig
+from fgbench.pairwise import PairwiseMethod, chunked_matrix, chunked_pairs
 from fgbench.profiles import merge_overrides, resolve_profile
 from fgbench.registry import register_method
 
@@ -138,18 +131,6 @@ def pool_alignments(
     return POOLINGS[mode](A, wmask, rmask, 0.0 if zero_pad_quirk else float("-inf"))
 
 
-def slots_used(mask: Tensor) -> int:
-    """Slots up to the last one valid in any row of `mask` [n, S] (at least 1): later slots are padding."""
-    valid = mask.any(0).nonzero()
-    return int(valid.max()) + 1 if valid.numel() else 1
-
-
-def cut_padding(x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-    """x [n, S, ...] and mask [n, S] cut after the last slot valid in any row (exact wherever masks apply)."""
-    n = slots_used(mask)
-    return x[:, :n], mask[:, :n]
-
-
 def alignment_matrix(
     words: Tensor,
     word_mask: Tensor,
@@ -166,19 +147,13 @@ def alignment_matrix(
     """
     n_q, W, _ = words.shape
     n_g, R, _ = regions.shape
-    per_pair = max(1, W * R)
-    cols = max(1, min(n_g, chunk // per_pair))
-    rows = max(1, min(n_q, chunk // (per_pair * cols)))
+
+    def block(i: slice, j: slice) -> Tensor:
+        A = torch.einsum("qwe,gre->qgwr", words[i].float(), regions[j].float())
+        return pool_alignments(A, word_mask[i, None, :], region_mask[None, j], mode, zero_pad_quirk)
+
     with torch.autocast(words.device.type, enabled=False):
-        out = []
-        for i in range(0, n_q, rows):
-            q, qm = words[i : i + rows].float(), word_mask[i : i + rows, None, :]
-            row = []
-            for j in range(0, n_g, cols):
-                A = torch.einsum("qwe,gre->qgwr", q, regions[j : j + cols].float())
-                row.append(pool_alignments(A, qm, region_mask[None, j : j + cols], mode, zero_pad_quirk))
-            out.append(torch.cat(row, dim=1))
-        return torch.cat(out, dim=0) if out else words.new_zeros(0, n_g, dtype=torch.float32)
+        return chunked_matrix(block, n_q, n_g, W * R, chunk, words.device)
 
 
 def alignment_pairs(
@@ -191,20 +166,13 @@ def alignment_pairs(
     chunk: int = 1 << 25,
 ) -> Tensor:
     """[n] pooled alignments of the aligned pairs (words[i], regions[i]); the same function as the matrix."""
-    n, W, _ = words.shape
-    step = max(1, chunk // max(1, W * regions.shape[1]))
+
+    def pairs(i: slice) -> Tensor:
+        A = torch.einsum("nwe,nre->nwr", words[i].float(), regions[i].float())
+        return pool_alignments(A, word_mask[i], region_mask[i], mode, zero_pad_quirk)
+
     with torch.autocast(words.device.type, enabled=False):
-        parts = [
-            pool_alignments(
-                torch.einsum("nwe,nre->nwr", words[i : i + step].float(), regions[i : i + step].float()),
-                word_mask[i : i + step],
-                region_mask[i : i + step],
-                mode,
-                zero_pad_quirk,
-            )
-            for i in range(0, n, step)
-        ]
-    return torch.cat(parts) if parts else words.new_zeros(0, dtype=torch.float32)
+        return chunked_pairs(pairs, len(words), words.shape[1] * regions.shape[1], chunk, words.device)
 
 
 # -- scoring real slots only: sets grouped by length (evaluation) -------------------------------------------
@@ -222,6 +190,18 @@ def _align_block(
     A = torch.mm(words.reshape(n_q * W, e).to(dtype), regions.reshape(n_g * R, e).to(dtype).T)
     A = A.view(n_q, W, n_g, R).permute(0, 2, 1, 3).float()  # [n_q, n_g, W, R]
     return pool_alignments(A, wmask[:, None, :], rmask[None], mode)
+
+
+def _align_chunks(
+    words: Tensor, wmask: Tensor, regions: Tensor, rmask: Tensor, mode: str, dtype: torch.dtype, chunk: int
+) -> Tensor:
+    """[n_q, n_g] `_align_block` over chunks of at most `chunk` alignment elements."""
+
+    def block(i: slice, j: slice) -> Tensor:
+        return _align_block(words[i], wmask[i], regions[j], rmask[j], mode, dtype)
+
+    per_pair = words.shape[1] * regions.shape[1]
+    return chunked_matrix(block, len(words), len(regions), per_pair, chunk, words.device)
 
 
 def _packed_words_max_regions(
@@ -288,104 +268,19 @@ def bucketed_alignment_matrix(
             if caption_groups is None:
                 caption_groups = length_buckets(word_mask)
             for qi, W in caption_groups:
-                w, wm = words[qi, :W], word_mask[qi, :W]
-                cols = max(1, min(len(gi), chunk // (W * R)))
-                rows = max(1, min(len(qi), chunk // (W * R * cols)))
-                block = torch.cat(
-                    [
-                        torch.cat(
-                            [
-                                _align_block(
-                                    w[i : i + rows],
-                                    wm[i : i + rows],
-                                    r[j : j + cols],
-                                    rm[j : j + cols],
-                                    mode,
-                                    dtype,
-                                )
-                                for j in range(0, len(gi), cols)
-                            ],
-                            dim=1,
-                        )
-                        for i in range(0, len(qi), rows)
-                    ]
-                )
+                block = _align_chunks(words[qi, :W], word_mask[qi, :W], r, rm, mode, dtype, chunk)
                 out[qi[:, None], gi[None, :]] = block
     return out
-
-
-# -- which token positions are words (docs/methods.md §2; docs/protocols.md §6.7) ----------------------------
-
-
-def _span_reference(valid: Tensor, length: Tensor, pos: Tensor, final_punct: Tensor) -> Tensor:
-    return valid & (pos >= 1) & (pos <= length - 3)
-
-
-def _span_drop_period(valid: Tensor, length: Tensor, pos: Tensor, final_punct: Tensor) -> Tensor:
-    return _span_all_words(valid, length, pos, final_punct) & ~((pos == length - 2) & final_punct)
-
-
-def _span_all_words(valid: Tensor, length: Tensor, pos: Tensor, final_punct: Tensor) -> Tensor:
-    return valid & (pos >= 1) & (pos <= length - 2)
-
-
-WORD_SPANS: dict[str, Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]] = {
-    "reference": _span_reference,  # words 1..len-3, as mesnico/TERAN
-    "drop_period": _span_drop_period,  # [CLS], [SEP], and the token before [SEP] when it is punctuation
-    "all_words": _span_all_words,  # every token between [CLS] and [SEP]
-}
-
-
-def word_mask(ids: Tensor, valid: Tensor, span: str, punct: Tensor) -> Tensor:
-    """Bool [B, L]: the positions scored as words, for right-padded `ids` framed by a start and an end token.
-
-    `punct` is a Bool[vocab] table of punctuation ids (empty for vocabularies without punctuation).
-    """
-    if span not in WORD_SPANS:
-        raise ValueError(f"teran: word_span {span!r} is not one of {', '.join(WORD_SPANS)}")
-    length = valid.long().sum(1, keepdim=True)
-    pos = torch.arange(ids.shape[1], device=ids.device)[None, :]
-    is_punct = punct.to(ids.device)[ids.clamp(0, max(0, punct.numel() - 1))] if punct.numel() else None
-    final_punct = torch.zeros_like(valid) if is_punct is None else is_punct & valid
-    return WORD_SPANS[span](valid, length, pos, final_punct)
-
-
-def scored_tokens(x: Tensor, words: Tensor, span: str) -> tuple[Tensor, Tensor]:
-    """The window a caption is scored over, [B, W, d] zero outside the words, and its word mask [B, W].
-
-    Positions 1..T-3 under `reference` (mesnico/TERAN slices `s_seq[:, 1:-2]` of its padded buffer, so
-    `zero_pad_quirk` sees exactly its zeros), 1..T-2 otherwise ([CLS] and the last slot never hold a word).
-    """
-    end = x.shape[1] - (2 if span == "reference" else 1)
-    words = words[:, 1:end]
-    return zero_padding(x[:, 1:end], words), words
-
-
-def punctuation_table(tokenizer: Any) -> Tensor:
-    """Bool[vocab] of the ids whose token is only punctuation (BERT's ".", ","...); empty for word
-    vocabularies (the WordTokenizer strips punctuation)."""
-    hf = getattr(tokenizer, "tokenizer", None)
-    if hf is None:
-        return torch.zeros(0, dtype=torch.bool)
-    table = torch.zeros(len(hf), dtype=torch.bool)
-    for token, i in hf.get_vocab().items():
-        if token and all(unicodedata.category(c).startswith("P") for c in token):
-            table[i] = True
-    return table
 
 
 # -- configuration -----------------------------------------------------------------------------------------
 
 
 @dataclass
-class TERANConfig:
-    """Sizes and recipe of one TERAN profile (the switches of docs/methods.md §2 are `TERAN` arguments)."""
+class TERANConfig(TokenTextSizes):
+    """Sizes and recipe of one TERAN profile (the switches of docs/methods.md §2 are `TERAN` arguments); its
+    first fields, the text encoder's, are `TokenTextSizes`'s."""
 
-    text_encoder: str = "tiny_text"  # fgbench text encoder: tiny_text (word vocabulary) or bert (word-pieces)
-    bert_layers: int = 6  # bert: keep its first N layers (fine-tuned)
-    text_width: int = 64  # tiny_text: width (its depth 2, 4 heads, MLP 2x)
-    max_words: int = 1000  # tiny_text: vocabulary cap (most frequent training words)
-    max_len: int = 16  # tiny_text: words per caption; bert: word-pieces with [CLS]/[SEP] (the reference: 88)
     image_encoder: str = "tiny_cnn"  # pixels -> regions (grid cells, or RoI averages over the data's boxes)
     image_kwargs: dict[str, Any] = field(default_factory=dict)  # its arguments
     image_size: tuple[int, int] | None = None  # processor (H, W); None: the DataModule's tiny size
@@ -433,38 +328,6 @@ PROFILES: dict[str, TERANConfig] = {
     ),
 }
 
-POS_ENCODINGS: dict[str, Callable[[int], nn.Module | None]] = {
-    "concat-and-process": ConcatAndProcess,
-    "project-and-sum": ProjectAndSum,
-    "none": lambda dim: None,
-}
-
-
-def _bert(hp: TERANConfig, bert_path: str, dm: RetrievalDataModule) -> tuple[Any, nn.Module]:
-    """BERT word-pieces padded to `max_len`, and the first `bert_layers` layers of the model (offline)."""
-    tokenizer = HFTokenizer(bert_path, max_length=hp.max_len)
-    return tokenizer, build_text_encoder("bert", name_or_path=bert_path, num_layers=hp.bert_layers)
-
-
-def _tiny_text(hp: TERANConfig, bert_path: str, dm: RetrievalDataModule) -> tuple[Any, nn.Module]:
-    """The training captions' word vocabulary and a TinyText of width `text_width`."""
-    tokenizer = build_vocabulary(dm.train_texts(), hp.max_words, 1, hp.max_len)
-    encoder = build_text_encoder(
-        "tiny_text",
-        vocab_size=tokenizer.vocab_size,
-        max_len=hp.max_len + 2,
-        width=hp.text_width,
-        mlp_dim=2 * hp.text_width,
-    )
-    return tokenizer, encoder
-
-
-# text_encoder name -> (profile, bert_path, datamodule) -> (tokenizer, encoder)
-TEXT_ENCODERS: dict[str, Callable[[TERANConfig, str, RetrievalDataModule], tuple[Any, nn.Module]]] = {
-    "bert": _bert,
-    "tiny_text": _tiny_text,
-}
-
 
 def te_stack(
     width: int, layers: int, heads: int, ff: int, dropout: float, what: str
@@ -476,35 +339,6 @@ def te_stack(
     return nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
 
 
-def region_inputs(
-    visual: Visual, cnn: nn.Module | None, region_source: str, method: str
-) -> tuple[Tensor, Tensor | None, Tensor]:
-    """A region method's inputs (features [B, R, F], boxes [B, R, 4] or None, Bool mask [B, R]): the batch's
-    region features (precomp, butd), or from pixels the extractor's grid cells or, for `roi`, its feature map
-    averaged over the boxes served with the images (shared by teran and racg)."""
-    if cnn is None:
-        if visual.regions is None:
-            raise ValueError(f"{method} was built on region features (precomp / butd) but the batch has none")
-        x, mask = visual.regions, visual.region_mask
-        if mask is None:
-            mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
-        return x, visual.boxes, mask
-    if visual.pixels is None:
-        raise ValueError(f"{method} was built on images (region extractor) but the batch has region features")
-    if region_source == "roi":
-        if visual.boxes is None or visual.region_mask is None:
-            raise ValueError(f"{method} was built for RoI regions (roi_boxes) but the batch has no boxes")
-        fmap = cnn.body(pixels_of(visual))  # type: ignore[operator]
-        return (
-            zero_padding(roi_pool(fmap, visual.boxes), visual.region_mask),
-            visual.boxes,
-            visual.region_mask,
-        )
-    out = cnn(visual)
-    assert out.tokens is not None and out.mask is not None
-    return out.tokens, out.boxes, out.mask
-
-
 class Sets(NamedTuple):
     """One modality's encoded set: unit tokens [B, T, d] (zero where masked), Bool mask, unit global."""
 
@@ -514,7 +348,7 @@ class Sets(NamedTuple):
 
 
 @register_method("teran")
-class TERAN(RetrievalMethod):
+class TERAN(PairwiseMethod):
     """TERAN: independent region and word transformers, scored by pooling region-word alignments.
 
     Args:
@@ -562,9 +396,8 @@ class TERAN(RetrievalMethod):
             (alignment_mode, POOLINGS, "alignment_mode"),
             (pos_encoding, POS_ENCODINGS, "pos_encoding"),
             (word_span, WORD_SPANS, "word_span"),
-            (hp.store_dtype, STORE_DTYPES, "store_dtype"),
             (hp.score_dtype, SCORE_DTYPES, "score_dtype"),
-            (hp.text_encoder, TEXT_ENCODERS, "text_encoder"),
+            (hp.text_encoder, TOKEN_TEXT_ENCODERS, "text_encoder"),
         ]:
             if value not in allowed:
                 raise ValueError(f"teran: {what} {value!r} is not one of {', '.join(allowed)}")
@@ -573,7 +406,11 @@ class TERAN(RetrievalMethod):
                 "teran: rerank_k shortlists by the position-0 globals, which only global_aux_loss=true trains"
             )
         super().__init__(
-            profile=profile, optim=optim or self._optim(hp), loss_weights=loss_weights, rerank_k=rerank_k
+            profile=profile,
+            optim=optim or self._optim(hp),
+            loss_weights=loss_weights,
+            rerank_k=rerank_k,
+            store_dtype=hp.store_dtype,
         )
         self.save_hyperparameters()
         self.hp = hp
@@ -599,7 +436,7 @@ class TERAN(RetrievalMethod):
         if self.text_encoder is not None:
             return
         hp = self.hp
-        tokenizer, self.text_encoder = TEXT_ENCODERS[hp.text_encoder](hp, self.bert_path, dm)
+        tokenizer, self.text_encoder = build_token_text(hp, self.bert_path, dm)
         text_width = int(self.text_encoder.out_dim)
         self.punct = punctuation_table(tokenizer)
         width = region_dim(dm)
@@ -693,28 +530,19 @@ class TERAN(RetrievalMethod):
         return self.hp.grad_clip
 
     # -- evaluation ------------------------------------------------------------------------------------------
-    def _store(self, t: Tensor) -> Tensor:
-        return t.to(STORE_DTYPES[self.hp.store_dtype])
-
     def encode_queries(self, batch: TextBatch) -> Features:
         s = self.text_sets(batch.text)
-        return Features(index=batch.index, glob=s.glob.float(), tok=self._store(s.tok), mask=s.mask)
+        return Features(index=batch.index, glob=s.glob.float(), tok=self.stored(s.tok), mask=s.mask)
 
     def encode_gallery(self, batch: VisualBatch) -> Features:
         s = self.image_sets(batch.visual)
         tok, mask = s.tok, s.mask
         if self.region_source != "grid":  # region counts may vary: a fixed slot count for gathering
-            n = self.hp.max_regions
-            if tok.shape[1] > n:
-                raise ValueError(f"teran: {tok.shape[1]} regions in a batch; raise max_regions (now {n})")
-            tok = F.pad(tok, (0, 0, 0, n - tok.shape[1]))
-            mask = F.pad(mask, (0, n - mask.shape[1]), value=False)
-        return Features(index=batch.index, glob=s.glob.float(), tok=self._store(tok), mask=mask)
+            tok, mask = self.fixed_slots(tok, mask, self.hp.max_regions)
+        return Features(index=batch.index, glob=s.glob.float(), tok=self.stored(tok), mask=mask)
 
-    def score(self, q: Features, g: Features) -> Tensor:
-        """Pairwise alignment of captions x images; with `rerank_k`, the globals' coarse score instead."""
-        if self.rerank_k is not None:
-            return super().score(q, g)
+    def fine_scores(self, q: Features, g: Features) -> Tensor:
+        """Pairwise alignment of captions x images (with `rerank_k`, `score` is the globals' instead)."""
         assert q.tok is not None and q.mask is not None and g.tok is not None and g.mask is not None
         if self.hp.score_buckets and not self.zero_pad_quirk:
             hp = self.hp
@@ -724,12 +552,7 @@ class TERAN(RetrievalMethod):
         (words, wmask), (regions, rmask) = self._cut(q.tok, q.mask), self._cut(g.tok, g.mask)
         return self.align(words, wmask, regions, rmask)
 
-    def score_pairs(self, q: Features, g: Features) -> Tensor:
-        if self.rerank_k is not None:
-            return super().score_pairs(q, g)
-        return self.rescore_pairs(q, g)
-
-    def rescore_pairs(self, q: Features, g: Features) -> Tensor:
+    def fine_pairs(self, q: Features, g: Features) -> Tensor:
         """Pooled alignment of aligned pairs (the re-rank scorer of the shortlist)."""
         assert q.tok is not None and q.mask is not None and g.tok is not None and g.mask is not None
         (words, wmask), (regions, rmask) = self._cut(q.tok, q.mask), self._cut(g.tok, g.mask)
