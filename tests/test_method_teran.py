@@ -1,4 +1,4 @@
-"""TERAN (methods/teran.py; docs/methods.md §2): the unit tests of §2 (every pooling mode against brute force
+"""TERAN (methods/teran/; docs/methods.md §2): the unit tests of §2 (every pooling mode against brute force
 on ragged inputs, and against a literal port of mesnico/TERAN's `AlignmentContrastiveLoss` for the padding
 quirk; invariance to padding, the zero slot, [CLS] and the dropped final tokens; the hinge against brute
 force; unit norms), the shared checks of docs/methods.md §0 on real encoded features (grid, RoI, precomp,

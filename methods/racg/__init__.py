@@ -2,8 +2,9 @@
 a cross-graph relation encoder and a multi-head node similarity.
 
 **A re-implementation from the paper's description.** RACG's code, equations and hyper-parameters are not
-public, so this module builds our reading of the abstract (and that of its SIGIR 2021 precursor CGAM) on
-TERAN's inputs and text encoder (`methods.teran`), so that the two compare with everything else held equal.
+public, so this package builds our reading of the abstract (and that of its SIGIR 2021 precursor CGAM) on
+TERAN's inputs and text encoder (the same `fgbench.encoders` pieces: `token_text`, `word_windows`,
+`regions.region_inputs`), so that the two compare with everything else held equal.
 No published numbers are available to compare with: its leaderboard cells stay empty, next to `teran`,
 `vsepp` and the literature anchors. Nothing here claims to reproduce the paper.
 

@@ -56,6 +56,14 @@ POS_ENCODINGS: dict[str, Callable[[int], nn.Module | None]] = {
 }
 
 
+def region_mask_of(visual: Visual) -> Tensor:
+    """Bool [B, R] mask of the batch's region features `visual.regions` (all valid when it ships none)."""
+    assert visual.regions is not None
+    if visual.region_mask is not None:
+        return visual.region_mask
+    return torch.ones(visual.regions.shape[:2], dtype=torch.bool, device=visual.regions.device)
+
+
 def region_inputs(
     visual: Visual, cnn: nn.Module | None, region_source: str, method: str
 ) -> tuple[Tensor, Tensor | None, Tensor]:
@@ -65,10 +73,7 @@ def region_inputs(
     if cnn is None:
         if visual.regions is None:
             raise ValueError(f"{method} was built on region features (precomp / butd) but the batch has none")
-        x, mask = visual.regions, visual.region_mask
-        if mask is None:
-            mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
-        return x, visual.boxes, mask
+        return visual.regions, visual.boxes, region_mask_of(visual)
     if visual.pixels is None:
         raise ValueError(f"{method} was built on images (region extractor) but the batch has region features")
     if region_source == "roi":
@@ -109,10 +114,7 @@ class RegionEncoder(nn.Module):
     def forward(self, visual: Visual) -> ImageOutput:
         if visual.regions is None:
             raise ValueError("Visual.regions is None: the regions encoder needs precomputed region features")
-        x = visual.regions
-        mask = visual.region_mask
-        if mask is None:
-            mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
+        x, mask = visual.regions, region_mask_of(visual)
         if self.pos is not None:
             if visual.boxes is None:
                 raise ValueError("Visual.boxes is None: pos_encoding needs the region boxes (or use 'none')")
