@@ -61,6 +61,7 @@ from methods.teran.alignment import (
     SCORE_DTYPES,
     alignment_matrix,
     alignment_pairs,
+    alignment_scores,
     bucketed_alignment_matrix,
     pool_alignments,
 )
@@ -76,6 +77,7 @@ __all__ = [
     "TERANConfig",
     "alignment_matrix",
     "alignment_pairs",
+    "alignment_scores",
     "bucketed_alignment_matrix",
     "pool_alignments",
     "te_stack",

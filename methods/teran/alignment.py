@@ -5,6 +5,7 @@ length-bucketed form over real slots only (see `methods.teran` for the provenanc
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 import torch
 from torch import Tensor
@@ -61,7 +62,7 @@ def pool_alignments(
     return POOLINGS[mode](A, wmask, rmask, 0.0 if zero_pad_quirk else float("-inf"))
 
 
-def alignment_matrix(
+def alignment_scores(
     words: Tensor,
     word_mask: Tensor,
     regions: Tensor,
@@ -69,40 +70,32 @@ def alignment_matrix(
     mode: str = "MrSw",
     zero_pad_quirk: bool = False,
     chunk: int = 1 << 25,
+    layout: str = "matrix",
 ) -> Tensor:
-    """[n_q, n_g] fp32 pooled alignments of captions (words [n_q, W, e]) x images (regions [n_g, R, e]).
+    """fp32 pooled alignments of captions (words [n_q, W, e]) x images (regions [n_g, R, e]), [n_q, n_g]
+    (`layout="matrix"`), or of the aligned pairs (words[i], regions[i]), [n] (`"pairs"`): one function.
 
-    Computed in chunks of queries x gallery items so that one chunk's alignment tensor holds at most
-    `chunk` elements (the full [n_q, n_g, W, R] tensor is never built); differentiable, autocast off.
+    Computed in chunks of queries x gallery items (or of pairs) so that one chunk's alignment tensor holds at
+    most `chunk` elements (the full [n_q, n_g, W, R] tensor is never built); differentiable, autocast off.
     """
-    n_q, W, _ = words.shape
-    n_g, R, _ = regions.shape
+    per_pair, device = words.shape[1] * regions.shape[1], words.device
 
     def block(i: slice, j: slice) -> Tensor:
         A = torch.einsum("qwe,gre->qgwr", words[i].float(), regions[j].float())
         return pool_alignments(A, word_mask[i, None, :], region_mask[None, j], mode, zero_pad_quirk)
 
-    with torch.autocast(words.device.type, enabled=False):
-        return chunked_matrix(block, n_q, n_g, W * R, chunk, words.device)
+    def pairs(p: slice) -> Tensor:
+        A = torch.einsum("nwe,nre->nwr", words[p].float(), regions[p].float())
+        return pool_alignments(A, word_mask[p], region_mask[p], mode, zero_pad_quirk)
+
+    with torch.autocast(device.type, enabled=False):
+        if layout == "pairs":
+            return chunked_pairs(pairs, len(words), per_pair, chunk, device)
+        return chunked_matrix(block, len(words), len(regions), per_pair, chunk, device)
 
 
-def alignment_pairs(
-    words: Tensor,
-    word_mask: Tensor,
-    regions: Tensor,
-    region_mask: Tensor,
-    mode: str = "MrSw",
-    zero_pad_quirk: bool = False,
-    chunk: int = 1 << 25,
-) -> Tensor:
-    """[n] pooled alignments of the aligned pairs (words[i], regions[i]); the same function as the matrix."""
-
-    def pairs(i: slice) -> Tensor:
-        A = torch.einsum("nwe,nre->nwr", words[i].float(), regions[i].float())
-        return pool_alignments(A, word_mask[i], region_mask[i], mode, zero_pad_quirk)
-
-    with torch.autocast(words.device.type, enabled=False):
-        return chunked_pairs(pairs, len(words), words.shape[1] * regions.shape[1], chunk, words.device)
+alignment_matrix = alignment_scores  # [n_q, n_g] of captions x images
+alignment_pairs = partial(alignment_scores, layout="pairs")  # [n] of aligned pairs
 
 
 # -- scoring real slots only: sets grouped by length (evaluation) -------------------------------------------
@@ -165,7 +158,7 @@ def bucketed_alignment_matrix(
     chunk: int = 1 << 25,
     score_dtype: str = "float32",
 ) -> Tensor:
-    """`alignment_matrix` (without the zero-padding quirk) over real slots only, for evaluation.
+    """`alignment_scores` (without the zero-padding quirk) over real slots only, for evaluation.
 
     Images are grouped by region extent (`length_buckets`). MrSw and MrAVGw over groups whose regions are all
     valid pack the captions' real words into one matrix (`_packed_words_max_regions`); the other modes

@@ -28,8 +28,7 @@ from fgbench.registry import register_method
 from methods.teran.alignment import (
     POOLINGS,
     SCORE_DTYPES,
-    alignment_matrix,
-    alignment_pairs,
+    alignment_scores,
     bucketed_alignment_matrix,
 )
 from methods.teran.config import PROFILES, TERANConfig
@@ -215,7 +214,7 @@ class TERAN(PairwiseMethod):
 
     def align(self, words: Tensor, wmask: Tensor, regions: Tensor, rmask: Tensor) -> Tensor:
         """[n_captions, n_images] pooled alignments in this model's mode."""
-        return alignment_matrix(
+        return alignment_scores(
             words, wmask, regions, rmask, self.alignment_mode, self.zero_pad_quirk, self.hp.score_chunk
         )
 
@@ -262,8 +261,9 @@ class TERAN(PairwiseMethod):
         """Pooled alignment of aligned pairs (the re-rank scorer of the shortlist)."""
         assert q.tok is not None and q.mask is not None and g.tok is not None and g.mask is not None
         (words, wmask), (regions, rmask) = self._cut(q.tok, q.mask), self._cut(g.tok, g.mask)
-        return alignment_pairs(
-            words, wmask, regions, rmask, self.alignment_mode, self.zero_pad_quirk, self.hp.score_chunk
+        hp = self.hp
+        return alignment_scores(
+            words, wmask, regions, rmask, self.alignment_mode, self.zero_pad_quirk, hp.score_chunk, "pairs"
         )
 
     def _cut(self, x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
