@@ -1,4 +1,4 @@
-"""RACG (methods/racg.py; docs/methods.md §3): the unit tests of §3 (reduction to the brute-force
+"""RACG (methods/racg/; docs/methods.md §3): the unit tests of §3 (reduction to the brute-force
 bidirectional SCAN formula with one head, β = 0 and no graph layers; invariance to a joint permutation of
 regions and boxes; row-normalised edges with masked nodes at zero weight; the reconstruction loss ignores
 negatives), the Gram-matrix scorer against materialised contexts with every switch on, the ablation switches,

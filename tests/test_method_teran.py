@@ -1,4 +1,4 @@
-"""TERAN (methods/teran.py; docs/methods.md §2): the unit tests of §2 (every pooling mode against brute force
+"""TERAN (methods/teran/; docs/methods.md §2): the unit tests of §2 (every pooling mode against brute force
 on ragged inputs, and against a literal port of mesnico/TERAN's `AlignmentContrastiveLoss` for the padding
 quirk; invariance to padding, the zero slot, [CLS] and the dropped final tokens; the hinge against brute
 force; unit norms), the shared checks of docs/methods.md §0 on real encoded features (grid, RoI, precomp,
@@ -32,8 +32,9 @@ from datamodules.itm import COCODataModule, Flickr30KDataModule
 from fgbench.cli import main
 from fgbench.data.batches import Text
 from fgbench.data.module import RetrievalDataModule
+from fgbench.encoders.word_windows import punctuation_table, scored_tokens, word_mask
 from fgbench.evaluation import EvalSpec
-from fgbench.features import Features, length_buckets
+from fgbench.features import Features, length_buckets, slots_used
 from fgbench.losses import hardest_negative_triplet
 from fgbench.registry import DATAMODULES, METHODS
 from methods.teran import (
@@ -42,10 +43,6 @@ from methods.teran import (
     alignment_matrix,
     alignment_pairs,
     bucketed_alignment_matrix,
-    punctuation_table,
-    scored_tokens,
-    slots_used,
-    word_mask,
 )
 
 from fixtures import itm as fx
