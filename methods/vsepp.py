@@ -125,6 +125,7 @@ class VSEPP(RetrievalMethod):
     """
 
     name: ClassVar[str] = "vsepp"
+    published_as: ClassVar[str] = "VSE++"  # results/published.csv
     provenance: ClassVar[str] = "port of fartashf/vsepp"
     tasks: ClassVar[frozenset[str]] = frozenset({"text-image", "image-text"})
 

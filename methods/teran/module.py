@@ -76,6 +76,7 @@ class TERAN(PairwiseMethod):
     """
 
     name: ClassVar[str] = "teran"
+    published_as: ClassVar[str] = "TERAN (MrSw, single model)"  # results/published.csv
     provenance: ClassVar[str] = "port of mesnico/TERAN"
     tasks: ClassVar[frozenset[str]] = frozenset({"text-image", "image-text"})
 
