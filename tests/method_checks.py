@@ -9,11 +9,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from fgbench.evaluation import EvalSpec, FunctionSource, evaluate
+from fgbench.evaluation import EvalSpec, FunctionSource, evaluate, get_protocol
 from fgbench.features import Features
 from fgbench.method import RetrievalMethod
 
@@ -167,3 +168,130 @@ def cli_fit(runs: Any, method: str, args: Sequence[str], steps: int = 2) -> tupl
     assert main(full) == 0
     (result,) = Path(runs).glob(f"*/{method}/tiny/seed0-*/result.json")
     return json.loads(result.read_text()), full
+
+
+# -- the tiny synthetic datamodules and what every method's shared checks read -------------------------------
+
+SYNTH_SIZES: dict[str, dict[str, int]] = {
+    "synth-person": {"train_ids": 4, "val_ids": 2, "test_ids": 2, "images_per_id": 2},
+    "synth-scenes": {"train_images": 6, "val_images": 3, "test_images": 3},
+    "synth-cir": {"train_sets": 2, "val_sets": 2, "test1_sets": 1, "queries_per_set": 2},
+}
+
+
+def synth_dm(root: Any, name: str, **kw: Any) -> Any:
+    """The registered synthetic DataModule `name` at its tiny sizes under `root` (else its default sizes)."""
+    from fgbench.registry import DATAMODULES
+
+    return DATAMODULES.get(name)(root=str(root), sizes=SYNTH_SIZES.get(name, {}), **kw)
+
+
+def tiny_datamodule(root: Any, name: str, **kw: Any) -> Any:
+    """`synth_dm` with batch 4 and eval batch 8 (unless given), set up for fit."""
+    dm = synth_dm(root, name, **{"batch_size": 4, "eval_batch_size": 8, **kw})
+    dm.setup("fit")
+    return dm
+
+
+def eval_batches(dm: Any, size: int) -> list[list[Any]]:
+    """[query batches, gallery batches] of the test split at eval batch size `size`."""
+    dm.eval_batch_size = size
+    return [list(loader) for loader in dm.test_dataloader()]
+
+
+@torch.no_grad()
+def encoded(model: RetrievalMethod, dm: Any) -> tuple[Features, Features]:
+    """Query and gallery features of the test split."""
+    q_loader, g_loader = dm.test_dataloader()
+    q = Features.cat([model.encode_queries(b) for b in q_loader])
+    g = Features.cat([model.encode_gallery(b) for b in g_loader])
+    return q, g
+
+
+def low_precision(*fs: Features) -> bool:
+    """Some stored tensor in bf16/fp16 (a method's token storage dtype): one rounding step apart."""
+    return any(t.dtype in (torch.bfloat16, torch.float16) for f in fs for t in f.tensors().values())
+
+
+def shared_checks(model: RetrievalMethod, dm: Any) -> tuple[Features, Features]:
+    """Every check of docs/methods.md §0 on the test split: batch-independent encoding, block-invariant and
+    padding-invariant scores, re-ranking everything equals exact scoring. Returns (queries, gallery)."""
+    model.eval()
+    whole, split = eval_batches(dm, 64), eval_batches(dm, 3)
+    with torch.no_grad():
+        q = Features.cat([model.encode_queries(b) for b in whole[0]])
+        g = Features.cat([model.encode_gallery(b) for b in whole[1]])
+    atol = 8e-3 if low_precision(q, g) else 1e-5
+    for i, encode in enumerate((model.encode_queries, model.encode_gallery)):
+        assert_encoding_batch_independent(encode, whole[i], split[i], atol=atol)
+    assert_block_invariant(model, q, g)
+    assert_padding_invariant(model, q, g)
+    assert_rerank_all_equals_score(model, q, g, torch.arange(len(q)) % len(g))
+    return q, g
+
+
+def assert_trains(model: RetrievalMethod, batch: Any) -> dict[str, torch.Tensor]:
+    """One training batch: every named loss is a finite scalar and their sum sends a gradient somewhere."""
+    model.train()
+    model.zero_grad()
+    losses = model.losses(batch)
+    assert losses and all(v.dim() == 0 and torch.isfinite(v) for v in losses.values()), losses
+    sum(losses.values()).backward()  # type: ignore[union-attr]
+    grads = [p.grad for p in model.parameters() if p.requires_grad and p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+    assert any(bool(g.abs().sum() > 0) for g in grads)
+    return losses
+
+
+@torch.no_grad()
+def assert_evaluation_is_the_dense_ranking(
+    model: RetrievalMethod, q: Features, g: Features, spec: Any
+) -> None:
+    """The method's evaluation (column blocks, its re-rank shortlist) gives the metrics of the evaluator on
+    the whole score and re-score matrices, computed one query-gallery pair at a time (brute force)."""
+    rows = torch.arange(len(q)).repeat_interleave(len(g))
+    cols = torch.arange(len(g)).repeat(len(q))
+    dense = blockwise(model, q, g, 1)
+    redo = model.rescore_pairs(q.take(rows), g.take(cols)).view(len(q), len(g))
+    src = FunctionSource(lambda r, c: dense[r][:, c], len(q), len(g), pair_fn=lambda r, c: redo[r, c])
+    if get_protocol(spec.protocol).rows_are_images:
+        src = src.T
+    want = evaluate(src, spec, rerank_k=model.rerank_k).metrics
+    got = model.evaluate_features(q, g, spec).metrics
+    assert got.keys() == want.keys()
+    for k in want:
+        assert abs(got[k] - want[k]) < 1e-6, (k, got[k], want[k])
+
+
+def assert_checkpoint_round_trip(model: RetrievalMethod, dm: Any, path: Any) -> RetrievalMethod:
+    """Saved weights (loaded back with weights_only=True) and hyper-parameters rebuild a model on the same
+    data that scores the test split exactly as the original."""
+    torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams)}, path)
+    saved = torch.load(path, weights_only=True)
+    again = attach(type(model)(**saved["hyper_parameters"]), dm)
+    again.load_state_dict(saved["state_dict"])
+    model.eval(), again.eval()
+    q, g = encoded(model, dm)
+    q2, g2 = encoded(again, dm)
+    with torch.no_grad():
+        torch.testing.assert_close(again.score(q2, g2), model.score(q, g), atol=0, rtol=0)
+    return again
+
+
+def save_tiny_clip(path: Path) -> Path:
+    """A tiny random CLIPModel and a byte-level CLIP tokenizer (no merges) saved like a hub checkpoint."""
+    from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    chars = list(bytes_to_unicode().values())
+    vocab = [*chars, *(c + "</w>" for c in chars), "<|startoftext|>", "<|endoftext|>"]
+    CLIPTokenizer(vocab={w: i for i, w in enumerate(vocab)}, merges=[]).save_pretrained(path)
+    tower = dict(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, projection_dim=16
+    )
+    text = dict(tower, vocab_size=len(vocab), max_position_embeddings=77, eos_token_id=len(vocab) - 1)
+    config = CLIPConfig(
+        text_config=text, vision_config=dict(tower, image_size=32, patch_size=8), projection_dim=16
+    )
+    CLIPModel(config).save_pretrained(path)
+    return path

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import torch
-from method_checks import assert_block_invariant, assert_encoding_batch_independent, attach
+from method_checks import assert_block_invariant, assert_encoding_batch_independent, attach, save_tiny_clip
 from method_checks import first_batch as train_batch
 
 from fgbench.cli import main
@@ -46,25 +46,6 @@ def datamodule(root: Path, name: str, **kw: Any) -> RetrievalDataModule:
     dm = DATAMODULES.get(name)(root=str(root), sizes=SIZES[name], batch_size=4, eval_batch_size=8, **kw)
     dm.setup("fit")
     return dm
-
-
-def save_tiny_clip(path: Path) -> Path:
-    """A tiny random CLIPModel and a byte-level CLIP tokenizer (no merges) saved like a hub checkpoint."""
-    from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
-    from transformers.convert_slow_tokenizer import bytes_to_unicode
-
-    chars = list(bytes_to_unicode().values())
-    vocab = [*chars, *(c + "</w>" for c in chars), "<|startoftext|>", "<|endoftext|>"]
-    CLIPTokenizer(vocab={w: i for i, w in enumerate(vocab)}, merges=[]).save_pretrained(path)
-    tower = dict(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, projection_dim=16
-    )
-    text = dict(tower, vocab_size=len(vocab), max_position_embeddings=77, eos_token_id=len(vocab) - 1)
-    config = CLIPConfig(
-        text_config=text, vision_config=dict(tower, image_size=32, patch_size=8), projection_dim=16
-    )
-    CLIPModel(config).save_pretrained(path)
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -26,8 +26,9 @@ from method_checks import (
     attach,
     cli_fit,
     first_batch,
+    save_tiny_clip,
 )
-from test_method_clip_ft import assert_learns, datamodule, encoded, eval_batches, save_tiny_clip
+from test_method_clip_ft import assert_learns, datamodule, encoded, eval_batches
 
 import methods.mmref as mmref_module
 from fgbench.cli import main

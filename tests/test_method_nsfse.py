@@ -28,9 +28,9 @@ from method_checks import (
     first_batch,
     fit_and_test,
     loss_fell,
+    save_tiny_clip,
 )
 from PIL import Image
-from test_method_clip_ft import save_tiny_clip
 
 from fgbench.data.module import RetrievalDataModule
 from fgbench.features import Features

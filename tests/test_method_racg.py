@@ -19,15 +19,17 @@ import test_method_teran as teran_tests
 import torch
 import torch.nn.functional as F
 from method_checks import (
+    SYNTH_SIZES,
     assert_block_invariant,
-    assert_encoding_batch_independent,
-    assert_padding_invariant,
-    assert_rerank_all_equals_score,
     attach,
     cli_fit,
+    encoded,
+    eval_batches,
     first_batch,
     fit_and_test,
     loss_fell,
+    shared_checks,
+    synth_dm,
 )
 
 import methods.racg
@@ -52,17 +54,12 @@ from methods.racg import (
 
 from fixtures import itm as fx
 
-SCENES = {"train_images": 6, "val_images": 3, "test_images": 3}
-PERSON = {"train_ids": 4, "val_ids": 2, "test_ids": 2, "images_per_id": 2}
+SCENES = SYNTH_SIZES["synth-scenes"]
+PERSON = SYNTH_SIZES["synth-person"]
 PRECOMP = {"train": 6, "dev": 3, "test": 3}
 CONFIGS = Path(__file__).resolve().parents[1] / "experiments" / "configs"
 FIXTURES = teran_tests.FIXTURES  # the official-format writers, shared with teran (same inputs)
 bert_dir = teran_tests.bert_dir  # fixture: a tiny random 6-layer BERT folder, as teran's paper-profile test
-
-
-@pytest.fixture(scope="module")
-def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("data")
 
 
 @pytest.fixture(scope="module")
@@ -72,14 +69,6 @@ def butd_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def scenes_dm(root: Path, **kw: Any) -> RetrievalDataModule:
-    return DATAMODULES.get("synth-scenes")(root=str(root), sizes=SCENES, **kw)
-
-
-def person_dm(root: Path, **kw: Any) -> RetrievalDataModule:
-    return DATAMODULES.get("synth-person")(root=str(root), sizes=PERSON, **kw)
-
-
 def butd_dm(butd_root: Path, **kw: Any) -> RetrievalDataModule:
     return COCODataModule(root=str(butd_root), feature_source="butd", batch_size=4, **kw)
 
@@ -87,14 +76,6 @@ def butd_dm(butd_root: Path, **kw: Any) -> RetrievalDataModule:
 def built(dm: RetrievalDataModule, **kw: Any) -> RACG:
     L.seed_everything(0)
     return attach(RACG(**kw), dm)  # type: ignore[return-value]
-
-
-def encoded(model: RACG, dm: RetrievalDataModule) -> tuple[Features, Features]:
-    q_loader, g_loader = dm.test_dataloader()
-    with torch.no_grad():
-        q = Features.cat([model.encode_queries(b) for b in q_loader])
-        g = Features.cat([model.encode_gallery(b) for b in g_loader])
-    return q, g
 
 
 # -- brute force ---------------------------------------------------------------------------------------------
@@ -197,7 +178,7 @@ def test_one_head_no_spreading_is_bidirectional_scan(chunk: int) -> None:
 
 
 def test_model_without_graph_layers_scores_scan_on_its_nodes(root: Path) -> None:
-    dm = scenes_dm(root, batch_size=8)
+    dm = synth_dm(root, "synth-scenes", batch_size=8)
     model = built(dm, intra_graph=False, heads=1, beta=0.0, store_dtype="float32").eval()
     assert model.text_graph is None and model.image_graph is None  # no layers and no edges needed
     q, g = encoded(model, dm)
@@ -355,7 +336,7 @@ def test_spatial_edges_are_iou() -> None:
 
 
 def test_reconstruction_loss_ignores_negatives(root: Path) -> None:
-    dm = scenes_dm(root, batch_size=8)
+    dm = synth_dm(root, "synth-scenes", batch_size=8)
     model = built(dm).eval()  # eval: BatchNorm and dropout do not depend on the batch
     batch = first_batch(dm)
     with torch.no_grad():
@@ -389,7 +370,7 @@ def take_nodes(n: Nodes, idx: Any) -> Nodes:
 
 
 def test_reconstruction_targets_are_stop_gradient(root: Path) -> None:
-    dm = scenes_dm(root, batch_size=8)
+    dm = synth_dm(root, "synth-scenes", batch_size=8)
     model = built(dm).eval()
     batch = first_batch(dm)
     with torch.no_grad():
@@ -430,7 +411,7 @@ def test_registered_with_its_tasks_and_says_it_is_a_reimplementation() -> None:
 
 @pytest.mark.filterwarnings("ignore:You are trying to `self.log()`")
 def test_hinge_on_the_cross_graph_scores_equals_brute_force(root: Path) -> None:
-    dm = scenes_dm(root, batch_size=8)
+    dm = synth_dm(root, "synth-scenes", batch_size=8)
     model = built(dm, sum_warmup_epochs=0).eval()
     batch = first_batch(dm)
     with torch.no_grad():
@@ -450,7 +431,7 @@ def test_hinge_on_the_cross_graph_scores_equals_brute_force(root: Path) -> None:
 
 
 def test_first_epochs_sum_the_hinge_over_all_negatives(root: Path) -> None:
-    dm = scenes_dm(root, batch_size=8)
+    dm = synth_dm(root, "synth-scenes", batch_size=8)
     model = built(dm).eval()
     assert model.hp.sum_warmup_epochs is None and RACG(profile="paper").hp.sum_warmup_epochs == 0
     assert model.sum_warmup == 1  # image-text matching: one summed epoch (fgbench.losses.warmup)
@@ -463,7 +444,7 @@ def test_first_epochs_sum_the_hinge_over_all_negatives(root: Path) -> None:
 @pytest.mark.parametrize("name", sorted(ABLATIONS))
 def test_every_ablation_trains_every_parameter(root: Path, name: str) -> None:
     """Each switch builds, and every parameter it builds gets a gradient (DDP needs no unused ones)."""
-    dm = scenes_dm(root, batch_size=8)
+    dm = synth_dm(root, "synth-scenes", batch_size=8)
     model = built(dm, **ABLATIONS[name])
     terms = model.losses(first_batch(dm))
     sum(terms.values()).backward()
@@ -478,7 +459,7 @@ def test_every_ablation_trains_every_parameter(root: Path, name: str) -> None:
 
 
 def test_cross_graph_off_scores_and_trains_the_globals(root: Path) -> None:
-    dm = scenes_dm(root, batch_size=8)
+    dm = synth_dm(root, "synth-scenes", batch_size=8)
     model = built(dm, cross_graph=False).eval()
     assert model.lambda_rec == 0.0 and model.rec_t is None
     batch = first_batch(dm)
@@ -492,7 +473,7 @@ def test_cross_graph_off_scores_and_trains_the_globals(root: Path) -> None:
 
 
 def test_switches_change_the_model(root: Path) -> None:
-    dm = scenes_dm(root, batch_size=8)
+    dm = synth_dm(root, "synth-scenes", batch_size=8)
     base = built(dm, store_dtype="float32").eval()
     q, g = encoded(base, dm)
     assert q.aux["adj"].shape == (len(q), q.tok.shape[1], q.tok.shape[1])
@@ -528,7 +509,7 @@ def test_options_are_checked() -> None:
 
 
 def test_build_is_idempotent_and_checkpoints_load(root: Path) -> None:
-    dm = scenes_dm(root, batch_size=8)
+    dm = synth_dm(root, "synth-scenes", batch_size=8)
     model = built(dm)
     modules = (model.text_encoder, model.cnn, model.text_graph, model.image_graph)
     model.build(dm)
@@ -538,7 +519,7 @@ def test_build_is_idempotent_and_checkpoints_load(root: Path) -> None:
 
 
 def test_class_level_protocols_are_an_error(root: Path) -> None:
-    model = built(scenes_dm(root, batch_size=8))
+    model = built(synth_dm(root, "synth-scenes", batch_size=8))
     with pytest.raises(ValueError, match="class_reed"):
         model.pool_queries(Features(index=torch.arange(2), glob=torch.zeros(2, 4)), torch.arange(2))
 
@@ -546,27 +527,8 @@ def test_class_level_protocols_are_an_error(root: Path) -> None:
 # -- shared checks of docs/methods.md §0 on real features ----------------------------------------------------
 
 
-def eval_batches(dm: RetrievalDataModule, size: int) -> list[list[Any]]:
-    dm.eval_batch_size = size
-    return [list(loader) for loader in dm.test_dataloader()]
-
-
-def shared_checks(model: RACG, dm: RetrievalDataModule) -> tuple[Features, Features]:
-    model.eval()
-    whole, split = eval_batches(dm, 64), eval_batches(dm, 3)
-    for i, encode in enumerate((model.encode_queries, model.encode_gallery)):
-        assert_encoding_batch_independent(encode, whole[i], split[i])
-    with torch.no_grad():
-        q = Features.cat([model.encode_queries(b) for b in whole[0]])
-        g = Features.cat([model.encode_gallery(b) for b in whole[1]])
-    assert_block_invariant(model, q, g)
-    assert_padding_invariant(model, q, g)
-    assert_rerank_all_equals_score(model, q, g, torch.arange(len(q)) % len(g))
-    return q, g
-
-
 def test_shared_checks_grid_regions_with_bf16_storage(root: Path) -> None:
-    dm = scenes_dm(root)
+    dm = synth_dm(root, "synth-scenes")
     q, g = shared_checks(built(dm, store_dtype="float32"), dm)  # batch independence exact in fp32
     assert q.tok.dtype == torch.float32 and g.tok.shape[1] == 16
     model = built(dm).eval()
@@ -585,16 +547,16 @@ def test_shared_checks_grid_regions_with_bf16_storage(root: Path) -> None:
 
 
 def test_shared_checks_roi_regions_over_the_data_boxes(root: Path) -> None:
-    dm = scenes_dm(root, with_boxes=True)
+    dm = synth_dm(root, "synth-scenes", with_boxes=True)
     model = built(dm, store_dtype="float32")
     assert model.region_source == "roi"
     _, g = shared_checks(model, dm)
     assert g.tok.shape[1] == model.hp.max_regions and g.aux["adj"].shape[1:] == (36, 36)
 
 
-def test_shared_checks_person_grid(root: Path) -> None:
-    dm = person_dm(root)
-    _, g = shared_checks(built(dm, store_dtype="float32"), dm)
+def test_person_images_give_a_grid_of_regions(root: Path) -> None:  # shared checks: test_contract.py
+    dm = synth_dm(root, "synth-person")
+    _, g = encoded(built(dm).eval(), dm)
     h, w = dm.tiny_image_size
     assert g.tok.shape[1] == (h // 8) * (w // 8)
 
@@ -616,7 +578,7 @@ def test_shared_checks_on_butd_with_boxes(butd_root: Path) -> None:
 
 
 def test_global_shortlist_reranked_over_all_items_equals_exact(root: Path) -> None:
-    dm = scenes_dm(root)
+    dm = synth_dm(root, "synth-scenes")
     model = built(dm, global_aux=True, store_dtype="float32").eval()
     q, g = encoded(model, dm)
     spec = EvalSpec("person_t2i", torch.arange(len(q)) // 5, torch.arange(len(g)))

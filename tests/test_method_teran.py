@@ -17,15 +17,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 from method_checks import (
+    SYNTH_SIZES,
     assert_block_invariant,
     assert_encoding_batch_independent,
-    assert_padding_invariant,
-    assert_rerank_all_equals_score,
     attach,
     cli_fit,
+    encoded,
+    eval_batches,
     first_batch,
     fit_and_test,
     loss_fell,
+    shared_checks,
+    synth_dm,
 )
 
 from datamodules.itm import COCODataModule, Flickr30KDataModule
@@ -50,24 +53,11 @@ from methods.teran import (
 
 from fixtures import itm as fx
 
-SCENES = {"train_images": 6, "val_images": 3, "test_images": 3}
-PERSON = {"train_ids": 4, "val_ids": 2, "test_ids": 2, "images_per_id": 2}
+SCENES = SYNTH_SIZES["synth-scenes"]
+PERSON = SYNTH_SIZES["synth-person"]
 PRECOMP = {"train": 6, "dev": 3, "test": 3}
 CONFIGS = Path(__file__).resolve().parents[1] / "experiments" / "configs"
 MODES = sorted(POOLINGS)
-
-
-@pytest.fixture(scope="module")
-def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("data")
-
-
-def scenes_dm(root: Path, **kw: Any) -> RetrievalDataModule:
-    return DATAMODULES.get("synth-scenes")(root=str(root), sizes=SCENES, **kw)
-
-
-def person_dm(root: Path, **kw: Any) -> RetrievalDataModule:
-    return DATAMODULES.get("synth-person")(root=str(root), sizes=PERSON, **kw)
 
 
 def built(dm: RetrievalDataModule, **kw: Any) -> TERAN:
@@ -272,17 +262,9 @@ def test_word_spans_and_punctuation() -> None:
         word_mask(ids, valid, "words", punct)
 
 
-def encoded(model: TERAN, dm: RetrievalDataModule) -> tuple[Features, Features]:
-    q_loader, g_loader = dm.test_dataloader()
-    with torch.no_grad():
-        q = Features.cat([model.encode_queries(b) for b in q_loader])
-        g = Features.cat([model.encode_gallery(b) for b in g_loader])
-    return q, g
-
-
 @pytest.mark.parametrize("span", ["reference", "drop_period", "all_words"])
 def test_cls_final_tokens_padding_and_zero_slot_do_not_change_scores(root: Path, span: str) -> None:
-    dm = scenes_dm(root, batch_size=8)
+    dm = synth_dm(root, "synth-scenes", batch_size=8)
     model = built(dm, word_span=span, store_dtype="float32").eval()
     if span == "drop_period":  # the tiny vocabulary has no punctuation: call every token punctuation
         model.punct = torch.ones(model.processor.tokenizer.vocab_size, dtype=torch.bool)
@@ -314,7 +296,7 @@ def test_registered_with_its_tasks() -> None:
 
 
 def test_unit_norms_and_the_mrsw_bound(root: Path) -> None:
-    dm = scenes_dm(root, batch_size=8)
+    dm = synth_dm(root, "synth-scenes", batch_size=8)
     model = built(dm).eval()
     batch = first_batch(dm)
     with torch.no_grad():
@@ -329,7 +311,7 @@ def test_unit_norms_and_the_mrsw_bound(root: Path) -> None:
 
 
 def test_hinge_equals_brute_force_and_vanishes_when_margins_are_met(root: Path) -> None:
-    dm = scenes_dm(root, batch_size=8)
+    dm = synth_dm(root, "synth-scenes", batch_size=8)
     model = built(dm, sum_warmup_epochs=0).eval()
     batch = first_batch(dm)
     with torch.no_grad():
@@ -352,7 +334,7 @@ def test_hinge_equals_brute_force_and_vanishes_when_margins_are_met(root: Path) 
 
 
 def test_first_epochs_sum_the_hinge_over_all_negatives(root: Path) -> None:
-    dm = scenes_dm(root, batch_size=8)
+    dm = synth_dm(root, "synth-scenes", batch_size=8)
     model = built(dm).eval()
     assert model.hp.sum_warmup_epochs is None and TERAN(profile="paper").hp.sum_warmup_epochs == 0
     assert model.sum_warmup == 1  # image-text matching: one summed epoch (fgbench.losses.warmup)
@@ -367,7 +349,7 @@ def test_first_epochs_sum_the_hinge_over_all_negatives(root: Path) -> None:
 
 
 def test_mask_same_image_and_global_aux_loss(root: Path) -> None:
-    dm = scenes_dm(root, batch_size=8)
+    dm = synth_dm(root, "synth-scenes", batch_size=8)
     plain = built(dm).eval()
     masked = built(dm, mask_same_image=True).eval()
     aux = built(dm, global_aux_loss=True).eval()
@@ -393,7 +375,7 @@ def test_options_are_checked() -> None:
 
 
 def test_build_is_idempotent_and_checkpoints_load(root: Path) -> None:
-    dm = scenes_dm(root, batch_size=8)
+    dm = synth_dm(root, "synth-scenes", batch_size=8)
     model = built(dm)
     modules = (model.text_encoder, model.cnn, model.visual_transformer)
     model.build(dm)
@@ -407,27 +389,8 @@ def test_build_is_idempotent_and_checkpoints_load(root: Path) -> None:
 # -- shared checks of docs/methods.md §0 on real features ----------------------------------------------------
 
 
-def eval_batches(dm: RetrievalDataModule, size: int) -> list[list[Any]]:
-    dm.eval_batch_size = size
-    return [list(loader) for loader in dm.test_dataloader()]
-
-
-def shared_checks(model: TERAN, dm: RetrievalDataModule) -> tuple[Features, Features]:
-    model.eval()
-    whole, split = eval_batches(dm, 64), eval_batches(dm, 3)
-    for i, encode in enumerate((model.encode_queries, model.encode_gallery)):
-        assert_encoding_batch_independent(encode, whole[i], split[i])
-    with torch.no_grad():
-        q = Features.cat([model.encode_queries(b) for b in whole[0]])
-        g = Features.cat([model.encode_gallery(b) for b in whole[1]])
-    assert_block_invariant(model, q, g)
-    assert_padding_invariant(model, q, g)
-    assert_rerank_all_equals_score(model, q, g, torch.arange(len(q)) % len(g))
-    return q, g
-
-
 def test_shared_checks_grid_regions_with_bf16_storage(root: Path) -> None:
-    dm = scenes_dm(root)
+    dm = synth_dm(root, "synth-scenes")
     model = built(dm).eval()
     q, g = shared_checks(built(dm, store_dtype="float32"), dm)  # batch independence exact in fp32
     assert q.tok.dtype == torch.float32 and g.tok.shape[1] == 16 and model.region_source == "grid"
@@ -442,17 +405,16 @@ def test_shared_checks_grid_regions_with_bf16_storage(root: Path) -> None:
 
 
 def test_shared_checks_roi_regions_over_the_data_boxes(root: Path) -> None:
-    dm = scenes_dm(root, with_boxes=True)
+    dm = synth_dm(root, "synth-scenes", with_boxes=True)
     model = built(dm, store_dtype="float32")
     assert model.region_source == "roi"
     _, g = shared_checks(model, dm)
     assert g.tok.shape[1] == model.hp.max_regions and 2 <= int(g.mask.sum(1).min()) <= 4
 
 
-def test_shared_checks_person_grid(root: Path) -> None:
-    dm = person_dm(root)
-    model = built(dm, store_dtype="float32")
-    _, g = shared_checks(model, dm)
+def test_person_images_give_a_grid_of_regions(root: Path) -> None:  # shared checks: test_contract.py
+    dm = synth_dm(root, "synth-person")
+    _, g = encoded(built(dm).eval(), dm)
     h, w = dm.tiny_image_size
     assert g.tok.shape[1] == (h // 8) * (w // 8)  # the grid of TinyCNN cells (three stride-2 convs)
 
@@ -481,7 +443,7 @@ def test_shared_checks_on_butd_with_boxes(tmp_path: Path) -> None:
 
 
 def test_global_shortlist_reranked_by_alignment_over_all_items_equals_exact(root: Path) -> None:
-    dm = scenes_dm(root)
+    dm = synth_dm(root, "synth-scenes")
     exact = built(dm, global_aux_loss=True, store_dtype="float32").eval()
     q, g = encoded(exact, dm)
     spec = EvalSpec("person_t2i", torch.arange(len(q)) // 5, torch.arange(len(g)))
@@ -627,7 +589,7 @@ def test_paper_profile_drops_a_final_period_but_keeps_a_final_word(bert_dir: Pat
 
 
 def test_warmup_steps_start_from_lr_over_steps(root: Path) -> None:
-    dm = scenes_dm(root, batch_size=8)
+    dm = synth_dm(root, "synth-scenes", batch_size=8)
     model = built(dm, warmup_steps=1000, schedule="step", step_epochs=20)
     model._schedule_steps = lambda: (3000 * 30, 3000)  # type: ignore[method-assign]
     sched = model.configure_optimizers()["lr_scheduler"]["scheduler"]
@@ -687,7 +649,7 @@ def test_tiny_profile_loss_falls_on_synth_person(tmp_path: Path) -> None:
 
 
 def test_text_batch_without_tokens_is_an_error(root: Path) -> None:
-    dm = scenes_dm(root, batch_size=8)
+    dm = synth_dm(root, "synth-scenes", batch_size=8)
     model = built(dm)
     with pytest.raises(ValueError, match="input_ids"):
         model.text_sets(Text(raw=["a dog"]))

@@ -1,0 +1,48 @@
+"""Fixtures the method tests share: tiny synthetic datamodules (one per task family), a tiny random CLIP
+folder, seeds and run folders. The reusable assertions live in tests/method_checks.py."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import pytest
+from method_checks import save_tiny_clip, tiny_datamodule
+
+
+@pytest.fixture(scope="session")
+def synth_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One folder for the tiny synthetic datasets of the whole session (each is named by its sizes)."""
+    return tmp_path_factory.mktemp("synth")
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The data folder of one test module (synthetic datasets, format fixtures)."""
+    return tmp_path_factory.mktemp("data")
+
+
+@pytest.fixture
+def tiny_dm(synth_root: Path) -> Callable[..., Any]:
+    """`tiny_dm("synth-cir", batch_size=8)`: a registered synthetic DataModule, small, set up for fit."""
+    return lambda name, **kw: tiny_datamodule(synth_root, name, **kw)
+
+
+@pytest.fixture(scope="session")
+def clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random CLIP checkpoint folder (model and tokenizer), as a hub download looks."""
+    return save_tiny_clip(tmp_path_factory.mktemp("clip"))
+
+
+@pytest.fixture
+def seeded() -> int:
+    """Seed every generator with 0 (what `fit --seed_everything 0` does) before the test builds a model."""
+    return L.seed_everything(0, verbose=False)
+
+
+@pytest.fixture
+def runs(tmp_path: Path) -> Path:
+    """A run root for CLI runs of one test."""
+    return tmp_path / "runs"
