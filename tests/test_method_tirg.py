@@ -15,13 +15,14 @@ import lightning as L
 import pytest
 import torch
 from method_checks import (
-    assert_block_invariant,
-    assert_encoding_batch_independent,
+    SYNTH_SIZES,
     attach,
     cli_fit,
+    eval_batches,
     first_batch,
     fit_and_test,
     loss_fell,
+    synth_dm,
 )
 
 from fgbench.data.module import RetrievalDataModule
@@ -31,16 +32,7 @@ from methods.tirg import TIRG, Composer, soft_triplet_loss
 
 from fixtures.composed import write_fashioniq
 
-CIR = {"train_sets": 4, "val_sets": 3, "test1_sets": 1, "queries_per_set": 2}
-
-
-@pytest.fixture(scope="module")
-def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("data")
-
-
-def cir_dm(root: Path, **kw: Any) -> RetrievalDataModule:
-    return DATAMODULES.get("synth-cir")(root=str(root), sizes=CIR, **kw)
+CIR = SYNTH_SIZES["synth-cir"]
 
 
 def built(dm: RetrievalDataModule, **kw: Any) -> TIRG:
@@ -66,7 +58,7 @@ def test_composition_initial_weights_and_saturated_gate() -> None:
 
 
 def test_outputs_have_norm_s_and_eval_features_unit_norm(root: Path) -> None:
-    dm = cir_dm(root, batch_size=4)
+    dm = synth_dm(root, "synth-cir", batch_size=4)
     model = built(dm).eval()
     batch = first_batch(dm)
     with torch.no_grad():
@@ -87,7 +79,7 @@ def explicit_ce(logits: torch.Tensor, excluded: set[tuple[int, int]] = frozenset
 
 
 def test_classification_loss_equals_an_explicit_ce(root: Path) -> None:
-    dm = cir_dm(root, batch_size=4)
+    dm = synth_dm(root, "synth-cir", batch_size=4)
     model = built(dm).eval()  # dropout off, BatchNorm fixed: the loss sees the same features as below
     batch = first_batch(dm)
     assert batch.target_label.unique().numel() == 4
@@ -120,7 +112,7 @@ def test_soft_triplet_takes_three_triplets_per_anchor_and_trains(root: Path) -> 
     q, g = torch.randn(6, 4, requires_grad=True), torch.randn(6, 4)
     losses = {float(soft_triplet_loss(q, g, torch.arange(6))) for _ in range(5)}
     assert len(losses) > 1  # random triplets: 3 of the 10 negatives per anchor
-    dm = cir_dm(root, batch_size=4)
+    dm = synth_dm(root, "synth-cir", batch_size=4)
     model = built(dm, soft_triplet=True)
     loss = model.losses(first_batch(dm))
     assert set(loss) == {"soft_triplet"}
@@ -128,23 +120,12 @@ def test_soft_triplet_takes_three_triplets_per_anchor_and_trains(root: Path) -> 
     assert model.composer.a.grad is not None and model.norm.scale.grad is not None
 
 
-def eval_loaders(dm: RetrievalDataModule, batch_size: int) -> tuple[list[Any], list[Any]]:
-    dm.eval_batch_size = batch_size
-    q, g = dm.test_dataloader()
-    return list(q), list(g)
-
-
-def test_shared_checks_and_batch_composition(root: Path) -> None:
-    dm = cir_dm(root)
+def test_a_reversed_batch_gives_the_same_rows_reversed(root: Path) -> None:  # shared checks: test_contract
+    dm = synth_dm(root, "synth-cir")
     model = built(dm).eval()
-    queries, gallery = eval_loaders(dm, 64)
-    q_split, g_split = eval_loaders(dm, 4)
-    assert_encoding_batch_independent(model.encode_queries, queries, q_split)
-    assert_encoding_batch_independent(model.encode_gallery, gallery, g_split)
+    queries, _ = eval_batches(dm, 64)
     with torch.no_grad():
         q = Features.cat([model.encode_queries(b) for b in queries])
-        g = Features.cat([model.encode_gallery(b) for b in gallery])
-        # a reversed batch gives the same rows, reversed
         (whole,) = queries
         rev = type(whole)(
             index=whole.index.flip(0),
@@ -156,7 +137,6 @@ def test_shared_checks_and_batch_composition(root: Path) -> None:
             ),
         )
         torch.testing.assert_close(model.encode_queries(rev).glob, q.glob.flip(0))
-    assert_block_invariant(model, q, g)
 
 
 def cli_run(tmp_path: Path, data: list[str], model: type = TIRG) -> dict[str, Any]:
@@ -202,7 +182,7 @@ def resnet18_weights(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, to
 
 def test_paper_profile_offline(root: Path, resnet18_weights: tuple[Path, torch.nn.Module]) -> None:
     path, src = resnet18_weights
-    dm = cir_dm(root, batch_size=4)
+    dm = synth_dm(root, "synth-cir", batch_size=4)
     model = built(dm, profile="paper", weights_path=str(path), image_size=(64, 64))
     assert torch.equal(model.image_encoder.model.conv1.weight, src.conv1.weight)
     assert model.image_fc.in_features == 512 and model.text_encoder.rnn.hidden_size == 512

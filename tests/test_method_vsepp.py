@@ -13,20 +13,20 @@ import lightning as L
 import pytest
 import torch
 from method_checks import (
-    assert_block_invariant,
-    assert_encoding_batch_independent,
+    SYNTH_SIZES,
     attach,
     cli_fit,
     first_batch,
     fit_and_test,
     loss_fell,
+    shared_checks,
+    synth_dm,
 )
 
 from datamodules.itm import Flickr30KDataModule
 from fgbench.data.batches import VisualBatch
 from fgbench.data.module import RetrievalDataModule
 from fgbench.encoders.tokenizers import build_vocabulary
-from fgbench.features import Features
 from fgbench.losses import hardest_negative_triplet
 from fgbench.losses.warmup import ALL_EPOCHS, summed_hinge_epochs, warmup_label
 from fgbench.registry import DATAMODULES, METHODS
@@ -34,18 +34,9 @@ from methods.vsepp import VSEPP
 
 from fixtures.itm import write_precomp
 
-SCENES = {"train_images": 6, "val_images": 3, "test_images": 3}
-PERSON = {"train_ids": 4, "val_ids": 2, "test_ids": 2, "images_per_id": 2}
+SCENES = SYNTH_SIZES["synth-scenes"]
+PERSON = SYNTH_SIZES["synth-person"]
 PRECOMP = {"train": 6, "dev": 3, "test": 3}
-
-
-@pytest.fixture(scope="module")
-def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("data")
-
-
-def scenes_dm(root: Path, **kw: Any) -> RetrievalDataModule:
-    return DATAMODULES.get("synth-scenes")(root=str(root), sizes=SCENES, **kw)
 
 
 def precomp_dm(root: Path, **kw: Any) -> RetrievalDataModule:
@@ -67,7 +58,7 @@ def test_registered_with_its_tasks() -> None:
 
 
 def test_loss_is_the_hinge_on_image_caption_scores(root: Path) -> None:
-    dm = scenes_dm(root, batch_size=8)
+    dm = synth_dm(root, "synth-scenes", batch_size=8)
     model = built(dm, sum_warmup_epochs=0).eval()  # eval: dropout-free, BatchNorm fixed: passes agree
     batch = first_batch(dm)
     S = model.encode_image(batch.visual) @ model.encode_text(batch.text).T
@@ -84,7 +75,7 @@ def test_loss_is_the_hinge_on_image_caption_scores(root: Path) -> None:
 
 
 def test_mask_same_label_removes_same_label_negatives(root: Path) -> None:
-    dm = scenes_dm(root, batch_size=8)
+    dm = synth_dm(root, "synth-scenes", batch_size=8)
     model = built(dm, mask_same_label=True, sum_warmup_epochs=0).eval()
     batch = first_batch(dm)
     assert batch.label.unique().numel() < len(batch.label)  # five captions per image: duplicates occur
@@ -102,7 +93,7 @@ def test_vocabulary_keeps_words_seen_min_count_times() -> None:
 
 
 def test_features_are_unit_vectors_and_build_is_idempotent(root: Path) -> None:
-    dm = scenes_dm(root, batch_size=8)
+    dm = synth_dm(root, "synth-scenes", batch_size=8)
     model = built(dm)
     modules = (model.text_encoder, model.image_encoder, model.image_fc)
     model.build(dm)
@@ -114,31 +105,11 @@ def test_features_are_unit_vectors_and_build_is_idempotent(root: Path) -> None:
         torch.testing.assert_close(f.norm(dim=-1), torch.ones(len(f)))
 
 
-def encode_all(model: VSEPP, dm: RetrievalDataModule, split_size: int) -> None:
-    """Shared checks on the test split: block invariance, and encoding independent of the batch size."""
-    dm.eval_batch_size = 64
-    queries, gallery = (list(loader) for loader in dm.test_dataloader())
-    dm.eval_batch_size = split_size
-    q_split, g_split = (list(loader) for loader in dm.test_dataloader())
-    model.eval()
-    assert_encoding_batch_independent(model.encode_queries, queries, q_split)
-    assert_encoding_batch_independent(model.encode_gallery, gallery, g_split)
-    with torch.no_grad():
-        q = Features.cat([model.encode_queries(b) for b in queries])
-        g = Features.cat([model.encode_gallery(b) for b in gallery])
-    assert_block_invariant(model, q, g)
-
-
-def test_shared_checks_on_images(root: Path) -> None:
-    dm = scenes_dm(root)
-    encode_all(built(dm), dm, split_size=4)
-
-
 def test_shared_checks_on_region_features(root: Path) -> None:
     dm = precomp_dm(root)
     model = built(dm)
     assert model.image_encoder is None and model.image_fc.in_features == 8  # the fixture's region size
-    encode_all(model, dm, split_size=4)
+    shared_checks(model, dm)  # on images: test_contract.py
 
 
 def test_precomp_image_is_the_projected_mean_region(root: Path) -> None:
@@ -207,7 +178,7 @@ def test_paper_profile_loads_local_cnn_weights_and_trains(
     root: Path, resnet18_weights: tuple[Path, torch.nn.Module]
 ) -> None:
     path, src = resnet18_weights
-    dm = scenes_dm(root, batch_size=4)
+    dm = synth_dm(root, "synth-scenes", batch_size=4)
     model = paper(dm, path)
     assert torch.equal(model.image_encoder.model.conv1.weight, src.conv1.weight)
     assert model.text_encoder.rnn.hidden_size == 1024 and model.image_fc.out_features == 1024
@@ -223,7 +194,7 @@ def test_paper_profile_loads_local_cnn_weights_and_trains(
 def test_paper_profile_frozen_cnn_and_missing_weights(
     root: Path, resnet18_weights: tuple[Path, torch.nn.Module]
 ) -> None:
-    dm = scenes_dm(root, batch_size=4)
+    dm = synth_dm(root, "synth-scenes", batch_size=4)
     model = paper(dm, resnet18_weights[0], finetune=False)
     model.losses(first_batch(dm))["hinge"].backward()
     assert all(p.grad is None for p in model.image_encoder.parameters())
