@@ -9,7 +9,7 @@ from typing import Any
 
 import lightning as L
 import pytest
-from method_checks import save_tiny_clip, tiny_datamodule
+from method_checks import save_tiny_bert, save_tiny_clip, tiny_datamodule
 
 
 @pytest.fixture(scope="session")
@@ -46,3 +46,9 @@ def seeded() -> int:
 def runs(tmp_path: Path) -> Path:
     """A run root for CLI runs of one test."""
     return tmp_path / "runs"
+
+
+@pytest.fixture(scope="session")
+def bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random 6-layer BERT folder (model and word-piece tokenizer), as a hub download looks."""
+    return save_tiny_bert(tmp_path_factory.mktemp("bert"))

@@ -296,3 +296,99 @@ def save_tiny_clip(path: Path) -> Path:
     )
     CLIPModel(config).save_pretrained(path)
     return path
+
+
+# -- the paper recipes and the official-format fixtures, through the CLI ------------------------------------
+
+CONFIGS = Path(__file__).resolve().parents[1] / "experiments" / "configs"
+
+
+def paper_config(method: str, dataset: str) -> dict[str, Any]:
+    """The config `fit --print_config` resolves for data + method + the paper profile + the pair's
+    experiment recipe (experiments/configs), as the sweep's paper cells stack them."""
+    import contextlib
+    import io
+
+    import yaml
+
+    from experiments.sweep import experiment_config
+    from fgbench.cli import main
+
+    files = [CONFIGS / "data" / f"{dataset}.yaml", CONFIGS / "method" / f"{method}.yaml"]
+    files += [CONFIGS / "profile" / "paper.yaml", experiment_config(CONFIGS, method, dataset)]
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        try:
+            main(["fit", *(a for f in files for a in ("--config", str(f))), "--print_config"])
+        except SystemExit as done:
+            assert done.code in (0, None)
+    return yaml.safe_load(out.getvalue())
+
+
+def itm_fixtures() -> dict[str, tuple[Callable[[Path], Any], str, list[str]]]:
+    """Official-format ITM fixtures: name -> (writer, DataModule prefix in datamodules.itm, data options)."""
+    from fixtures import itm as fx
+
+    return {
+        "f30k_precomp": (
+            lambda r: fx.write_precomp(r, "f30k", {"train": 6, "dev": 3, "test": 3}),
+            "Flickr30K",
+            ["--data.feature_source", "precomp"],
+        ),
+        "f30k_butd": (fx.write_f30k_butd, "Flickr30K", ["--data.feature_source", "butd"]),
+        "coco_butd": (fx.write_coco_butd, "COCO", ["--data.feature_source", "butd"]),
+        "f30k_images": (fx.write_f30k_images, "Flickr30K", []),
+    }
+
+
+ITM_REGIONS = {"f30k_precomp": "precomp", "f30k_butd": "butd", "coco_butd": "butd", "f30k_images": "grid"}
+
+
+def itm_fixture_run(
+    run: Callable[..., dict[str, Any]], tmp_path: Path, name: str, method: str
+) -> dict[str, Any]:
+    """A 3-step CLI fit + test of a region method on an official-format ITM fixture; its result.json, after
+    the checks every such run meets (regions, protocol, five captions per image)."""
+    write, module, extra = itm_fixtures()[name]
+    write(tmp_path / "data")
+    data = ["--data", f"datamodules.itm.{module}DataModule", "--data.root", str(tmp_path / "data"), *extra]
+    rec = run(tmp_path, data, steps=3)
+    assert rec["global_step"] == 3 and rec["details"][method]["regions"] == ITM_REGIONS[name]
+    assert rec["details"]["protocol"] == ("coco_5k" if name.startswith("coco") else "f30k_1k")
+    assert rec["details"]["n_gallery"] == rec["details"]["n_query"] * 5 and "rsum" in rec["metrics"]
+    return rec
+
+
+def karpathy_boxes_run(run: Callable[..., dict[str, Any]], tmp_path: Path, method: str) -> dict[str, Any]:
+    """A CLI run of a region method on Karpathy images with boxes: RoI regions."""
+    from fixtures import itm as fx
+
+    base = fx.write_f30k_images(tmp_path / "data")
+    n = len(fx.F30K_SPLITS)
+    fx.write_boxes(base, range(n), [fx.image_size(i) for i in range(n)])
+    data = ["--data", "datamodules.itm.Flickr30KDataModule", "--data.root", str(tmp_path / "data")]
+    rec = run(tmp_path, [*data, "--data.with_boxes", "true"])
+    assert rec["details"][method]["regions"] == "roi" and rec["details"]["boxes"] is True
+    return rec
+
+
+BERT_VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", ",", "image", "caption", "a", "dog"]
+
+
+def save_tiny_bert(path: Path) -> Path:
+    """A tiny random 6-layer BertModel and a word-piece tokenizer saved like a hub checkpoint."""
+    from transformers import BertConfig, BertModel, BertTokenizer
+
+    vocab = [*BERT_VOCAB, *(str(i) for i in range(20))]
+    (path / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    BertTokenizer(str(path / "vocab.txt")).save_pretrained(path)
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=6,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
+    BertModel(config).save_pretrained(path)
+    return path

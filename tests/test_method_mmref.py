@@ -24,6 +24,7 @@ from method_checks import (
     cli_fit,
     encoded,
     first_batch,
+    paper_config,
     save_tiny_clip,
     tiny_datamodule,
 )
@@ -418,22 +419,8 @@ def test_cli_fit_on_flickr30k_fixture(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("name", ["rstpreid", "cuhk-pedes", "icfg-pedes", "cub", "flowers"])
-def test_experiment_configs_merge_after_the_paper_profile(name: str, capsys: pytest.CaptureFixture) -> None:
-    import yaml
-
-    from experiments.sweep import experiment_config
-
-    configs = [
-        CONFIG / "data" / f"{name}.yaml",
-        CONFIG / "method" / "mmref.yaml",
-        CONFIG / "profile" / "paper.yaml",
-    ]
-    configs.append(experiment_config(CONFIG, "mmref", name))
-    args = ["fit", *(a for c in configs for a in ("--config", str(c))), "--print_config"]
-    with pytest.raises(SystemExit) as done:
-        main(args)
-    assert done.value.code in (0, None)
-    cfg = yaml.safe_load(capsys.readouterr().out)
+def test_experiment_configs_merge_after_the_paper_profile(name: str) -> None:
+    cfg = paper_config("mmref", name)
     assert cfg["data"]["init_args"]["batch_size"] == 64 and cfg["trainer"]["max_epochs"] == 60
     assert cfg["model"]["init_args"]["profile"] == "paper"
     size = (cfg["model"]["init_args"].get("overrides") or {}).get("image_size")

@@ -15,7 +15,6 @@ from typing import Any
 
 import lightning as L
 import pytest
-import test_method_teran as teran_tests
 import torch
 import torch.nn.functional as F
 from method_checks import (
@@ -27,14 +26,16 @@ from method_checks import (
     eval_batches,
     first_batch,
     fit_and_test,
+    itm_fixture_run,
+    karpathy_boxes_run,
     loss_fell,
+    paper_config,
     shared_checks,
     synth_dm,
 )
 
 import methods.racg
 from datamodules.itm import COCODataModule, Flickr30KDataModule
-from fgbench.cli import main
 from fgbench.data.batches import Visual
 from fgbench.data.module import RetrievalDataModule
 from fgbench.evaluation import EvalSpec
@@ -58,8 +59,6 @@ SCENES = SYNTH_SIZES["synth-scenes"]
 PERSON = SYNTH_SIZES["synth-person"]
 PRECOMP = {"train": 6, "dev": 3, "test": 3}
 CONFIGS = Path(__file__).resolve().parents[1] / "experiments" / "configs"
-FIXTURES = teran_tests.FIXTURES  # the official-format writers, shared with teran (same inputs)
-bert_dir = teran_tests.bert_dir  # fixture: a tiny random 6-layer BERT folder, as teran's paper-profile test
 
 
 @pytest.fixture(scope="module")
@@ -614,31 +613,17 @@ def test_cli_fit_and_test_on_synth_scenes_and_person(root: Path, tmp_path: Path)
     assert {"R1", "mAP", "mINP"} <= set(rec["metrics"]) and rec["details"]["racg"]["scoring"] == "global"
 
 
-REGIONS = {"f30k_precomp": "precomp", "f30k_butd": "butd", "coco_butd": "butd", "f30k_images": "grid"}
-
-
 @pytest.mark.parametrize(
     "name", ["coco_butd", "f30k_images", "f30k_precomp", pytest.param("f30k_butd", marks=pytest.mark.slow)]
 )
 def test_cli_fit_and_test_on_official_format_fixtures(tmp_path: Path, name: str) -> None:
-    write, module, extra = FIXTURES[name]
-    write(tmp_path / "data")
-    data = ["--data", f"datamodules.itm.{module}DataModule", "--data.root", str(tmp_path / "data"), *extra]
-    rec = cli_run(tmp_path, data, steps=3)
-    assert rec["global_step"] == 3 and rec["details"]["racg"]["regions"] == REGIONS[name]
-    assert rec["details"]["protocol"] == ("coco_5k" if name.startswith("coco") else "f30k_1k")
-    assert rec["details"]["n_gallery"] == rec["details"]["n_query"] * 5 and "rsum" in rec["metrics"]
+    rec = itm_fixture_run(cli_run, tmp_path, name, "racg")
     assert rec["details"]["racg"]["spatial_edges"] == (name != "f30k_precomp")
 
 
 @pytest.mark.slow
 def test_cli_fit_and_test_on_karpathy_images_with_boxes(tmp_path: Path) -> None:
-    base = fx.write_f30k_images(tmp_path / "data")
-    n = len(fx.F30K_SPLITS)
-    fx.write_boxes(base, range(n), [fx.image_size(i) for i in range(n)])
-    data = ["--data", "datamodules.itm.Flickr30KDataModule", "--data.root", str(tmp_path / "data")]
-    rec = cli_run(tmp_path, [*data, "--data.with_boxes", "true"])
-    assert rec["details"]["racg"]["regions"] == "roi" and rec["details"]["boxes"] is True
+    karpathy_boxes_run(cli_run, tmp_path, "racg")
 
 
 # -- paper profile, offline ----------------------------------------------------------------------------------
@@ -666,22 +651,9 @@ def test_paper_profile_builds_offline_and_trains(butd_root: Path, bert_dir: Path
     assert model.text_encoder.bert.encoder.layer[0].attention.self.query.weight.grad is not None
 
 
-def test_experiment_configs_resolve(capsys: pytest.CaptureFixture[str]) -> None:
-    import yaml
-
+def test_experiment_configs_resolve() -> None:
     for dataset in ("coco", "f30k"):
-        args = [
-            "fit",
-            "--config", str(CONFIGS / "data" / f"{dataset}.yaml"),
-            "--config", str(CONFIGS / "method" / "racg.yaml"),
-            "--config", str(CONFIGS / "profile" / "paper.yaml"),
-            "--config", str(CONFIGS / "experiment" / f"racg_{dataset}.yaml"),
-            "--print_config",
-        ]  # fmt: skip
-        with pytest.raises(SystemExit) as done:
-            main(args)
-        assert done.value.code == 0
-        cfg = yaml.safe_load(capsys.readouterr().out)
+        cfg = paper_config("racg", dataset)
         assert cfg["data"]["init_args"]["batch_size"] == 64 and cfg["trainer"]["max_epochs"] == 30
         assert cfg["data"]["init_args"]["feature_source"] == "butd"
         assert cfg["model"]["init_args"]["profile"] == "paper"

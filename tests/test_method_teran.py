@@ -17,6 +17,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from method_checks import (
+    BERT_VOCAB,
     SYNTH_SIZES,
     assert_block_invariant,
     assert_encoding_batch_independent,
@@ -26,13 +27,15 @@ from method_checks import (
     eval_batches,
     first_batch,
     fit_and_test,
+    itm_fixture_run,
+    karpathy_boxes_run,
     loss_fell,
+    paper_config,
     shared_checks,
     synth_dm,
 )
 
 from datamodules.itm import COCODataModule, Flickr30KDataModule
-from fgbench.cli import main
 from fgbench.data.batches import Text
 from fgbench.data.module import RetrievalDataModule
 from fgbench.evaluation import EvalSpec
@@ -479,68 +482,21 @@ def test_cli_fit_and_test_on_synth_scenes_and_person(root: Path, tmp_path: Path)
     assert {"R1", "mAP", "mINP"} <= set(rec["metrics"])
 
 
-FIXTURES = {
-    "f30k_precomp": (
-        lambda r: fx.write_precomp(r, "f30k", PRECOMP),
-        "Flickr30K",
-        ["--data.feature_source", "precomp"],
-    ),
-    "f30k_butd": (fx.write_f30k_butd, "Flickr30K", ["--data.feature_source", "butd"]),
-    "coco_butd": (fx.write_coco_butd, "COCO", ["--data.feature_source", "butd"]),
-    "f30k_images": (fx.write_f30k_images, "Flickr30K", []),
-}
-REGIONS = {"f30k_precomp": "precomp", "f30k_butd": "butd", "coco_butd": "butd", "f30k_images": "grid"}
-
-
 @pytest.mark.parametrize(
     "name", ["coco_butd", "f30k_images", "f30k_precomp", pytest.param("f30k_butd", marks=pytest.mark.slow)]
 )
 def test_cli_fit_and_test_on_official_format_fixtures(tmp_path: Path, name: str) -> None:
-    write, module, extra = FIXTURES[name]
-    write(tmp_path / "data")
-    data = ["--data", f"datamodules.itm.{module}DataModule", "--data.root", str(tmp_path / "data"), *extra]
-    rec = cli_run(tmp_path, data, steps=3)
-    assert rec["global_step"] == 3 and rec["details"]["teran"]["regions"] == REGIONS[name]
-    assert rec["details"]["protocol"] == ("coco_5k" if name.startswith("coco") else "f30k_1k")
-    assert rec["details"]["n_gallery"] == rec["details"]["n_query"] * 5 and "rsum" in rec["metrics"]
+    rec = itm_fixture_run(cli_run, tmp_path, name, "teran")
     pos = rec["details"]["teran"]["pos_encoding"]
     assert pos == ("none" if name == "f30k_precomp" else "concat-and-process")
 
 
 @pytest.mark.slow
 def test_cli_fit_and_test_on_karpathy_images_with_boxes(tmp_path: Path) -> None:
-    base = fx.write_f30k_images(tmp_path / "data")
-    n = len(fx.F30K_SPLITS)
-    fx.write_boxes(base, range(n), [fx.image_size(i) for i in range(n)])
-    data = ["--data", "datamodules.itm.Flickr30KDataModule", "--data.root", str(tmp_path / "data")]
-    rec = cli_run(tmp_path, [*data, "--data.with_boxes", "true"])
-    assert rec["details"]["teran"]["regions"] == "roi" and rec["details"]["boxes"] is True
+    karpathy_boxes_run(cli_run, tmp_path, "teran")
 
 
 # -- paper profile, offline ----------------------------------------------------------------------------------
-
-BERT_VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", ",", "image", "caption", "a", "dog"]
-
-
-@pytest.fixture(scope="module")
-def bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny random 6-layer BertModel and a word-piece tokenizer saved like a hub checkpoint."""
-    from transformers import BertConfig, BertModel, BertTokenizer
-
-    path = tmp_path_factory.mktemp("bert")
-    vocab = [*BERT_VOCAB, *(str(i) for i in range(20))]
-    (path / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
-    BertTokenizer(str(path / "vocab.txt")).save_pretrained(path)
-    config = BertConfig(
-        vocab_size=len(vocab),
-        hidden_size=32,
-        num_hidden_layers=6,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-    )
-    BertModel(config).save_pretrained(path)
-    return path
 
 
 def test_paper_profile_builds_offline_and_trains(tmp_path: Path, bert_dir: Path) -> None:
@@ -598,22 +554,9 @@ def test_warmup_steps_start_from_lr_over_steps(root: Path) -> None:
     assert f(1000) == 1.0 and f(20 * 3000) == pytest.approx(0.1)
 
 
-def test_experiment_configs_resolve(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    import yaml
-
+def test_experiment_configs_resolve() -> None:
     for dataset, batch in (("coco", 40), ("f30k", 30)):
-        args = [
-            "fit",
-            "--config", str(CONFIGS / "data" / f"{dataset}.yaml"),
-            "--config", str(CONFIGS / "method" / "teran.yaml"),
-            "--config", str(CONFIGS / "profile" / "paper.yaml"),
-            "--config", str(CONFIGS / "experiment" / f"teran_{dataset}.yaml"),
-            "--print_config",
-        ]  # fmt: skip
-        with pytest.raises(SystemExit) as done:
-            main(args)
-        assert done.value.code == 0
-        cfg = yaml.safe_load(capsys.readouterr().out)
+        cfg = paper_config("teran", dataset)
         assert cfg["data"]["init_args"]["batch_size"] == batch and cfg["trainer"]["max_epochs"] == 30
         assert (
             cfg["data"]["init_args"]["feature_source"] == "butd"
