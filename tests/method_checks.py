@@ -392,3 +392,28 @@ def save_tiny_bert(path: Path) -> Path:
     )
     BertModel(config).save_pretrained(path)
     return path
+
+
+def rstpreid_args(
+    data: Path, runs: Path, *extra: str, model: str = "test_method_base.TinyDual", epochs: int = 1
+) -> list[str]:
+    """The options of a CPU `fgbench fit`/`test` of `model` on an RSTPReid-format fixture at `data`, runs
+    under `runs` (no progress bar); `extra` come last."""
+    return [
+        "--data", "datamodules.person.RSTPReidDataModule",
+        "--data.root", str(data),
+        "--model", model,
+        "--trainer.max_epochs", str(epochs),
+        "--trainer.accelerator", "cpu",
+        "--trainer.enable_progress_bar", "false",
+        "--run.root", str(runs),
+        *extra,
+    ]  # fmt: skip
+
+
+def subprocess_env() -> dict[str, str]:
+    """The environment of a `python -m fgbench` child that imports the test methods (tests/ on its path)."""
+    import os
+
+    root = Path(__file__).resolve().parents[1]
+    return dict(os.environ, PYTHONPATH=f"{root / 'tests'}:{root / 'src'}:{root}")
