@@ -417,3 +417,24 @@ def subprocess_env() -> dict[str, str]:
 
     root = Path(__file__).resolve().parents[1]
     return dict(os.environ, PYTHONPATH=f"{root / 'tests'}:{root / 'src'}:{root}")
+
+
+def synth_args(root: Path, name: str) -> list[str]:
+    """`--data` options of the registered synthetic dataset `name` at its tiny sizes under `root`."""
+    import json
+
+    from fgbench.registry import DATAMODULES
+
+    cls = DATAMODULES.get(name)
+    path = f"{cls.__module__}.{cls.__qualname__}"
+    return ["--data", path, "--data.root", str(root), "--data.sizes", json.dumps(SYNTH_SIZES[name])]
+
+
+def config_fit(
+    tmp_path: Path, method: str, data: Sequence[str], *extra: str, steps: int = 2, profile: str | None = None
+) -> tuple[dict[str, Any], list[str]]:
+    """`cli_fit` of `method` from its experiments/configs/method file, runs under `tmp_path/runs`: the method
+    config, the data options (model options among them apply to it), a profile file, then `extra`."""
+    method_config = ["--config", str(CONFIGS / "method" / f"{method}.yaml")]
+    profile_config = ["--config", str(CONFIGS / "profile" / f"{profile}.yaml")] if profile else []
+    return cli_fit(tmp_path / "runs", method, [*method_config, *data, *profile_config, *extra], steps)

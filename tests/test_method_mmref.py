@@ -21,11 +21,12 @@ import torch
 import torch.nn.functional as F
 from method_checks import (
     attach,
-    cli_fit,
+    config_fit,
     encoded,
     first_batch,
     paper_config,
     save_tiny_clip,
+    synth_args,
     tiny_datamodule,
 )
 from test_method_clip_ft import assert_learns
@@ -358,22 +359,13 @@ def test_reference_features_and_training_heads(root: Path) -> None:  # the share
 
 
 def cli_run(tmp_path: Path, data: list[str], *extra: str) -> dict[str, Any]:
-    configs = [
-        "--config",
-        str(CONFIG / "method" / "mmref.yaml"),
-        "--config",
-        str(CONFIG / "profile" / "tiny.yaml"),
-    ]
-    rec, args = cli_fit(tmp_path / "runs", "mmref", [*data, *configs, "--data.batch_size", "4", *extra])
+    rec, args = config_fit(tmp_path, "mmref", data, "--data.batch_size", "4", *extra, profile="tiny")
     assert rec["provenance_note"] == "re-implementation from the paper's description"
     assert rec["global_step"] == 2 and rec["details"]["rerank_k"] == 50 and rec["details"]["rerank_s"] >= 0
     return {**rec, "args": args}
 
 
-def synth(root: Path, name: str) -> list[str]:
-    from test_method_clip_ft import SIZES, _class_path
-
-    return ["--data", _class_path(name), "--data.root", str(root), "--data.sizes", json.dumps(SIZES[name])]
+synth = synth_args  # test_tune_rerank.py builds its runs with it
 
 
 def test_cli_fit_then_test_from_the_checkpoint_on_synth_person(root: Path, tmp_path: Path) -> None:

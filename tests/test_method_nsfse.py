@@ -22,7 +22,7 @@ from method_checks import (
     SYNTH_SIZES,
     assert_encoding_batch_independent,
     attach,
-    cli_fit,
+    config_fit,
     encoded,
     eval_batches,
     first_batch,
@@ -408,13 +408,7 @@ def test_paper_profile_offline(root: Path, resnet50_weights: Path) -> None:
 
 def cli_run(tmp_path: Path, data: list[str], *extra: str) -> dict[str, Any]:
     """`fit` (2 steps, then test) with the method and tiny-profile configs; the run's result.json."""
-    configs = [
-        "--config",
-        str(CONFIGS / "method" / "nsfse.yaml"),
-        "--config",
-        str(CONFIGS / "profile" / "tiny.yaml"),
-    ]
-    rec, _ = cli_fit(tmp_path / "runs", "nsfse", [*data, *configs, *extra])
+    rec, _ = config_fit(tmp_path, "nsfse", data, *extra, profile="tiny")
     assert rec["provenance_note"] == PROVENANCE and rec["details"]["variant"] == "paper"
     return rec
 

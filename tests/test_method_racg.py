@@ -8,7 +8,6 @@ paper profile built offline from a tiny random BERT folder, and the paper-table 
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from method_checks import (
     SYNTH_SIZES,
     assert_block_invariant,
     attach,
-    cli_fit,
+    config_fit,
     encoded,
     eval_batches,
     first_batch,
@@ -31,6 +30,7 @@ from method_checks import (
     loss_fell,
     paper_config,
     shared_checks,
+    synth_args,
     synth_dm,
 )
 
@@ -593,21 +593,20 @@ def test_global_shortlist_reranked_over_all_items_equals_exact(root: Path) -> No
 
 
 def cli_run(tmp_path: Path, data: list[str], *extra: str, steps: int = 2) -> dict[str, Any]:
-    method = ["--config", str(CONFIGS / "method" / "racg.yaml")]
-    return cli_fit(tmp_path / "runs", "racg", [*method, *data, "--data.batch_size", "4", *extra], steps)[0]
+    return config_fit(tmp_path, "racg", data, "--data.batch_size", "4", *extra, steps=steps)[0]
 
 
 SYNTH = "datamodules.synthetic.datamodules.Synth{}DataModule"
 
 
 def test_cli_fit_and_test_on_synth_scenes_and_person(root: Path, tmp_path: Path) -> None:
-    data = ["--data", SYNTH.format("Scenes"), "--data.root", str(root), "--data.sizes", json.dumps(SCENES)]
+    data = synth_args(root, "synth-scenes")
     rec = cli_run(tmp_path / "scenes", data, "--model.init_args.heads", "2")
     assert rec["dataset"] == "synth-scenes" and rec["global_step"] == 2
     assert rec["details"]["protocol"] == "f30k_1k" and {"t2i_R1", "i2t_R1", "rsum"} <= set(rec["metrics"])
     assert rec["details"]["racg"]["heads"] == 2 and rec["details"]["racg"]["regions"] == "grid"
     assert rec["provenance_note"] == "re-implementation from the paper's description"
-    data = ["--data", SYNTH.format("Person"), "--data.root", str(root), "--data.sizes", json.dumps(PERSON)]
+    data = synth_args(root, "synth-person")
     rec = cli_run(tmp_path / "person", data, "--model.init_args.cross_graph", "false")
     assert rec["dataset"] == "synth-person" and rec["details"]["protocol"] == "person_t2i"
     assert {"R1", "mAP", "mINP"} <= set(rec["metrics"]) and rec["details"]["racg"]["scoring"] == "global"

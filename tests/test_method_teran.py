@@ -8,7 +8,6 @@ configs."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ from method_checks import (
     assert_block_invariant,
     assert_encoding_batch_independent,
     attach,
-    cli_fit,
+    config_fit,
     encoded,
     eval_batches,
     first_batch,
@@ -32,6 +31,7 @@ from method_checks import (
     loss_fell,
     paper_config,
     shared_checks,
+    synth_args,
     synth_dm,
 )
 
@@ -461,22 +461,18 @@ def test_global_shortlist_reranked_by_alignment_over_all_items_equals_exact(root
 
 
 def cli_run(tmp_path: Path, data: list[str], *extra: str, steps: int = 2) -> dict[str, Any]:
-    method = ["--config", str(CONFIGS / "method" / "teran.yaml")]
-    return cli_fit(tmp_path / "runs", "teran", [*method, *data, "--data.batch_size", "4", *extra], steps)[0]
-
-
-SYNTH = "datamodules.synthetic.datamodules.Synth{}DataModule"
+    return config_fit(tmp_path, "teran", data, "--data.batch_size", "4", *extra, steps=steps)[0]
 
 
 def test_cli_fit_and_test_on_synth_scenes_and_person(root: Path, tmp_path: Path) -> None:
-    data = ["--data", SYNTH.format("Scenes"), "--data.root", str(root), "--data.sizes", json.dumps(SCENES)]
+    data = synth_args(root, "synth-scenes")
     rec = cli_run(tmp_path / "scenes", data, "--model.init_args.alignment_mode", "symm")
     assert rec["dataset"] == "synth-scenes" and rec["global_step"] == 2
     assert rec["details"]["protocol"] == "f30k_1k" and {"t2i_R1", "i2t_R1", "rsum"} <= set(rec["metrics"])
     assert (
         rec["details"]["teran"]["alignment_mode"] == "symm" and rec["details"]["teran"]["regions"] == "grid"
     )
-    data = ["--data", SYNTH.format("Person"), "--data.root", str(root), "--data.sizes", json.dumps(PERSON)]
+    data = synth_args(root, "synth-person")
     rec = cli_run(tmp_path / "person", data)
     assert rec["dataset"] == "synth-person" and rec["details"]["protocol"] == "person_t2i"
     assert {"R1", "mAP", "mINP"} <= set(rec["metrics"])
