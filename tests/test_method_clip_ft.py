@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import torch
-from method_checks import SYNTH_SIZES, attach, encoded, tiny_datamodule
+from method_checks import SYNTH_SIZES, attach, encoded, fit_and_test, tiny_datamodule
 from method_checks import first_batch as train_batch
 
 from fgbench.cli import main
@@ -247,19 +247,8 @@ def assert_learns(model: Any, name: str, tmp_path: Path, epochs: int = 8) -> dic
     attach(model, dm)
     batch = train_batch(dm)
     before = sum(model.losses(batch).values()).item()
-    trainer = L.Trainer(
-        max_epochs=epochs,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        limit_val_batches=0,
-        default_root_dir=tmp_path,
-    )
-    trainer.fit(model, datamodule=dm)
-    trainer.test(model, datamodule=dm, verbose=False)
+    _, metrics = fit_and_test(model, dm, tmp_path, epochs)
     after = sum(model.losses(batch).values()).item()
-    metrics = model.last_result["test"].metrics
     metric, chance = CHANCE[name]
     assert after < before and metrics[metric] >= 3 * chance, (before, after, metrics)
     return metrics
