@@ -52,3 +52,15 @@ def runs(tmp_path: Path) -> Path:
 def bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random 6-layer BERT folder (model and word-piece tokenizer), as a hub download looks."""
     return save_tiny_bert(tmp_path_factory.mktemp("bert"))
+
+
+@pytest.fixture(scope="session")
+def resnet18_weights(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
+    """A random timm ResNet-18 and its state dict saved as a local weights file (path, model)."""
+    import timm
+    import torch
+
+    src = timm.create_model("resnet18", pretrained=False)
+    path = tmp_path_factory.mktemp("weights") / "resnet18.pth"
+    torch.save(src.state_dict(), path)
+    return path, src

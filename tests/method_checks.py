@@ -438,3 +438,24 @@ def config_fit(
     method_config = ["--config", str(CONFIGS / "method" / f"{method}.yaml")]
     profile_config = ["--config", str(CONFIGS / "profile" / f"{profile}.yaml")] if profile else []
     return cli_fit(tmp_path / "runs", method, [*method_config, *data, *profile_config, *extra], steps)
+
+
+# moderate synthetic sizes of the slow "the tiny profile learns" tests (a minute or two each on 2 CPU cores)
+MODERATE_SIZES: dict[str, dict[str, int]] = {
+    "synth-person": {"train_ids": 100, "val_ids": 10, "test_ids": 30, "images_per_id": 2},
+    "synth-scenes": {"train_images": 400, "val_images": 20, "test_images": 50},
+    "synth-cir": {"train_sets": 500, "val_sets": 60, "test1_sets": 1, "queries_per_set": 2},
+}
+
+
+def moderate_fit(cls: Callable[[], RetrievalMethod], name: str, root: Path) -> tuple[list[float], dict, Any]:
+    """Seed 0, build `cls()` and `fit_and_test` it (8 epochs, batch 32) on `name` at MODERATE_SIZES under
+    `root`: (the loss of every step, the test metrics, the DataModule)."""
+    import lightning as L
+
+    from fgbench.registry import DATAMODULES
+
+    dm = DATAMODULES.get(name)(root=str(root), sizes=MODERATE_SIZES[name], batch_size=32)
+    L.seed_everything(0)
+    losses, metrics = fit_and_test(cls(), dm, root)
+    return losses, metrics, dm

@@ -16,15 +16,15 @@ from method_checks import (
     attach,
     eval_batches,
     first_batch,
-    fit_and_test,
     loss_fell,
+    moderate_fit,
     synth_dm,
 )
 from test_method_tirg import cir_args, cli_run, fiq_args
 
 from fgbench.data.module import RetrievalDataModule
 from fgbench.features import Features
-from fgbench.registry import DATAMODULES, METHODS
+from fgbench.registry import METHODS
 from methods.clip4cir import CLIP4Cir, Combiner
 
 
@@ -122,10 +122,7 @@ def test_cli_fit_and_test_on_fashioniq(root: Path, tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_tiny_profile_learns_synth_cir(tmp_path: Path) -> None:
-    sizes = {"train_sets": 500, "val_sets": 60, "test1_sets": 1, "queries_per_set": 2}
-    dm = DATAMODULES.get("synth-cir")(root=str(tmp_path), sizes=sizes, batch_size=32)
-    L.seed_everything(0)
-    losses, metrics = fit_and_test(CLIP4Cir(), dm, tmp_path)
+    losses, metrics, dm = moderate_fit(CLIP4Cir, "synth-cir", tmp_path)
     assert loss_fell(losses, epochs=8)
     gallery = len(dm.evaluation_set(dm.test_split).gallery)
     assert metrics["R1"] >= 3 * 100.0 / gallery

@@ -26,8 +26,8 @@ from method_checks import (
     encoded,
     eval_batches,
     first_batch,
-    fit_and_test,
     loss_fell,
+    moderate_fit,
     save_tiny_clip,
     synth_dm,
 )
@@ -35,7 +35,7 @@ from PIL import Image
 
 from fgbench.data.module import RetrievalDataModule
 from fgbench.losses.multi_similarity import multi_similarity_ns, score_stats
-from fgbench.registry import DATAMODULES, METHODS
+from fgbench.registry import METHODS
 from methods.nsfse import (
     CLIP_VARIANT,
     NSFSE,
@@ -470,10 +470,7 @@ def test_cli_on_fashion200k_reranks_a_shortlist(root: Path, tmp_path: Path) -> N
 
 @pytest.mark.slow
 def test_tiny_profile_learns_synth_cir(tmp_path: Path) -> None:
-    sizes = {"train_sets": 500, "val_sets": 60, "test1_sets": 1, "queries_per_set": 2}
-    dm = DATAMODULES.get("synth-cir")(root=str(tmp_path), sizes=sizes, batch_size=32)
-    L.seed_everything(0)
-    losses, metrics = fit_and_test(NSFSE(), dm, tmp_path)
+    losses, metrics, dm = moderate_fit(NSFSE, "synth-cir", tmp_path)
     assert loss_fell(losses, epochs=8)
     gallery = len(dm.evaluation_set(dm.test_split).gallery)
     assert metrics["R1"] >= 3 * 100.0 / gallery

@@ -17,6 +17,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from method_checks import (
+    MODERATE_SIZES,
     SYNTH_SIZES,
     assert_block_invariant,
     attach,
@@ -24,10 +25,10 @@ from method_checks import (
     encoded,
     eval_batches,
     first_batch,
-    fit_and_test,
     itm_fixture_run,
     karpathy_boxes_run,
     loss_fell,
+    moderate_fit,
     paper_config,
     shared_checks,
     synth_args,
@@ -42,7 +43,7 @@ from fgbench.evaluation import EvalSpec
 from fgbench.features import Features
 from fgbench.losses import hardest_negative_triplet
 from fgbench.optim import param_groups
-from fgbench.registry import DATAMODULES, METHODS
+from fgbench.registry import METHODS
 from methods.racg import (
     ABLATIONS,
     RACG,
@@ -663,12 +664,9 @@ def test_experiment_configs_resolve() -> None:
 
 @pytest.mark.slow
 def test_tiny_profile_learns_synth_scenes(tmp_path: Path) -> None:
-    sizes = {"train_images": 400, "val_images": 20, "test_images": 50}
-    dm = DATAMODULES.get("synth-scenes")(root=str(tmp_path), sizes=sizes, batch_size=32)
-    L.seed_everything(0)
-    losses, metrics = fit_and_test(RACG(), dm, tmp_path)
+    losses, metrics, dm = moderate_fit(RACG, "synth-scenes", tmp_path)
     # the first epoch sums the hinge over all negatives: compare the others (measured, seed 0: epoch 2 mean
     # 14.16, epoch 8 mean 11.39, t2i R@1 33.6 against chance 2.0)
     per_epoch = len(losses) // 8
     assert loss_fell(losses[per_epoch:], epochs=7, ratio=0.9)
-    assert metrics["t2i_R1"] >= 3 * 100.0 / sizes["test_images"]
+    assert metrics["t2i_R1"] >= 3 * 100.0 / MODERATE_SIZES["synth-scenes"]["test_images"]

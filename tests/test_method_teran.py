@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from method_checks import (
     BERT_VOCAB,
+    MODERATE_SIZES,
     SYNTH_SIZES,
     assert_block_invariant,
     assert_encoding_batch_independent,
@@ -25,10 +26,10 @@ from method_checks import (
     encoded,
     eval_batches,
     first_batch,
-    fit_and_test,
     itm_fixture_run,
     karpathy_boxes_run,
     loss_fell,
+    moderate_fit,
     paper_config,
     shared_checks,
     synth_args,
@@ -41,7 +42,7 @@ from fgbench.data.module import RetrievalDataModule
 from fgbench.evaluation import EvalSpec
 from fgbench.features import Features, length_buckets
 from fgbench.losses import hardest_negative_triplet
-from fgbench.registry import DATAMODULES, METHODS
+from fgbench.registry import METHODS
 from methods.teran import (
     POOLINGS,
     TERAN,
@@ -567,22 +568,16 @@ def test_experiment_configs_resolve() -> None:
 
 @pytest.mark.slow
 def test_tiny_profile_learns_synth_scenes(tmp_path: Path) -> None:
-    sizes = {"train_images": 400, "val_images": 20, "test_images": 50}
-    dm = DATAMODULES.get("synth-scenes")(root=str(tmp_path), sizes=sizes, batch_size=32)
-    L.seed_everything(0)
-    losses, metrics = fit_and_test(TERAN(), dm, tmp_path)
+    losses, metrics, dm = moderate_fit(TERAN, "synth-scenes", tmp_path)
     per_epoch = len(losses) // 8  # the first epoch sums the hinge over all negatives: compare the others
     assert loss_fell(losses[per_epoch:], epochs=7)
-    assert metrics["t2i_R1"] >= 3 * 100.0 / sizes["test_images"]
+    assert metrics["t2i_R1"] >= 3 * 100.0 / MODERATE_SIZES["synth-scenes"]["test_images"]
 
 
 @pytest.mark.slow
 def test_tiny_profile_loss_falls_on_synth_person(tmp_path: Path) -> None:
     # Only the loss: tiny models from scratch stay near chance on synth-person (docs/synthetic.md, open).
-    sizes = {"train_ids": 100, "val_ids": 10, "test_ids": 30, "images_per_id": 2}
-    dm = DATAMODULES.get("synth-person")(root=str(tmp_path), sizes=sizes, batch_size=32)
-    L.seed_everything(0)
-    losses, metrics = fit_and_test(TERAN(), dm, tmp_path)
+    losses, metrics, dm = moderate_fit(TERAN, "synth-person", tmp_path)
     per_epoch = len(losses) // 8
     assert loss_fell(losses[per_epoch:], epochs=7, ratio=0.8) and {"R1", "mAP"} <= set(metrics)
 

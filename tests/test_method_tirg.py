@@ -20,14 +20,14 @@ from method_checks import (
     cli_fit,
     eval_batches,
     first_batch,
-    fit_and_test,
     loss_fell,
+    moderate_fit,
     synth_dm,
 )
 
 from fgbench.data.module import RetrievalDataModule
 from fgbench.features import Features
-from fgbench.registry import DATAMODULES, METHODS
+from fgbench.registry import METHODS
 from methods.tirg import TIRG, Composer, soft_triplet_loss
 
 from fixtures.composed import write_fashioniq
@@ -170,16 +170,6 @@ def test_cli_fit_and_test_on_fashioniq(root: Path, tmp_path: Path) -> None:
     assert rec["details"]["protocol"] == "fiq_a" and {"dress_R10", "avg_R10", "avg"} <= set(rec["metrics"])
 
 
-@pytest.fixture(scope="module")
-def resnet18_weights(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, torch.nn.Module]:
-    import timm
-
-    src = timm.create_model("resnet18", pretrained=False)
-    path = tmp_path_factory.mktemp("weights") / "resnet18.pth"
-    torch.save(src.state_dict(), path)
-    return path, src
-
-
 def test_paper_profile_offline(root: Path, resnet18_weights: tuple[Path, torch.nn.Module]) -> None:
     path, src = resnet18_weights
     dm = synth_dm(root, "synth-cir", batch_size=4)
@@ -199,10 +189,7 @@ def test_paper_profile_offline(root: Path, resnet18_weights: tuple[Path, torch.n
 
 @pytest.mark.slow
 def test_tiny_profile_learns_synth_cir(tmp_path: Path) -> None:
-    sizes = {"train_sets": 500, "val_sets": 60, "test1_sets": 1, "queries_per_set": 2}
-    dm = DATAMODULES.get("synth-cir")(root=str(tmp_path), sizes=sizes, batch_size=32)
-    L.seed_everything(0)
-    losses, metrics = fit_and_test(TIRG(), dm, tmp_path)
+    losses, metrics, dm = moderate_fit(TIRG, "synth-cir", tmp_path)
     assert loss_fell(losses, epochs=8)
     gallery = len(dm.evaluation_set(dm.test_split).gallery)
     assert metrics["R1"] >= 3 * 100.0 / gallery

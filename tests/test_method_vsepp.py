@@ -13,12 +13,13 @@ import lightning as L
 import pytest
 import torch
 from method_checks import (
+    MODERATE_SIZES,
     SYNTH_SIZES,
     attach,
     cli_fit,
     first_batch,
-    fit_and_test,
     loss_fell,
+    moderate_fit,
     shared_checks,
     synth_dm,
 )
@@ -159,16 +160,6 @@ def test_cli_fit_and_test_on_synth_person(root: Path, tmp_path: Path) -> None:
 # -- paper profile, offline ------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def resnet18_weights(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, torch.nn.Module]:
-    import timm
-
-    src = timm.create_model("resnet18", pretrained=False)
-    path = tmp_path_factory.mktemp("weights") / "resnet18.pth"
-    torch.save(src.state_dict(), path)
-    return path, src
-
-
 def paper(dm: RetrievalDataModule, weights: Path, **kw: Any) -> VSEPP:
     kw = {"image_kwargs": {"model_name": "resnet18"}, "image_size": (64, 64), **kw}
     return built(dm, profile="paper", weights_path=str(weights), **kw)
@@ -208,12 +199,9 @@ def test_paper_profile_frozen_cnn_and_missing_weights(
 
 @pytest.mark.slow
 def test_tiny_profile_learns_synth_scenes(tmp_path: Path) -> None:
-    sizes = {"train_images": 400, "val_images": 20, "test_images": 50}
-    dm = DATAMODULES.get("synth-scenes")(root=str(tmp_path), sizes=sizes, batch_size=32)
-    L.seed_everything(0)
-    losses, metrics = fit_and_test(VSEPP(), dm, tmp_path)
+    losses, metrics, dm = moderate_fit(VSEPP, "synth-scenes", tmp_path)
     assert loss_fell(losses, epochs=8)
-    chance = 100.0 / sizes["test_images"]
+    chance = 100.0 / MODERATE_SIZES["synth-scenes"]["test_images"]
     assert metrics["t2i_R1"] >= 3 * chance
 
 
