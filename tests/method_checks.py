@@ -459,3 +459,11 @@ def moderate_fit(cls: Callable[[], RetrievalMethod], name: str, root: Path) -> t
     L.seed_everything(0)
     losses, metrics = fit_and_test(cls(), dm, root)
     return losses, metrics, dm
+
+
+def assert_learns_synth_cir(cls: Callable[[], RetrievalMethod], root: Path) -> None:
+    """A composed method's tiny profile on moderate synth-cir: the loss falls, test R@1 >= 3x chance."""
+    losses, metrics, dm = moderate_fit(cls, "synth-cir", root)
+    assert loss_fell(losses, epochs=8)
+    gallery = len(dm.evaluation_set(dm.test_split).gallery)
+    assert metrics["R1"] >= 3 * 100.0 / gallery

@@ -1,9 +1,9 @@
 """clip_ft (methods/clip_ft.py; docs/methods.md §5): the loss at equal features and under swapped modalities,
-the composed loss's duplicate targets, tower freezing, the shared checks of docs/methods.md §0 on real encoded
-features, fit + test through the CLI on every task (synth-person, synth-scenes, synth-cir) and the paper
-profile built offline from a tiny random CLIP folder. InfoNCE's own properties live in tests/test_losses.py.
+the composed loss's duplicate targets, tower freezing, unit-norm queries, fit + test through the CLI on
+every task (synth-person, synth-scenes, synth-cir) and the paper profile built offline from a tiny random
+CLIP folder. InfoNCE's own properties live in tests/test_losses.py.
 
-The shared checks of every method are test_contract.py's.
+The shared checks of docs/methods.md §0, for every method, are test_contract.py's.
 """
 
 from __future__ import annotations

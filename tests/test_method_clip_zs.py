@@ -1,6 +1,6 @@
 """clip_zs (methods/clip_zs.py; docs/methods.md §6): unit-norm features, CLIP's own embeddings reproduced from
-a local folder, the normalised-sum composed query, no training (`fit` through the CLI only tests), the shared
-checks of docs/methods.md §0 and the loud failure of the paper profile without weights.
+a local folder, the normalised-sum composed query, no training (`fit` through the CLI only tests; the shared
+checks of docs/methods.md §0: test_contract.py) and the loud failure of the paper profile without weights.
 """
 
 from __future__ import annotations

@@ -1,9 +1,8 @@
-"""IRRA (methods/irra.py; docs/methods.md §7): unit tests 3 and 4 (the IRR head and classifier are
-training-only; one classifier serves both modalities), the `loss_names` ablation, the shared checks of
-docs/methods.md §0 on real encoded features, fit + test through the CLI and the paper profile built offline
-from a tiny random CLIP folder. SDM, masking and MLM's own properties (tests 1 and 2) live in
-tests/test_losses.py.
-"""
+"""IRRA (methods/irra.py; docs/methods.md §7): unit tests 3 and 4 (the IRR head and classifier are training-
+only; one classifier serves both modalities), the `loss_names` ablation, unit-norm queries (the shared
+checks of docs/methods.md §0: test_contract.py), fit + test through the CLI and the paper profile built
+offline from a tiny random CLIP folder. SDM, masking and MLM's own properties (tests 1 and 2) live in
+tests/test_losses.py."""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@
   top-k and is the coarse ranking at λ = 0 or k = 1; reference-space similarity; the masked-word loss ignores
   unmasked positions and depends on the reference tokens; L_Fuse -> 0 for exact cluster means as τ_f -> 0.
 - The references: one per training identity, class-mean initialisation (deterministic), kept on resume.
-- Every ablation switch; the shared checks of docs/methods.md §0 on real encoded features.
+- Every ablation switch; the reference features (the shared checks of docs/methods.md §0: test_contract.py).
 - Fit + test through the CLI on the synthetic datasets and the official-format fixtures; the paper profile
   built offline from a tiny random CLIP folder.
 """

@@ -1,10 +1,10 @@
 """TERAN (methods/teran.py; docs/methods.md §2): the unit tests of §2 (every pooling mode against brute force
 on ragged inputs, and against a literal port of mesnico/TERAN's `AlignmentContrastiveLoss` for the padding
 quirk; invariance to padding, the zero slot, [CLS] and the dropped final tokens; the hinge against brute
-force; unit norms), the shared checks of docs/methods.md §0 on real encoded features (grid, RoI, precomp,
-butd, person), the global-shortlist variant, runs through the CLI on synthetic data and on the official-format
-fixtures, the paper profile built offline from a tiny random BERT folder, and the paper-table experiment
-configs."""
+force; unit norms), the shared checks of docs/methods.md §0 on the region variants (grid with bf16 storage,
+RoI, precomp, butd; the default model on each synthetic dataset: test_contract.py), the global-shortlist
+variant, runs through the CLI on synthetic data and on the official-format fixtures, the paper profile
+built offline from a tiny random BERT folder, and the paper-table experiment configs."""
 
 from __future__ import annotations
 

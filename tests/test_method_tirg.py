@@ -1,7 +1,7 @@
 """TIRG (methods/tirg.py; docs/methods.md §9): the composition, the scaled normalisation, the losses against
-explicit formulas, the shared checks of docs/methods.md §0 on real encoded features, runs through the CLI on
-synth-cir and a FashionIQ fixture, and the paper profile built offline with random local CNN weights.
-"""
+explicit formulas, a reversed batch encoding to reversed rows (the shared checks: test_contract.py), runs
+through the CLI on synth-cir and a FashionIQ fixture, and the paper profile built offline with random local
+CNN weights."""
 
 from __future__ import annotations
 
@@ -16,12 +16,11 @@ import pytest
 import torch
 from method_checks import (
     SYNTH_SIZES,
+    assert_learns_synth_cir,
     attach,
     cli_fit,
     eval_batches,
     first_batch,
-    loss_fell,
-    moderate_fit,
     synth_dm,
 )
 
@@ -189,7 +188,4 @@ def test_paper_profile_offline(root: Path, resnet18_weights: tuple[Path, torch.n
 
 @pytest.mark.slow
 def test_tiny_profile_learns_synth_cir(tmp_path: Path) -> None:
-    losses, metrics, dm = moderate_fit(TIRG, "synth-cir", tmp_path)
-    assert loss_fell(losses, epochs=8)
-    gallery = len(dm.evaluation_set(dm.test_split).gallery)
-    assert metrics["R1"] >= 3 * 100.0 / gallery
+    assert_learns_synth_cir(TIRG, tmp_path)

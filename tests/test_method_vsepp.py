@@ -1,7 +1,7 @@
 """VSE++ (methods/vsepp.py; docs/methods.md §8): method-level properties, the shared checks of docs/methods.md
-§0 on real encoded features, runs through the CLI on images, region features and person data, and the paper
-profile built offline with random local CNN weights. The loss's own properties live in tests/test_losses.py.
-"""
+§0 on region features (on images: test_contract.py), runs through the CLI on images, region features and
+person data, and the paper profile built offline with random local CNN weights. The loss's own properties
+live in tests/test_losses.py."""
 
 from __future__ import annotations
 
