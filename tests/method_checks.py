@@ -301,6 +301,7 @@ def save_tiny_clip(path: Path) -> Path:
 # -- the paper recipes and the official-format fixtures, through the CLI ------------------------------------
 
 CONFIGS = Path(__file__).resolve().parents[1] / "experiments" / "configs"
+PRECOMP_SIZES = {"train": 6, "dev": 3, "test": 3}  # images per split of the region-feature fixtures
 
 
 def paper_config(method: str, dataset: str) -> dict[str, Any]:
@@ -331,7 +332,7 @@ def itm_fixtures() -> dict[str, tuple[Callable[[Path], Any], str, list[str]]]:
 
     return {
         "f30k_precomp": (
-            lambda r: fx.write_precomp(r, "f30k", {"train": 6, "dev": 3, "test": 3}),
+            lambda r: fx.write_precomp(r, "f30k", PRECOMP_SIZES),
             "Flickr30K",
             ["--data.feature_source", "precomp"],
         ),

@@ -18,11 +18,7 @@ from method_checks import (
     tiny_datamodule,
 )
 from method_checks import first_batch as train_batch
-from test_method_clip_ft import (
-    assert_learns,
-    cli_args,
-    result_of,
-)
+from test_method_clip_ft import assert_learns, cli_args, result_of
 
 from fgbench.cli import main
 from fgbench.encoders import WordTokenizer

@@ -42,7 +42,6 @@ from fixtures import itm as fx
 
 SCENES = mc.SYNTH_SIZES["synth-scenes"]
 PERSON = mc.SYNTH_SIZES["synth-person"]
-PRECOMP = {"train": 6, "dev": 3, "test": 3}
 CONFIGS = Path(__file__).resolve().parents[1] / "experiments" / "configs"
 
 
@@ -546,7 +545,7 @@ def test_person_images_give_a_grid_of_regions(root: Path) -> None:  # shared che
 
 
 def test_shared_checks_on_precomp_drop_boxes_and_spatial_edges(root: Path) -> None:
-    fx.write_precomp(root, "f30k", PRECOMP)
+    fx.write_precomp(root, "f30k", mc.PRECOMP_SIZES)
     dm = Flickr30KDataModule(root=str(root), feature_source="precomp")
     model = built(dm, store_dtype="float32")
     assert model.cnn is None and model.box_in is None and not model.effective_spatial

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from method_checks import (
     BERT_VOCAB,
     MODERATE_SIZES,
-    SYNTH_SIZES,
+    PRECOMP_SIZES,
     assert_block_invariant,
     assert_encoding_batch_independent,
     attach,
@@ -57,9 +57,6 @@ from methods.teran import (
 
 from fixtures import itm as fx
 
-SCENES = SYNTH_SIZES["synth-scenes"]
-PERSON = SYNTH_SIZES["synth-person"]
-PRECOMP = {"train": 6, "dev": 3, "test": 3}
 CONFIGS = Path(__file__).resolve().parents[1] / "experiments" / "configs"
 MODES = sorted(POOLINGS)
 
@@ -424,7 +421,7 @@ def test_person_images_give_a_grid_of_regions(root: Path) -> None:  # shared che
 
 
 def test_shared_checks_on_precomp_forces_no_positional_encoding(root: Path) -> None:
-    fx.write_precomp(root, "f30k", PRECOMP)
+    fx.write_precomp(root, "f30k", PRECOMP_SIZES)
     dm = Flickr30KDataModule(root=str(root), feature_source="precomp")
     model = built(dm, store_dtype="float32")
     assert model.cnn is None and model.pos is None and model.effective_pos == "none"

@@ -5,7 +5,6 @@ live in tests/test_losses.py."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -14,13 +13,14 @@ import pytest
 import torch
 from method_checks import (
     MODERATE_SIZES,
-    SYNTH_SIZES,
+    PRECOMP_SIZES,
     attach,
     cli_fit,
     first_batch,
     loss_fell,
     moderate_fit,
     shared_checks,
+    synth_args,
     synth_dm,
 )
 
@@ -35,13 +35,9 @@ from methods.vsepp import VSEPP
 
 from fixtures.itm import write_precomp
 
-SCENES = SYNTH_SIZES["synth-scenes"]
-PERSON = SYNTH_SIZES["synth-person"]
-PRECOMP = {"train": 6, "dev": 3, "test": 3}
-
 
 def precomp_dm(root: Path, **kw: Any) -> RetrievalDataModule:
-    write_precomp(root, "f30k", PRECOMP)
+    write_precomp(root, "f30k", PRECOMP_SIZES)
     return Flickr30KDataModule(root=str(root), feature_source="precomp", **kw)
 
 
@@ -133,15 +129,14 @@ def cli_run(tmp_path: Path, data: list[str], steps: int = 3) -> dict[str, Any]:
 
 
 def test_cli_fit_and_test_on_synth_scenes(root: Path, tmp_path: Path) -> None:
-    scenes = "datamodules.synthetic.datamodules.SynthScenesDataModule"
-    rec = cli_run(tmp_path, ["--data", scenes, "--data.root", str(root), "--data.sizes", json.dumps(SCENES)])
+    rec = cli_run(tmp_path, synth_args(root, "synth-scenes"))
     assert rec["dataset"] == "synth-scenes" and rec["global_step"] == 3
     assert rec["details"]["protocol"] == "f30k_1k" and rec["details"]["variant"] == "images"
     assert {"t2i_R1", "i2t_R1", "rsum"} <= set(rec["metrics"])
 
 
 def test_cli_fit_and_test_on_precomp_regions(root: Path, tmp_path: Path) -> None:
-    write_precomp(root, "f30k", PRECOMP)
+    write_precomp(root, "f30k", PRECOMP_SIZES)
     data = ["--data", "datamodules.itm.Flickr30KDataModule", "--data.root", str(root)]
     rec = cli_run(tmp_path, [*data, "--data.feature_source", "precomp"])
     assert rec["dataset"] == "f30k" and rec["details"]["variant"] == "precomp"
@@ -149,10 +144,7 @@ def test_cli_fit_and_test_on_precomp_regions(root: Path, tmp_path: Path) -> None
 
 
 def test_cli_fit_and_test_on_synth_person(root: Path, tmp_path: Path) -> None:
-    person = "datamodules.synthetic.datamodules.SynthPersonDataModule"
-    rec = cli_run(
-        tmp_path, ["--data", person, "--data.root", str(root), "--data.sizes", json.dumps(PERSON)], steps=2
-    )
+    rec = cli_run(tmp_path, synth_args(root, "synth-person"), steps=2)
     assert rec["dataset"] == "synth-person" and rec["details"]["protocol"] == "person_t2i"
     assert {"R1", "mAP", "mINP"} <= set(rec["metrics"])
 
