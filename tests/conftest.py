@@ -1,5 +1,6 @@
-"""Fixtures the method tests share: tiny synthetic datamodules (one per task family), a tiny random CLIP
-folder, seeds and run folders. The reusable assertions live in tests/method_checks.py."""
+"""Fixtures the method tests share: a data folder per module, the tiny synthetic datamodules (one per task
+family), tiny random CLIP and BERT folders, local ResNet-18 weights and a run root. The reusable assertions
+live in tests/method_checks.py."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import pytest
 from method_checks import save_tiny_bert, save_tiny_clip, tiny_datamodule
 
@@ -34,12 +34,6 @@ def tiny_dm(synth_root: Path) -> Callable[..., Any]:
 def clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random CLIP checkpoint folder (model and tokenizer), as a hub download looks."""
     return save_tiny_clip(tmp_path_factory.mktemp("clip"))
-
-
-@pytest.fixture
-def seeded() -> int:
-    """Seed every generator with 0 (what `fit --seed_everything 0` does) before the test builds a model."""
-    return L.seed_everything(0, verbose=False)
 
 
 @pytest.fixture

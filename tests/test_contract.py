@@ -12,6 +12,7 @@ constructor arguments (the ensemble, built from trained runs: tests/test_ensembl
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,6 @@ from method_checks import (
     attach,
     first_batch,
     shared_checks,
-    tiny_datamodule,
 )
 
 from fgbench.data.module import RetrievalDataModule
@@ -88,9 +88,9 @@ def test_registered_datamodule_declares_what_the_suite_reads(name: str) -> None:
 
 @pytest.mark.parametrize("name", tiny_datamodules())
 def test_tiny_datamodule_serves_training_batches_and_a_test_split_its_spec_describes(
-    synth_root: Path, name: str
+    tiny_dm: Callable[..., Any], name: str
 ) -> None:
-    dm = tiny_datamodule(synth_root, name)
+    dm = tiny_dm(name)
     assert next(iter(dm.train_dataloader())) is not None
     spec = dm.evaluation_set(dm.test_split).spec
     q_loader, g_loader = dm.test_dataloader()
@@ -102,9 +102,9 @@ def test_tiny_datamodule_serves_training_batches_and_a_test_split_its_spec_descr
 
 @pytest.mark.parametrize(("method", "data"), pairs())
 def test_method_meets_the_contract_on_tiny_data(
-    synth_root: Path, tmp_path: Path, method: str, data: str
+    tiny_dm: Callable[..., Any], tmp_path: Path, method: str, data: str
 ) -> None:
-    dm = tiny_datamodule(synth_root, data)
+    dm = tiny_dm(data)
     L.seed_everything(0, verbose=False)
     model = attach(METHODS.get(method)(), dm)
     if model.trains:

@@ -144,10 +144,10 @@ def test_resolve_takes_names_and_class_paths_and_lists_the_registered_names() ->
         registry.resolve("methods.nope.X")
 
 
-def test_a_method_from_one_file_and_one_config_is_swept(tmp_path: Path) -> None:
+def test_a_method_from_one_file_and_one_config_is_swept(tmp_path: Path, runs: Path) -> None:
     """Acceptance (issue 21): a method in a plugin folder is trained, tested and in the sweep's results."""
     folder = write_plugin(tmp_path / "plugins")
-    runs, results = tmp_path / "runs", tmp_path / "results"
+    results = tmp_path / "results"
     env = {**os.environ, registry.PLUGINS_ENV: str(folder), "OMP_NUM_THREADS": "1"}
     env["PYTHONPATH"] = os.pathsep.join([str(REPO / "src"), str(REPO), env.get("PYTHONPATH", "")])
     cmd = [sys.executable, "-m", "experiments.sweep", "--methods", "plugin_bow", "--datasets", "synth-person",
