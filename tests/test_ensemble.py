@@ -22,7 +22,7 @@ from method_checks import (
     attach,
     synth_dm,
 )
-from method_checks import encoded as test_features
+from method_checks import encoded as split_features
 
 from fgbench.cli import main
 from fgbench.data.module import RetrievalDataModule
@@ -66,7 +66,7 @@ def members(root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, t
 def encoded(model: RetrievalMethod, dm: RetrievalDataModule) -> tuple[Features, Features]:
     """Test-split features, encoded with the model's own processor attached."""
     dm.set_processor(model.processor)
-    return test_features(model, dm)
+    return split_features(model, dm)
 
 
 def member_scores(
