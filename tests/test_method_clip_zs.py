@@ -10,13 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from method_checks import (
-    attach,
-    encoded,
-    eval_batches,
-    save_tiny_clip,
-    tiny_datamodule,
-)
+from method_checks import attach, encoded, eval_batches, save_tiny_clip, tiny_datamodule
 from method_checks import first_batch as train_batch
 from test_method_clip_ft import cli_args, result_of
 

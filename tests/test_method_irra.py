@@ -11,12 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from method_checks import (
-    attach,
-    encoded,
-    save_tiny_clip,
-    tiny_datamodule,
-)
+from method_checks import attach, encoded, save_tiny_clip, tiny_datamodule
 from method_checks import first_batch as train_batch
 from test_method_clip_ft import assert_learns, cli_args, result_of
 
