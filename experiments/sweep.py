@@ -73,16 +73,15 @@ class Entry:
 
 def config_class(path: Path, key: str) -> type:
     """The class named by `<key>.class_path` in a config file."""
-    import importlib
-
     import yaml
+
+    from fgbench.registry import DATAMODULES, METHODS, resolve
 
     cfg = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     class_path = (cfg.get(key) or {}).get("class_path")
     if not class_path:
         raise GridError(f"{path}: no {key}.class_path")
-    module, _, name = class_path.rpartition(".")
-    return getattr(importlib.import_module(module), name)
+    return resolve(class_path, METHODS if key == "model" else DATAMODULES)
 
 
 def experiment_config(configs: Path, method: str, dataset: str) -> Path:
@@ -98,29 +97,35 @@ def is_pattern(spec: str) -> bool:
 def entries(kind: str, spec: str, configs: Path) -> list[Entry]:
     """Entries of `kind` ("method" or "data") for a comma list, `all` (every registered name) or a glob.
 
-    A name is runnable when `configs/<kind>/<name>.yaml` exists; `all` and globs skip (and report) a
-    registered name without a config, an explicit name without one is an error.
+    A name is runnable when `configs/<kind>/<name>.yaml` exists, or `configs/<kind>/<name>.yaml` inside a
+    plugin folder of FGBENCH_PLUGINS (docs/plugins.md); `all` and globs skip (and report) a registered name
+    without a config, an explicit name without one is an error.
     """
     import fnmatch
 
-    from fgbench.registry import DATAMODULES, METHODS
+    from fgbench.registry import DATAMODULES, METHODS, config_folders
 
     registry = METHODS if kind == "method" else DATAMODULES
     key = "model" if kind == "method" else "data"
-    folder = configs / kind
+    folders = config_folders(configs, kind)
+    folder = folders[0]
+
+    def config(name: str) -> Path | None:
+        return next((f / f"{name}.yaml" for f in folders if (f / f"{name}.yaml").is_file()), None)
+
     if is_pattern(spec):
         chosen = [n for n in registry.list() if fnmatch.fnmatch(n, "*" if spec == "all" else spec)]
-        names = [n for n in chosen if (folder / f"{n}.yaml").is_file()]
+        names = [n for n in chosen if config(n)]
         for n in sorted(set(chosen) - set(names)):
             print(f"note: registered {kind} {n!r} has no {folder / n}.yaml; not swept", file=sys.stderr)
     else:
         names = [n.strip() for n in spec.split(",") if n.strip()]
     out = []
     for name in names:
-        path = folder / f"{name}.yaml"
-        if not path.is_file():
-            known = ", ".join(sorted(p.stem for p in folder.glob("*.yaml"))) or "none"
-            raise GridError(f"unknown {kind} {name!r}: no {path}; available: {known}")
+        path = config(name)
+        if path is None:
+            known = ", ".join(sorted({p.stem for f in folders for p in f.glob("*.yaml")})) or "none"
+            raise GridError(f"unknown {kind} {name!r}: no {folder / name}.yaml; available: {known}")
         out.append(Entry(name, path, frozenset(getattr(config_class(path, key), "tasks", ()))))
     if not out:
         raise GridError(f"no {kind} matches {spec!r} (registered with a config in {folder})")

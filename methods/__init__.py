@@ -1,4 +1,4 @@
-"""Retrieval methods, each registered by name (see docs/methods.md)."""
+"""Retrieval methods, each registered by name (see docs/methods.md); loaded as the `methods` entry point of
+the `fgbench.plugins` group (pyproject.toml)."""
 
-import fgbench.ensemble  # noqa: F401  (registers "ensemble": the mean score of trained runs)
 from methods import clip4cir, clip_ft, clip_zs, irra, mmref, nsfse, racg, teran, tirg, vsepp  # noqa: F401

@@ -19,7 +19,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.transforms import v2
@@ -35,6 +34,7 @@ from fgbench.encoders import (
     register_preset,
 )
 from fgbench.encoders.layers import masked_mean
+from fgbench.encoders.regions import region_mask_of
 from fgbench.encoders.tokenizers import build_vocabulary
 from fgbench.evaluation import EvalResult, EvalSpec
 from fgbench.features import Features
@@ -125,6 +125,7 @@ class VSEPP(RetrievalMethod):
     """
 
     name: ClassVar[str] = "vsepp"
+    published_as: ClassVar[str] = "VSE++"  # results/published.csv
     provenance: ClassVar[str] = "port of fartashf/vsepp"
     tasks: ClassVar[frozenset[str]] = frozenset({"text-image", "image-text"})
 
@@ -205,10 +206,7 @@ class VSEPP(RetrievalMethod):
         if self.image_encoder is None:
             if visual.regions is None:
                 raise ValueError("vsepp was built on region features (precomp) but the batch has none")
-            mask = visual.region_mask
-            if mask is None:
-                mask = torch.ones(visual.regions.shape[:2], dtype=torch.bool, device=visual.regions.device)
-            pooled = masked_mean(visual.regions, mask)
+            pooled = masked_mean(visual.regions, region_mask_of(visual))
         else:
             pooled = F.normalize(self.image_encoder(visual).glob, dim=-1)
         return F.normalize(self.image_fc(pooled), dim=-1)

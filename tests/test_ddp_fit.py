@@ -4,12 +4,12 @@ metrics of 1 process (DistributedSampler padding is de-duplicated; query blocks 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from method_checks import rstpreid_args, subprocess_env
 
 from fixtures.person import write_rstpreid
 
@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _run(cmd: str, data: Path, runs: Path, *extra: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=f"{ROOT / 'tests'}:{ROOT / 'src'}:{ROOT}")
+    opts = ["--data.batch_size", "8", "--data.eval_batch_size", "7", *extra]
     args = [
         sys.executable,
         "-m",
@@ -25,27 +25,9 @@ def _run(cmd: str, data: Path, runs: Path, *extra: str) -> subprocess.CompletedP
         cmd,
         "--seed_everything",
         "1",
-        "--data",
-        "datamodules.person.RSTPReidDataModule",
-        "--data.root",
-        str(data),
-        "--data.batch_size",
-        "8",
-        "--data.eval_batch_size",
-        "7",
-        "--model",
-        "test_method_base.TinyDual",
-        "--trainer.max_epochs",
-        "2",
-        "--trainer.accelerator",
-        "cpu",
-        "--trainer.enable_progress_bar",
-        "false",
-        "--run.root",
-        str(runs),
-        *extra,
+        *rstpreid_args(data, runs, *opts, epochs=2),
     ]
-    return subprocess.run(args, env=env, capture_output=True, text=True, timeout=900, cwd=ROOT)
+    return subprocess.run(args, env=subprocess_env(), capture_output=True, text=True, timeout=900, cwd=ROOT)
 
 
 @pytest.mark.slow

@@ -15,28 +15,28 @@ import lightning as L
 import pytest
 import torch
 import yaml
-from method_checks import assert_block_invariant, assert_rerank_all_equals_score, attach
+from method_checks import (
+    SYNTH_SIZES,
+    assert_block_invariant,
+    assert_rerank_all_equals_score,
+    attach,
+    synth_dm,
+)
+from method_checks import encoded as split_features
 
 from fgbench.cli import main
 from fgbench.data.module import RetrievalDataModule
 from fgbench.ensemble import Ensemble, pack, unpack
 from fgbench.features import Features
 from fgbench.method import RetrievalMethod
-from fgbench.registry import DATAMODULES
 from methods.teran import TERAN
 from methods.vsepp import VSEPP
 
-SCENES = {"train_images": 6, "val_images": 3, "test_images": 3}
 CONFIGS = Path(__file__).resolve().parents[1] / "experiments" / "configs"
 
 
-@pytest.fixture(scope="module")
-def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("data")
-
-
 def scenes_dm(root: Path) -> RetrievalDataModule:
-    return DATAMODULES.get("synth-scenes")(root=str(root), sizes=SCENES, batch_size=8)
+    return synth_dm(root, "synth-scenes", batch_size=8)
 
 
 def saved(model: RetrievalMethod, dm: RetrievalDataModule, path: Path, seed: int) -> RetrievalMethod:
@@ -66,11 +66,7 @@ def members(root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, t
 def encoded(model: RetrievalMethod, dm: RetrievalDataModule) -> tuple[Features, Features]:
     """Test-split features, encoded with the model's own processor attached."""
     dm.set_processor(model.processor)
-    q_loader, g_loader = dm.test_dataloader()
-    with torch.no_grad():
-        q = Features.cat([model.encode_queries(b) for b in q_loader])
-        g = Features.cat([model.encode_gallery(b) for b in g_loader])
-    return q, g
+    return split_features(model, dm)
 
 
 def member_scores(
@@ -174,7 +170,7 @@ def test_test_run_through_the_cli_on_a_cli_trained_checkpoint(root: Path, tmp_pa
     data = [
         "--config", str(CONFIGS / "data" / "synth-scenes.yaml"),
         "--data.root", str(root),
-        "--data.sizes", json.dumps(SCENES),
+        "--data.sizes", json.dumps(SYNTH_SIZES["synth-scenes"]),
         "--data.batch_size", "4",
         "--trainer.accelerator", "cpu",
         "--trainer.enable_progress_bar", "false",

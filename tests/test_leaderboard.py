@@ -205,7 +205,7 @@ def test_real_published_csv_parses_and_the_mapping_names_exist() -> None:
     assert raw["value"].dtype == float and set(raw["verified"]) == {"yes", "no"}
     methods, datasets = lb.published_names(METHODS), lb.published_names(DATAMODULES)
     assert set(methods) <= set(raw["method"]) and set(datasets) <= set(raw["dataset"])
-    assert {"irra", "mmref", "clip4cir", "nsfse"} <= set(methods.values())  # one reference row each
+    assert {"irra", "mmref", "teran", "vsepp", "clip4cir", "nsfse"} <= set(methods.values())  # one row each
     assert {"rstpreid", "f30k", "cirr", "fashion200k"} <= set(datasets.values())
     pub = lb.load_published(path)
     keys = ["dataset", "split", "protocol", "method", "metric"]

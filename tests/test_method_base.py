@@ -16,6 +16,7 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
+from method_checks import rstpreid_args
 from torch import Tensor, nn
 
 from datamodules.person import RSTPReidDataModule
@@ -108,29 +109,8 @@ def test_fit_and_test_evaluates_through_the_evaluator(data_root: Path, tmp_path:
 
 
 def test_run_command_writes_a_hash_named_run(data_root: Path, tmp_path: Path) -> None:
-    args = [
-        "fit",
-        "--seed_everything",
-        "3",
-        "--data",
-        "datamodules.person.RSTPReidDataModule",
-        "--data.root",
-        str(data_root),
-        "--data.batch_size",
-        "8",
-        "--model",
-        "test_method_base.TinyDual",
-        "--model.dim",
-        "8",
-        "--trainer.max_epochs",
-        "1",
-        "--trainer.accelerator",
-        "cpu",
-        "--trainer.enable_progress_bar",
-        "false",
-        "--run.root",
-        str(tmp_path / "runs"),
-    ]
+    opts = ("--data.batch_size", "8", "--model.dim", "8")
+    args = ["fit", "--seed_everything", "3", *rstpreid_args(data_root, tmp_path / "runs", *opts)]
     assert main(args) == 0
     runs = list((tmp_path / "runs" / "rstpreid" / "tiny_dual" / "tiny").glob("seed3-*"))
     assert len(runs) == 1 and len(runs[0].name) == len("seed3-") + 12
@@ -144,7 +124,7 @@ def test_run_command_writes_a_hash_named_run(data_root: Path, tmp_path: Path) ->
     # the same config lands in the same cell; a different one in another
     assert main(args) == 0
     assert list((tmp_path / "runs" / "rstpreid" / "tiny_dual" / "tiny").glob("seed3-*")) == runs
-    assert main([*args[:-2], "--model.dim", "4", *args[-2:]]) == 0
+    assert main([*args, "--model.dim", "4"]) == 0
     assert len(list((tmp_path / "runs" / "rstpreid" / "tiny_dual" / "tiny").glob("seed3-*"))) == 2
 
 
@@ -158,20 +138,7 @@ class FrozenDual(TinyDual):
 def test_fit_of_an_evaluation_only_method_trains_nothing_and_tests(data_root: Path, tmp_path: Path) -> None:
     args = [
         "fit",
-        "--data",
-        "datamodules.person.RSTPReidDataModule",
-        "--data.root",
-        str(data_root),
-        "--model",
-        "test_method_base.FrozenDual",
-        "--trainer.max_epochs",
-        "3",
-        "--trainer.accelerator",
-        "cpu",
-        "--trainer.enable_progress_bar",
-        "false",
-        "--run.root",
-        str(tmp_path / "runs"),
+        *rstpreid_args(data_root, tmp_path / "runs", model="test_method_base.FrozenDual", epochs=3),
     ]
     assert main(args) == 0
     (result,) = (tmp_path / "runs" / "rstpreid" / "frozen_dual" / "tiny").glob("seed0-*/result.json")

@@ -1,9 +1,9 @@
 """clip_ft (methods/clip_ft.py; docs/methods.md §5): the loss at equal features and under swapped modalities,
-the composed loss's duplicate targets, tower freezing, the shared checks of docs/methods.md §0 on real encoded
-features, fit + test through the CLI on every task (synth-person, synth-scenes, synth-cir) and the paper
-profile built offline from a tiny random CLIP folder. InfoNCE's own properties live in tests/test_losses.py.
+the composed loss's duplicate targets, tower freezing, unit-norm queries, fit + test through the CLI on
+every task (synth-person, synth-scenes, synth-cir) and the paper profile built offline from a tiny random
+CLIP folder. InfoNCE's own properties live in tests/test_losses.py.
 
-`save_tiny_clip` is shared with the clip_zs and irra tests.
+The shared checks of docs/methods.md §0, for every method, are test_contract.py's.
 """
 
 from __future__ import annotations
@@ -16,60 +16,19 @@ from typing import Any
 
 import pytest
 import torch
-from method_checks import assert_block_invariant, assert_encoding_batch_independent, attach
+from method_checks import SYNTH_SIZES, attach, encoded, fit_and_test, tiny_datamodule
 from method_checks import first_batch as train_batch
 
 from fgbench.cli import main
 from fgbench.data.batches import PairBatch, Text, TripletBatch
-from fgbench.data.module import RetrievalDataModule
-from fgbench.features import Features
 from fgbench.registry import DATAMODULES, METHODS
 from methods.clip_ft import ClipFT
 
-SIZES: dict[str, dict[str, int]] = {
-    "synth-person": {"train_ids": 4, "val_ids": 2, "test_ids": 2, "images_per_id": 2},
-    "synth-scenes": {"train_images": 6, "val_images": 3, "test_images": 3},
-    "synth-cir": {"train_sets": 2, "val_sets": 2, "test1_sets": 1, "queries_per_set": 2},
-}
+SIZES = SYNTH_SIZES
 PROTOCOL = {"synth-person": "person_t2i", "synth-scenes": "f30k_1k", "synth-cir": "cirr"}
 CONFIG = Path(__file__).parents[1] / "experiments" / "configs"
 # jsonargparse resolves SynthCIRDataModule's test_split to CIRRDataModule's "test" (reported); say "val"
 CLI_DATA: dict[str, list[str]] = {"synth-cir": ["--data.test_split", "val"]}
-
-
-@pytest.fixture(scope="module")
-def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("data")
-
-
-def datamodule(root: Path, name: str, **kw: Any) -> RetrievalDataModule:
-    dm = DATAMODULES.get(name)(root=str(root), sizes=SIZES[name], batch_size=4, eval_batch_size=8, **kw)
-    dm.setup("fit")
-    return dm
-
-
-def save_tiny_clip(path: Path) -> Path:
-    """A tiny random CLIPModel and a byte-level CLIP tokenizer (no merges) saved like a hub checkpoint."""
-    from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
-    from transformers.convert_slow_tokenizer import bytes_to_unicode
-
-    chars = list(bytes_to_unicode().values())
-    vocab = [*chars, *(c + "</w>" for c in chars), "<|startoftext|>", "<|endoftext|>"]
-    CLIPTokenizer(vocab={w: i for i, w in enumerate(vocab)}, merges=[]).save_pretrained(path)
-    tower = dict(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, projection_dim=16
-    )
-    text = dict(tower, vocab_size=len(vocab), max_position_embeddings=77, eos_token_id=len(vocab) - 1)
-    config = CLIPConfig(
-        text_config=text, vision_config=dict(tower, image_size=32, patch_size=8), projection_dim=16
-    )
-    CLIPModel(config).save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_tiny_clip(tmp_path_factory.mktemp("clip"))
 
 
 def test_registered_with_its_tasks() -> None:
@@ -78,7 +37,7 @@ def test_registered_with_its_tasks() -> None:
 
 
 def test_loss_is_log_batch_when_all_features_are_equal(root: Path) -> None:
-    dm = datamodule(root, "synth-person")
+    dm = tiny_datamodule(root, "synth-person")
     model = attach(ClipFT(), dm)
     batch: PairBatch = train_batch(dm)
     b = len(batch.index)
@@ -96,7 +55,7 @@ def test_loss_is_log_batch_when_all_features_are_equal(root: Path) -> None:
 
 
 def test_swapping_the_modalities_leaves_the_loss_unchanged(root: Path) -> None:
-    dm = datamodule(root, "synth-person")
+    dm = tiny_datamodule(root, "synth-person")
     model = attach(ClipFT(logit_scale_learnable=True), dm)
     batch: PairBatch = train_batch(dm)
     t, v = model.text_out(batch.text).glob, model.image_out(batch.visual).glob
@@ -106,18 +65,18 @@ def test_swapping_the_modalities_leaves_the_loss_unchanged(root: Path) -> None:
 
 def test_scale_by_profile_task_family_and_switch(root: Path, clip_dir: Path) -> None:
     for name in ("synth-person", "synth-scenes", "synth-cir"):  # tiny: learnable everywhere (from scratch)
-        tiny = attach(ClipFT(), datamodule(root, name))
+        tiny = attach(ClipFT(), tiny_datamodule(root, name))
         assert tiny.logit_scale.requires_grad and tiny.scale().item() == pytest.approx(1 / 0.07)
     paper = {"clip_path": str(clip_dir), "profile": "paper", "image_size": (32, 32)}
-    person = attach(ClipFT(**paper), datamodule(root, "synth-person"))
-    scenes = attach(ClipFT(**paper), datamodule(root, "synth-scenes"))
-    cir = attach(ClipFT(**paper), datamodule(root, "synth-cir"))
+    person = attach(ClipFT(**paper), tiny_datamodule(root, "synth-person"))
+    scenes = attach(ClipFT(**paper), tiny_datamodule(root, "synth-scenes"))
+    cir = attach(ClipFT(**paper), tiny_datamodule(root, "synth-cir"))
     assert person.scale().item() == pytest.approx(50.0) and not person.logit_scale.requires_grad
     assert scenes.scale().item() == pytest.approx(1 / 0.07) and scenes.logit_scale.requires_grad
     assert cir.scale().item() == pytest.approx(100.0) and not cir.logit_scale.requires_grad
-    fixed = attach(ClipFT(logit_scale_learnable=False), datamodule(root, "synth-person"))
+    fixed = attach(ClipFT(logit_scale_learnable=False), tiny_datamodule(root, "synth-person"))
     assert not fixed.logit_scale.requires_grad and fixed.scale().item() == pytest.approx(50.0)
-    forced = attach(ClipFT(logit_scale_learnable=True), datamodule(root, "synth-person"))
+    forced = attach(ClipFT(logit_scale_learnable=True), tiny_datamodule(root, "synth-person"))
     assert forced.logit_scale.requires_grad and forced.scale().item() == pytest.approx(1 / 0.07)
     with torch.no_grad():
         forced.logit_scale.fill_(10.0)
@@ -125,7 +84,7 @@ def test_scale_by_profile_task_family_and_switch(root: Path, clip_dir: Path) -> 
 
 
 def test_composed_loss_never_counts_the_same_target_as_a_negative(root: Path) -> None:
-    dm = datamodule(root, "synth-cir")
+    dm = tiny_datamodule(root, "synth-cir")
     model = attach(ClipFT(), dm)
     batch: TripletBatch = train_batch(dm)
     same = replace(
@@ -139,7 +98,7 @@ def test_composed_loss_never_counts_the_same_target_as_a_negative(root: Path) ->
 
 @pytest.mark.parametrize("fusion", ["sum", "image_only", "text_only"])
 def test_query_fusion(root: Path, fusion: str) -> None:
-    dm = datamodule(root, "synth-cir")
+    dm = tiny_datamodule(root, "synth-cir")
     model = attach(ClipFT(query_fusion=fusion), dm).eval()
     q_loader, _ = dm.test_dataloader()
     batch = next(iter(q_loader))
@@ -152,7 +111,7 @@ def test_query_fusion(root: Path, fusion: str) -> None:
 
 @pytest.mark.parametrize(("encoder", "frozen"), [("text", "image_tower"), ("image", "text_tower")])
 def test_encoder_switch_freezes_the_other_tower(root: Path, encoder: str, frozen: str) -> None:
-    dm = datamodule(root, "synth-person")
+    dm = tiny_datamodule(root, "synth-person")
     model = attach(ClipFT(encoder=encoder), dm)
     model.losses(train_batch(dm))["itc"].backward()
     trained = "text_tower" if frozen == "image_tower" else "image_tower"
@@ -161,7 +120,7 @@ def test_encoder_switch_freezes_the_other_tower(root: Path, encoder: str, frozen
 
 
 def test_build_is_idempotent_and_rejects_unknown_switches(root: Path) -> None:
-    dm = datamodule(root, "synth-person")
+    dm = tiny_datamodule(root, "synth-person")
     model = attach(ClipFT(), dm)
     tower = model.image_tower
     model.build(dm)
@@ -176,29 +135,11 @@ def test_build_is_idempotent_and_rejects_unknown_switches(root: Path) -> None:
         ClipFT(profile="huge")
 
 
-def encoded(model: Any, dm: RetrievalDataModule) -> tuple[Features, Features]:
-    q_loader, g_loader = dm.test_dataloader()
-    with torch.no_grad():
-        q = Features.cat([model.encode_queries(b) for b in q_loader])
-        g = Features.cat([model.encode_gallery(b) for b in g_loader])
-    return q, g
-
-
 @pytest.mark.parametrize("name", ["synth-person", "synth-cir"])
-def test_shared_checks_on_encoded_features(root: Path, name: str) -> None:
-    dm = datamodule(root, name)
-    model = attach(ClipFT(), dm).eval()
-    q, g = encoded(model, dm)
+def test_queries_are_unit_vectors(root: Path, name: str) -> None:
+    dm = tiny_datamodule(root, name)
+    q, g = encoded(attach(ClipFT(), dm).eval(), dm)
     assert torch.allclose(q.glob.norm(dim=-1), torch.ones(len(q))) and len(g) > 1
-    assert_block_invariant(model, q, g)
-    for i, encode in enumerate((model.encode_queries, model.encode_gallery)):
-        assert_encoding_batch_independent(encode, eval_batches(dm, 8)[i], eval_batches(dm, 3)[i])
-
-
-def eval_batches(dm: RetrievalDataModule, size: int) -> list[list[Any]]:
-    """[query batches, gallery batches] of the test split at eval batch size `size`."""
-    dm.eval_batch_size = size
-    return [list(loader) for loader in dm.test_dataloader()]
 
 
 def cli_args(root: Path, tmp_path: Path, name: str, method: str, *extra: str) -> list[str]:
@@ -260,7 +201,7 @@ def test_profile_fields_are_settable_from_the_command_line(root: Path, tmp_path:
 
 
 def test_paper_profile_from_a_local_clip_folder(root: Path, clip_dir: Path) -> None:
-    dm = datamodule(root, "synth-person")
+    dm = tiny_datamodule(root, "synth-person")
     model = attach(ClipFT(profile="paper", clip_path=str(clip_dir), image_size=(32, 16)), dm)
     assert model.optim_cfg.name == "adam" and model.optim_cfg.eps == 1e-3 and model.optim_cfg.lr == 1e-5
     assert model.processor.image_size == (32, 16) and model.processor.train_transform == "reid_crop"
@@ -271,7 +212,7 @@ def test_paper_profile_from_a_local_clip_folder(root: Path, clip_dir: Path) -> N
     assert torch.isfinite(loss) and model.image_tower.proj.weight.grad is not None
     scenes = attach(
         ClipFT(profile="paper", clip_path=str(clip_dir), image_size=(32, 32)),
-        datamodule(root, "synth-scenes"),
+        tiny_datamodule(root, "synth-scenes"),
     )
     assert scenes.optim_cfg.weight_decay == 0.2 and scenes.logit_scale.requires_grad
 
@@ -280,7 +221,7 @@ def test_paper_profile_without_weights_fails_naming_the_path(root: Path, tmp_pat
     with pytest.raises(FileNotFoundError, match="no-clip-here"):
         attach(
             ClipFT(profile="paper", clip_path=str(tmp_path / "no-clip-here")),
-            datamodule(root, "synth-person"),
+            tiny_datamodule(root, "synth-person"),
         )
 
 
@@ -306,19 +247,8 @@ def assert_learns(model: Any, name: str, tmp_path: Path, epochs: int = 8) -> dic
     attach(model, dm)
     batch = train_batch(dm)
     before = sum(model.losses(batch).values()).item()
-    trainer = L.Trainer(
-        max_epochs=epochs,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        limit_val_batches=0,
-        default_root_dir=tmp_path,
-    )
-    trainer.fit(model, datamodule=dm)
-    trainer.test(model, datamodule=dm, verbose=False)
+    _, metrics = fit_and_test(model, dm, tmp_path, epochs)
     after = sum(model.losses(batch).values()).item()
-    metrics = model.last_result["test"].metrics
     metric, chance = CHANCE[name]
     assert after < before and metrics[metric] >= 3 * chance, (before, after, metrics)
     return metrics

@@ -1,6 +1,6 @@
 """clip_zs (methods/clip_zs.py; docs/methods.md §6): unit-norm features, CLIP's own embeddings reproduced from
-a local folder, the normalised-sum composed query, no training (`fit` through the CLI only tests), the shared
-checks of docs/methods.md §0 and the loud failure of the paper profile without weights.
+a local folder, the normalised-sum composed query, no training (`fit` through the CLI only tests; the shared
+checks of docs/methods.md §0: test_contract.py) and the loud failure of the paper profile without weights.
 """
 
 from __future__ import annotations
@@ -10,25 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from method_checks import assert_block_invariant, assert_encoding_batch_independent, attach
+from method_checks import attach, encoded, eval_batches, save_tiny_clip, tiny_datamodule
 from method_checks import first_batch as train_batch
-from test_method_clip_ft import (
-    cli_args,
-    datamodule,
-    encoded,
-    eval_batches,
-    result_of,
-    save_tiny_clip,
-)
+from test_method_clip_ft import cli_args, result_of
 
 from fgbench.cli import main
 from fgbench.registry import DATAMODULES, METHODS
 from methods.clip_zs import ClipZS
-
-
-@pytest.fixture(scope="module")
-def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("data")
 
 
 def test_registered_as_evaluation_only() -> None:
@@ -37,20 +25,15 @@ def test_registered_as_evaluation_only() -> None:
 
 
 @pytest.mark.parametrize("name", ["synth-person", "synth-scenes", "synth-cir"])
-def test_features_have_unit_norm_and_pass_the_shared_checks(root: Path, name: str) -> None:
-    dm = datamodule(root, name)
-    model = attach(ClipZS(), dm).eval()
-    q, g = encoded(model, dm)
-    for f in (q, g):
+def test_features_have_unit_norm(root: Path, name: str) -> None:  # the shared checks: test_contract.py
+    dm = tiny_datamodule(root, name)
+    for f in encoded(attach(ClipZS(), dm).eval(), dm):
         torch.testing.assert_close(f.glob.norm(dim=-1), torch.ones(len(f)))
-    assert_block_invariant(model, q, g)
-    for i, encode in enumerate((model.encode_queries, model.encode_gallery)):
-        assert_encoding_batch_independent(encode, eval_batches(dm, 8)[i], eval_batches(dm, 3)[i])
 
 
 @pytest.mark.parametrize("fusion", ["sum", "image_only", "text_only"])
 def test_composed_query_sums_unit_features(root: Path, fusion: str) -> None:
-    dm = datamodule(root, "synth-cir")
+    dm = tiny_datamodule(root, "synth-cir")
     model = attach(ClipZS(fusion=fusion), dm).eval()
     batch = eval_batches(dm, 8)[0][0]
     with torch.no_grad():
@@ -62,7 +45,7 @@ def test_composed_query_sums_unit_features(root: Path, fusion: str) -> None:
 
 
 def test_losses_refuse_to_train(root: Path) -> None:
-    dm = datamodule(root, "synth-person")
+    dm = tiny_datamodule(root, "synth-person")
     model = attach(ClipZS(), dm)
     with pytest.raises(RuntimeError, match="evaluation-only"):
         model.losses(train_batch(dm))
@@ -79,7 +62,7 @@ def test_paper_profile_reproduces_clip_embeddings(root: Path, tmp_path: Path) ->
     from transformers import CLIPModel
 
     clip_dir = save_tiny_clip(tmp_path / "clip")
-    dm = datamodule(root, "synth-scenes")
+    dm = tiny_datamodule(root, "synth-scenes")
     model = attach(ClipZS(profile="paper", clip_path=str(clip_dir), image_size=(32, 32)), dm).eval()
     ref = CLIPModel.from_pretrained(clip_dir, local_files_only=True).eval()
     queries, gallery = (batches[0] for batches in eval_batches(dm, 4))
@@ -103,7 +86,7 @@ def test_paper_profile_without_weights_fails_naming_the_path(root: Path, tmp_pat
     with pytest.raises(FileNotFoundError, match="no-clip-here"):
         attach(
             ClipZS(profile="paper", clip_path=str(tmp_path / "no-clip-here")),
-            datamodule(root, "synth-person"),
+            tiny_datamodule(root, "synth-person"),
         )
 
 

@@ -1,9 +1,8 @@
-"""IRRA (methods/irra.py; docs/methods.md §7): unit tests 3 and 4 (the IRR head and classifier are
-training-only; one classifier serves both modalities), the `loss_names` ablation, the shared checks of
-docs/methods.md §0 on real encoded features, fit + test through the CLI and the paper profile built offline
-from a tiny random CLIP folder. SDM, masking and MLM's own properties (tests 1 and 2) live in
-tests/test_losses.py.
-"""
+"""IRRA (methods/irra.py; docs/methods.md §7): unit tests 3 and 4 (the IRR head and classifier are training-
+only; one classifier serves both modalities), the `loss_names` ablation, unit-norm queries (the shared
+checks of docs/methods.md §0: test_contract.py), fit + test through the CLI and the paper profile built
+offline from a tiny random CLIP folder. SDM, masking and MLM's own properties (tests 1 and 2) live in
+tests/test_losses.py."""
 
 from __future__ import annotations
 
@@ -12,17 +11,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from method_checks import assert_block_invariant, assert_encoding_batch_independent, attach
+from method_checks import attach, encoded, save_tiny_clip, tiny_datamodule
 from method_checks import first_batch as train_batch
-from test_method_clip_ft import (
-    assert_learns,
-    cli_args,
-    datamodule,
-    encoded,
-    eval_batches,
-    result_of,
-    save_tiny_clip,
-)
+from test_method_clip_ft import assert_learns, cli_args, result_of
 
 from fgbench.cli import main
 from fgbench.encoders import WordTokenizer
@@ -31,18 +22,13 @@ from fgbench.registry import METHODS
 from methods.irra import IRRA
 
 
-@pytest.fixture(scope="module")
-def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("data")
-
-
 def test_registered_with_its_task() -> None:
     assert METHODS.get("irra") is IRRA
     assert IRRA.tasks == {"text-image"} and IRRA.provenance == "port of anosorae/IRRA"
 
 
 def test_deleting_the_irr_head_and_classifier_leaves_encoding_bit_identical(root: Path) -> None:
-    dm = datamodule(root, "synth-person")
+    dm = tiny_datamodule(root, "synth-person")
     model = attach(IRRA(), dm).eval()
     q, g = encoded(model, dm)
     for name in (*IRRA.IRR_HEAD, "classifier"):
@@ -52,7 +38,7 @@ def test_deleting_the_irr_head_and_classifier_leaves_encoding_bit_identical(root
 
 
 def test_both_modalities_share_one_classifier(root: Path) -> None:
-    dm = datamodule(root, "synth-person")
+    dm = tiny_datamodule(root, "synth-person")
     model = attach(IRRA(loss_names=("id",)), dm)
     assert model.classifier.out_features == dm.num_classes
     assert model.classifier.weight.std().item() == pytest.approx(0.001, rel=0.2)
@@ -65,7 +51,7 @@ def test_both_modalities_share_one_classifier(root: Path) -> None:
 
 
 def test_irr_head_predicts_the_word_vocabulary(root: Path) -> None:
-    dm = datamodule(root, "synth-person")
+    dm = tiny_datamodule(root, "synth-person")
     model = attach(IRRA(), dm)
     assert isinstance(model.tokenizer, WordTokenizer)
     assert (
@@ -81,7 +67,7 @@ def test_irr_head_predicts_the_word_vocabulary(root: Path) -> None:
 
 @pytest.mark.parametrize("names", [("sdm",), ("itc", "id"), ("sdm", "mlm")])
 def test_loss_names_ablation(root: Path, names: tuple[str, ...]) -> None:
-    dm = datamodule(root, "synth-person")
+    dm = tiny_datamodule(root, "synth-person")
     model = attach(IRRA(loss_names=names), dm)
     assert set(model.losses(train_batch(dm))) == set(names)
     assert hasattr(model, "mlm_head") == ("mlm" in names)
@@ -92,7 +78,7 @@ def test_temperature_is_learnt_in_the_tiny_profile_only(root: Path) -> None:
     assert IRRA(profile="paper").temperature().item() == pytest.approx(0.02)  # IRRA's fixed τ
     assert not IRRA(profile="paper").logit_scale.requires_grad
     assert not IRRA(temperature_learnable=False).logit_scale.requires_grad
-    dm = datamodule(root, "synth-person")
+    dm = tiny_datamodule(root, "synth-person")
     model = attach(IRRA(loss_names=("sdm",)), dm)
     assert model.temperature().item() == pytest.approx(0.07)
     model.losses(train_batch(dm))["sdm"].backward()
@@ -106,14 +92,10 @@ def test_rejects_unknown_loss_names() -> None:
         IRRA(loss_names=())
 
 
-def test_shared_checks_on_encoded_features(root: Path) -> None:
-    dm = datamodule(root, "synth-person")
-    model = attach(IRRA(), dm).eval()
-    q, g = encoded(model, dm)
+def test_queries_are_unit_vectors(root: Path) -> None:  # the shared checks: test_contract.py
+    dm = tiny_datamodule(root, "synth-person")
+    q, _ = encoded(attach(IRRA(), dm).eval(), dm)
     assert torch.allclose(q.glob.norm(dim=-1), torch.ones(len(q)))
-    assert_block_invariant(model, q, g)
-    for i, encode in enumerate((model.encode_queries, model.encode_gallery)):
-        assert_encoding_batch_independent(encode, eval_batches(dm, 8)[i], eval_batches(dm, 3)[i])
 
 
 def test_fit_then_test_from_the_checkpoint_through_the_cli(root: Path, tmp_path: Path) -> None:
@@ -132,7 +114,7 @@ def test_fit_then_test_from_the_checkpoint_through_the_cli(root: Path, tmp_path:
 
 def test_paper_profile_from_a_local_clip_folder(root: Path, tmp_path: Path) -> None:
     clip_dir = save_tiny_clip(tmp_path / "clip")
-    dm = datamodule(root, "synth-person")
+    dm = tiny_datamodule(root, "synth-person")
     model = attach(IRRA(profile="paper", clip_path=str(clip_dir), image_size=(32, 16)), dm)
     # byte-level test vocabulary: 512 byte tokens, then SOT 512 and EOT 513; SOT - 1 serves as <|mask|>
     assert model.mask_id == 511 and model.mlm_head.fc.out_features == 514

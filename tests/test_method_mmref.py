@@ -4,7 +4,7 @@
   top-k and is the coarse ranking at λ = 0 or k = 1; reference-space similarity; the masked-word loss ignores
   unmasked positions and depends on the reference tokens; L_Fuse -> 0 for exact cluster means as τ_f -> 0.
 - The references: one per training identity, class-mean initialisation (deterministic), kept on resume.
-- Every ablation switch; the shared checks of docs/methods.md §0 on real encoded features.
+- Every ablation switch; the reference features (the shared checks of docs/methods.md §0: test_contract.py).
 - Fit + test through the CLI on the synthetic datasets and the official-format fixtures; the paper profile
   built offline from a tiny random CLIP folder.
 """
@@ -20,14 +20,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 from method_checks import (
-    assert_block_invariant,
-    assert_encoding_batch_independent,
-    assert_rerank_all_equals_score,
     attach,
-    cli_fit,
+    config_fit,
+    encoded,
     first_batch,
+    paper_config,
+    save_tiny_clip,
+    synth_args,
+    tiny_datamodule,
 )
-from test_method_clip_ft import assert_learns, datamodule, encoded, eval_batches, save_tiny_clip
+from test_method_clip_ft import assert_learns
 
 import methods.mmref as mmref_module
 from fgbench.cli import main
@@ -48,15 +50,10 @@ from fixtures.reed import write_cub
 CONFIG = Path(__file__).parents[1] / "experiments" / "configs"
 
 
-@pytest.fixture(scope="module")
-def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("data")
-
-
 def built(root: Path, init: bool = True, **kw: Any) -> tuple[MMRef, RetrievalDataModule]:
     """An MMRef built on MINI synth-person, its references initialised as at fit start, and the data."""
     L.seed_everything(0)
-    dm = datamodule(root, "synth-person")
+    dm = tiny_datamodule(root, "synth-person")
     model = attach(MMRef(**kw), dm)
     if init and not bool(model.references_ready):
         model.init_references(dm)
@@ -86,7 +83,7 @@ def test_registered_with_its_task_and_provenance() -> None:
 
 
 def test_references_are_one_per_training_identity_and_start_at_class_means(root: Path) -> None:
-    dm = datamodule(root, "synth-person")
+    dm = tiny_datamodule(root, "synth-person")
     model = attach(MMRef(), dm)
     assert model.references.shape == (dm.num_classes, model.image_tower.out_dim)
     assert not bool(model.references_ready) and model.references.eq(0).all()
@@ -140,13 +137,13 @@ def test_resumed_fit_loads_the_references_from_the_checkpoint(
     L.seed_everything(0)
     first = MMRef()
     t1 = trainer(2)
-    t1.fit(first, datamodule=datamodule(root, "synth-person"))
+    t1.fit(first, datamodule=tiny_datamodule(root, "synth-person"))
     ckpt = tmp_path / "two.ckpt"
     t1.save_checkpoint(ckpt)
     trained = first.references.detach().clone()
     resumed = MMRef()
     monkeypatch.setattr(resumed, "init_references", lambda dm: pytest.fail("R re-initialised on resume"))
-    trainer(2).fit(resumed, datamodule=datamodule(root, "synth-person"), ckpt_path=ckpt)
+    trainer(2).fit(resumed, datamodule=tiny_datamodule(root, "synth-person"), ckpt_path=ckpt)
     assert torch.equal(resumed.references.detach(), trained) and bool(resumed.references_ready)
 
 
@@ -346,14 +343,10 @@ def test_references_never_decay_and_paper_lr_groups(root: Path, tmp_path: Path) 
 # -- shared checks (docs/methods.md §0) ----------------------------------------------------------------------
 
 
-def test_shared_checks_on_encoded_features(root: Path) -> None:
+def test_reference_features_and_training_heads(root: Path) -> None:  # the shared checks: test_contract.py
     model, dm = built(root)
     q, g = encoded(model.eval(), dm)
     assert q.aux["ref"].shape == (len(q), dm.num_classes)
-    assert_block_invariant(model, q, g)
-    assert_rerank_all_equals_score(model, q, g, torch.arange(len(q)) % len(g))
-    for i, encode in enumerate((model.encode_queries, model.encode_gallery)):
-        assert_encoding_batch_independent(encode, eval_batches(dm, 8)[i], eval_batches(dm, 3)[i])
     for name in MMRef.LR_HEAD:  # training-only: deleting them leaves encoding bit-identical
         delattr(model, name)
     q2, g2 = encoded(model, dm)
@@ -364,22 +357,13 @@ def test_shared_checks_on_encoded_features(root: Path) -> None:
 
 
 def cli_run(tmp_path: Path, data: list[str], *extra: str) -> dict[str, Any]:
-    configs = [
-        "--config",
-        str(CONFIG / "method" / "mmref.yaml"),
-        "--config",
-        str(CONFIG / "profile" / "tiny.yaml"),
-    ]
-    rec, args = cli_fit(tmp_path / "runs", "mmref", [*data, *configs, "--data.batch_size", "4", *extra])
+    rec, args = config_fit(tmp_path, "mmref", data, "--data.batch_size", "4", *extra, profile="tiny")
     assert rec["provenance_note"] == "re-implementation from the paper's description"
     assert rec["global_step"] == 2 and rec["details"]["rerank_k"] == 50 and rec["details"]["rerank_s"] >= 0
     return {**rec, "args": args}
 
 
-def synth(root: Path, name: str) -> list[str]:
-    from test_method_clip_ft import SIZES, _class_path
-
-    return ["--data", _class_path(name), "--data.root", str(root), "--data.sizes", json.dumps(SIZES[name])]
+synth = synth_args  # test_tune_rerank.py builds its runs with it
 
 
 def test_cli_fit_then_test_from_the_checkpoint_on_synth_person(root: Path, tmp_path: Path) -> None:
@@ -425,22 +409,8 @@ def test_cli_fit_on_flickr30k_fixture(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("name", ["rstpreid", "cuhk-pedes", "icfg-pedes", "cub", "flowers"])
-def test_experiment_configs_merge_after_the_paper_profile(name: str, capsys: pytest.CaptureFixture) -> None:
-    import yaml
-
-    from experiments.sweep import experiment_config
-
-    configs = [
-        CONFIG / "data" / f"{name}.yaml",
-        CONFIG / "method" / "mmref.yaml",
-        CONFIG / "profile" / "paper.yaml",
-    ]
-    configs.append(experiment_config(CONFIG, "mmref", name))
-    args = ["fit", *(a for c in configs for a in ("--config", str(c))), "--print_config"]
-    with pytest.raises(SystemExit) as done:
-        main(args)
-    assert done.value.code in (0, None)
-    cfg = yaml.safe_load(capsys.readouterr().out)
+def test_experiment_configs_merge_after_the_paper_profile(name: str) -> None:
+    cfg = paper_config("mmref", name)
     assert cfg["data"]["init_args"]["batch_size"] == 64 and cfg["trainer"]["max_epochs"] == 60
     assert cfg["model"]["init_args"]["profile"] == "paper"
     size = (cfg["model"]["init_args"].get("overrides") or {}).get("image_size")

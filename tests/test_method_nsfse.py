@@ -1,11 +1,11 @@
 """NSFSE (methods/nsfse/; docs/methods.md §4): the unit tests of §4 (the threshold lies between the means
 and carries no gradient; negatives above it get larger gradients; the score reduces to the global term with
 zero weights; the Gram shortcut equals the explicit computation; the attention limit), the query side and the
-losses against explicit formulas, the shared checks of docs/methods.md §0 on real encoded features, the
-re-rank shortlist, the CLIP-feature variant and the paper profile built offline, and CLI runs on synth-cir and
-on the official-format fixtures of FashionIQ, CIRR (test1 submission files) and Fashion200K with their
-experiment configs. The Multi-Similarity loss and the threshold module have their own tests in
-tests/test_losses.py.
+losses against explicit formulas, its bf16 token storage exact across batch sizes and score chunks (the
+shared checks of docs/methods.md §0 are test_contract.py's), the re-rank shortlist, the CLIP-feature variant
+and the paper profile built offline, and CLI runs on synth-cir and on the official-format fixtures of
+FashionIQ, CIRR (test1 submission files) and Fashion200K with their experiment configs. The Multi-Similarity
+loss and the threshold module have their own tests in tests/test_losses.py.
 """
 
 from __future__ import annotations
@@ -15,27 +15,15 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import method_checks as mc
 import pytest
 import torch
 import torch.nn.functional as F
-from method_checks import (
-    assert_block_invariant,
-    assert_encoding_batch_independent,
-    assert_padding_invariant,
-    assert_rerank_all_equals_score,
-    attach,
-    cli_fit,
-    first_batch,
-    fit_and_test,
-    loss_fell,
-)
 from PIL import Image
-from test_method_clip_ft import save_tiny_clip
 
 from fgbench.data.module import RetrievalDataModule
-from fgbench.features import Features
 from fgbench.losses.multi_similarity import multi_similarity_ns, score_stats
-from fgbench.registry import DATAMODULES, METHODS
+from fgbench.registry import METHODS
 from methods.nsfse import (
     CLIP_VARIANT,
     NSFSE,
@@ -47,30 +35,13 @@ from methods.nsfse import (
 
 from fixtures.composed import write_cirr, write_fashion200k, write_fashioniq
 
-CIR = {"train_sets": 4, "val_sets": 3, "test1_sets": 1, "queries_per_set": 2}
+CIR = mc.SYNTH_SIZES["synth-cir"]
 CONFIGS = Path(__file__).resolve().parent.parent / "experiments" / "configs"
-
-
-@pytest.fixture(scope="module")
-def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("data")
-
-
-def cir_dm(root: Path, **kw: Any) -> RetrievalDataModule:
-    return DATAMODULES.get("synth-cir")(root=str(root), sizes=CIR, **kw)
 
 
 def built(dm: RetrievalDataModule, **kw: Any) -> NSFSE:
     L.seed_everything(0)
-    return attach(NSFSE(**kw), dm)  # type: ignore[return-value]
-
-
-def encoded(model: NSFSE, dm: RetrievalDataModule) -> tuple[Features, Features]:
-    q_loader, g_loader = dm.test_dataloader()
-    with torch.no_grad():
-        q = Features.cat([model.encode_queries(b) for b in q_loader])
-        g = Features.cat([model.encode_gallery(b) for b in g_loader])
-    return q, g
+    return mc.attach(NSFSE(**kw), dm)  # type: ignore[return-value]
 
 
 def random_sets(
@@ -119,7 +90,7 @@ def test_registered_with_its_tasks_and_provenance() -> None:
 
 
 def test_threshold_lies_between_the_means_and_carries_no_gradient(root: Path) -> None:
-    model = built(cir_dm(root, batch_size=4)).train()
+    model = built(mc.synth_dm(root, "synth-cir", batch_size=4)).train()
     gen = torch.Generator().manual_seed(1)
     pos = torch.eye(8, dtype=torch.bool)
     pos[2, 5] = pos[5, 2] = True  # items 2 and 5 share a target
@@ -137,7 +108,7 @@ def test_threshold_lies_between_the_means_and_carries_no_gradient(root: Path) ->
 
 
 def test_negatives_above_the_threshold_get_larger_gradients(root: Path) -> None:
-    model = built(cir_dm(root, batch_size=4), threshold="fixed")
+    model = built(mc.synth_dm(root, "synth-cir", batch_size=4), threshold="fixed")
     pos = torch.eye(6, dtype=torch.bool)
     S = torch.randn(6, 6, generator=torch.Generator().manual_seed(2)) * 0.1
     S[0, 1], S[0, 2] = 0.55, 0.45  # θ = 0.5
@@ -153,9 +124,9 @@ def test_negatives_above_the_threshold_get_larger_gradients(root: Path) -> None:
 
 
 def test_score_reduces_to_the_global_term_with_zero_weights(root: Path) -> None:
-    dm = cir_dm(root)
+    dm = mc.synth_dm(root, "synth-cir")
     model = built(dm).eval()
-    q, g = encoded(model, dm)
+    q, g = mc.encoded(model, dm)
     glob = q.glob @ g.glob.T
     assert not torch.equal(model.score(q, g), glob)
     with torch.no_grad():
@@ -172,9 +143,9 @@ def test_gram_shortcut_equals_the_explicit_computation(root: Path) -> None:
     for name in ("vis", "cross"):
         torch.testing.assert_close(got[name], expected[name], rtol=1e-10, atol=1e-10)
     # on real encoded features (fp32 from bf16 storage), through the method's own scorer
-    dm = cir_dm(root)
+    dm = mc.synth_dm(root, "synth-cir")
     model = built(dm).eval()
-    q, g = encoded(model, dm)
+    q, g = mc.encoded(model, dm)
     _, qs32, _, cs32 = model.unpack(q, g)
     exact = explicit_terms(
         QuerySets(qs32.words.double(), qs32.word_mask, qs32.text.double(), qs32.context.double()),
@@ -187,7 +158,7 @@ def test_gram_shortcut_equals_the_explicit_computation(root: Path) -> None:
 
 def test_bucketed_scoring_equals_the_padded_one(root: Path) -> None:
     """Queries of 1..12 words grouped by length score as the padded computation (to 1e-5)."""
-    model = built(cir_dm(root)).eval()
+    model = built(mc.synth_dm(root, "synth-cir")).eval()
     qs, cs = random_sets(30, 7, L_=12, N=6, d=8, seed=5)
     qs = QuerySets(qs.words.float(), qs.word_mask, qs.text.float(), qs.context.float())
     cs = CandidateSets(cs.grid.float(), cs.grid_mask)
@@ -219,9 +190,9 @@ def test_attention_tends_to_argmax_selection() -> None:
 
 
 def test_query_side_infusion_and_reference_context(root: Path) -> None:
-    dm = cir_dm(root, batch_size=4)
+    dm = mc.synth_dm(root, "synth-cir", batch_size=4)
     model = built(dm).eval()
-    batch = first_batch(dm)
+    batch = mc.first_batch(dm)
     lam = model.hp.attn_scale
     with torch.no_grad():
         V, _, _ = model.image_sets(batch.reference)
@@ -243,9 +214,9 @@ def test_query_side_infusion_and_reference_context(root: Path) -> None:
 
 
 def test_losses_are_bbc_and_ns_on_the_pairwise_scores(root: Path) -> None:
-    dm = cir_dm(root, batch_size=4)
+    dm = mc.synth_dm(root, "synth-cir", batch_size=4)
     model = built(dm).train()  # no dropout; BatchNorm on batch statistics is deterministic for one batch
-    batch = first_batch(dm)
+    batch = mc.first_batch(dm)
     assert batch.target_label.unique().numel() == 4
     with torch.no_grad():
         q, qs = model.query_sets(batch.reference, batch.text)
@@ -277,9 +248,9 @@ def test_losses_are_bbc_and_ns_on_the_pairwise_scores(root: Path) -> None:
 
 
 def test_ablation_switches(root: Path) -> None:
-    dm = cir_dm(root, batch_size=4)
+    dm = mc.synth_dm(root, "synth-cir", batch_size=4)
     none = built(dm, threshold="none")
-    batch = first_batch(dm)
+    batch = mc.first_batch(dm)
     assert none.threshold is None and set(none.losses(batch)) == {"bbc"}
     fixed = built(dm, threshold="fixed")
     fixed.losses(batch)
@@ -299,34 +270,27 @@ def test_ablation_switches(root: Path) -> None:
 # -- the shared checks of docs/methods.md §0 and the re-rank shortlist ---------------------------------------
 
 
-def eval_batches(dm: RetrievalDataModule, size: int) -> tuple[list[Any], list[Any]]:
-    dm.eval_batch_size = size
-    q, g = dm.test_dataloader()
-    return list(q), list(g)
-
-
-def test_shared_checks_on_encoded_features(root: Path) -> None:
-    dm = cir_dm(root)
+def test_bf16_tokens_are_exact_across_batch_sizes_and_chunks(root: Path) -> None:  # the rest: test_contract
+    dm = mc.synth_dm(root, "synth-cir")
     model = built(dm).eval()
-    queries, gallery = eval_batches(dm, 64)
-    q_split, g_split = eval_batches(dm, 4)
-    assert_encoding_batch_independent(model.encode_queries, queries, q_split)
-    assert_encoding_batch_independent(model.encode_gallery, gallery, g_split)
-    q, g = encoded(model, dm)
+    whole, split = mc.eval_batches(dm, 64), mc.eval_batches(dm, 4)
+    for i, encode in enumerate((model.encode_queries, model.encode_gallery)):
+        mc.assert_encoding_batch_independent(encode, whole[i], split[i])  # bf16 tokens too, at 1e-5
+    q, g = mc.encoded(model, dm)
     assert q.tok.dtype == g.tok.dtype == torch.bfloat16 and q.glob.dtype == torch.float32
-    assert_block_invariant(model, q, g)
-    assert_padding_invariant(model, q, g)
-    assert_rerank_all_equals_score(model, q, g, torch.arange(len(q)) % len(g))
+    # chunks smaller than one query row (the memory bound) change no score
+    small = built(dm, score_chunk=40).eval()
+    torch.testing.assert_close(small.score(q, g), model.score(q, g), atol=1e-6, rtol=1e-6)
     # chunks smaller than one query row (the memory bound) change no score
     small = built(dm, score_chunk=40).eval()
     torch.testing.assert_close(small.score(q, g), model.score(q, g), atol=1e-6, rtol=1e-6)
 
 
 def test_rerank_shortlists_by_the_global_score(root: Path) -> None:
-    dm = cir_dm(root)
+    dm = mc.synth_dm(root, "synth-cir")
     exact = built(dm).eval()
     model = built(dm, rerank_k=50).eval()
-    q, g = encoded(model, dm)
+    q, g = mc.encoded(model, dm)
     assert torch.equal(model.score(q, g), q.glob @ g.glob.T)
     full = exact.score(q, g)
     rows, cols = torch.arange(len(q)).repeat_interleave(3), torch.arange(3).repeat(len(q))
@@ -345,34 +309,34 @@ def test_rerank_shortlists_by_the_global_score(root: Path) -> None:
 
 @pytest.fixture(scope="module")
 def clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_tiny_clip(tmp_path_factory.mktemp("clip"))
+    return mc.save_tiny_clip(tmp_path_factory.mktemp("clip"))
 
 
 def test_clip_feature_variant_is_labelled_not_from_the_paper(root: Path, clip_dir: Path) -> None:
-    dm = cir_dm(root, batch_size=4)
+    dm = mc.synth_dm(root, "synth-cir", batch_size=4)
     model = built(dm, clip_path=str(clip_dir))
     assert model.processor.image_size == (32, 32) and model.cls_tokens == 1
     assert not any(p.requires_grad for p in model.image_encoder.parameters())
     assert not any(p.requires_grad for p in model.text_encoder.parameters())
     model.train()
     assert not model.image_encoder.training and not model.text_encoder.training
-    batch = first_batch(dm)
+    batch = mc.first_batch(dm)
     V, mask, _ = model.image_sets(batch.reference)
     assert V.shape == (4, 16, 64) and mask.all()  # the 4x4 patches, CLS dropped
     sum(model.losses(batch).values()).backward()
     assert model.image_fc.weight.grad is not None
     model.eval()
-    q, g = encoded(model, dm)
+    q, g = mc.encoded(model, dm)
     result = model.evaluate_features(q, g, dm.evaluation_set(dm.test_split).spec)
     assert result.details["variant"] == CLIP_VARIANT == "clip (not from the paper)"
     assert "not from the paper" in model.provenance and result.details["nsfse"]["word_init"] == "clip"
     plain = built(dm).eval()
     spec = dm.evaluation_set(dm.test_split).spec
-    assert plain.evaluate_features(*encoded(plain, dm), spec).details["variant"] == "paper"
+    assert plain.evaluate_features(*mc.encoded(plain, dm), spec).details["variant"] == "paper"
 
 
 def test_glove_initialises_the_words_it_knows(root: Path, tmp_path: Path) -> None:
-    dm = cir_dm(root, batch_size=4)
+    dm = mc.synth_dm(root, "synth-cir", batch_size=4)
     words = built(dm).processor.tokenizer.words  # type: ignore[union-attr]
     path = tmp_path / "glove.txt"
     vec = [[0.25 * (k + 1)] * 64 for k in range(2)]
@@ -400,7 +364,7 @@ def resnet50_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_paper_profile_offline(root: Path, resnet50_weights: Path) -> None:
-    dm = cir_dm(root, batch_size=4)
+    dm = mc.synth_dm(root, "synth-cir", batch_size=4)
     model = built(dm, profile="paper", weights_path=str(resnet50_weights), image_size=(64, 64))
     assert (
         model.image_fc.in_features == model.global_fc.in_features == 2048
@@ -416,7 +380,7 @@ def test_paper_profile_offline(root: Path, resnet50_weights: Path) -> None:
     wide = Image.new("RGB", (90, 40))
     for train in (True, False):
         assert proc.image_transform(train)(wide).shape == (3, 64, 64)
-    batch = first_batch(dm)
+    batch = mc.first_batch(dm)
     V, _, _ = model.image_sets(batch.reference)
     assert V.shape == (4, 4, 512)  # layer4 of a 64x64 image: a 2x2 grid
     sum(model.losses(batch).values()).backward()
@@ -432,13 +396,7 @@ def test_paper_profile_offline(root: Path, resnet50_weights: Path) -> None:
 
 def cli_run(tmp_path: Path, data: list[str], *extra: str) -> dict[str, Any]:
     """`fit` (2 steps, then test) with the method and tiny-profile configs; the run's result.json."""
-    configs = [
-        "--config",
-        str(CONFIGS / "method" / "nsfse.yaml"),
-        "--config",
-        str(CONFIGS / "profile" / "tiny.yaml"),
-    ]
-    rec, _ = cli_fit(tmp_path / "runs", "nsfse", [*data, *configs, *extra])
+    rec, _ = mc.config_fit(tmp_path, "nsfse", data, *extra, profile="tiny")
     assert rec["provenance_note"] == PROVENANCE and rec["details"]["variant"] == "paper"
     return rec
 
@@ -500,10 +458,4 @@ def test_cli_on_fashion200k_reranks_a_shortlist(root: Path, tmp_path: Path) -> N
 
 @pytest.mark.slow
 def test_tiny_profile_learns_synth_cir(tmp_path: Path) -> None:
-    sizes = {"train_sets": 500, "val_sets": 60, "test1_sets": 1, "queries_per_set": 2}
-    dm = DATAMODULES.get("synth-cir")(root=str(tmp_path), sizes=sizes, batch_size=32)
-    L.seed_everything(0)
-    losses, metrics = fit_and_test(NSFSE(), dm, tmp_path)
-    assert loss_fell(losses, epochs=8)
-    gallery = len(dm.evaluation_set(dm.test_split).gallery)
-    assert metrics["R1"] >= 3 * 100.0 / gallery
+    mc.assert_learns_synth_cir(NSFSE, tmp_path)

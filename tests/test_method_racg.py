@@ -1,45 +1,33 @@
-"""RACG (methods/racg.py; docs/methods.md §3): the unit tests of §3 (reduction to the brute-force
+"""RACG (methods/racg/; docs/methods.md §3): the unit tests of §3 (reduction to the brute-force
 bidirectional SCAN formula with one head, β = 0 and no graph layers; invariance to a joint permutation of
 regions and boxes; row-normalised edges with masked nodes at zero weight; the reconstruction loss ignores
 negatives), the Gram-matrix scorer against materialised contexts with every switch on, the ablation switches,
-the shared checks of docs/methods.md §0 on real encoded features (grid, RoI, precomp, butd, person), the
-global-shortlist variant, runs through the CLI on synthetic data and on the official-format fixtures, the
-paper profile built offline from a tiny random BERT folder, and the paper-table experiment configs."""
+the shared checks of docs/methods.md §0 on the region variants (grid with bf16 storage, RoI, precomp, butd;
+the default model on each synthetic dataset: test_contract.py), the global-shortlist variant, runs through the
+CLI on synthetic data and on the official-format fixtures, the paper profile built offline from a tiny random
+BERT folder, and the paper-table experiment configs."""
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import method_checks as mc
 import pytest
-import test_method_teran as teran_tests
 import torch
 import torch.nn.functional as F
-from method_checks import (
-    assert_block_invariant,
-    assert_encoding_batch_independent,
-    assert_padding_invariant,
-    assert_rerank_all_equals_score,
-    attach,
-    cli_fit,
-    first_batch,
-    fit_and_test,
-    loss_fell,
-)
 
 import methods.racg
 from datamodules.itm import COCODataModule, Flickr30KDataModule
-from fgbench.cli import main
 from fgbench.data.batches import Visual
 from fgbench.data.module import RetrievalDataModule
 from fgbench.evaluation import EvalSpec
 from fgbench.features import Features
 from fgbench.losses import hardest_negative_triplet
 from fgbench.optim import param_groups
-from fgbench.registry import DATAMODULES, METHODS
+from fgbench.registry import METHODS
 from methods.racg import (
     ABLATIONS,
     RACG,
@@ -52,17 +40,9 @@ from methods.racg import (
 
 from fixtures import itm as fx
 
-SCENES = {"train_images": 6, "val_images": 3, "test_images": 3}
-PERSON = {"train_ids": 4, "val_ids": 2, "test_ids": 2, "images_per_id": 2}
-PRECOMP = {"train": 6, "dev": 3, "test": 3}
+SCENES = mc.SYNTH_SIZES["synth-scenes"]
+PERSON = mc.SYNTH_SIZES["synth-person"]
 CONFIGS = Path(__file__).resolve().parents[1] / "experiments" / "configs"
-FIXTURES = teran_tests.FIXTURES  # the official-format writers, shared with teran (same inputs)
-bert_dir = teran_tests.bert_dir  # fixture: a tiny random 6-layer BERT folder, as teran's paper-profile test
-
-
-@pytest.fixture(scope="module")
-def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("data")
 
 
 @pytest.fixture(scope="module")
@@ -72,29 +52,13 @@ def butd_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def scenes_dm(root: Path, **kw: Any) -> RetrievalDataModule:
-    return DATAMODULES.get("synth-scenes")(root=str(root), sizes=SCENES, **kw)
-
-
-def person_dm(root: Path, **kw: Any) -> RetrievalDataModule:
-    return DATAMODULES.get("synth-person")(root=str(root), sizes=PERSON, **kw)
-
-
 def butd_dm(butd_root: Path, **kw: Any) -> RetrievalDataModule:
     return COCODataModule(root=str(butd_root), feature_source="butd", batch_size=4, **kw)
 
 
 def built(dm: RetrievalDataModule, **kw: Any) -> RACG:
     L.seed_everything(0)
-    return attach(RACG(**kw), dm)  # type: ignore[return-value]
-
-
-def encoded(model: RACG, dm: RetrievalDataModule) -> tuple[Features, Features]:
-    q_loader, g_loader = dm.test_dataloader()
-    with torch.no_grad():
-        q = Features.cat([model.encode_queries(b) for b in q_loader])
-        g = Features.cat([model.encode_gallery(b) for b in g_loader])
-    return q, g
+    return mc.attach(RACG(**kw), dm)  # type: ignore[return-value]
 
 
 # -- brute force ---------------------------------------------------------------------------------------------
@@ -197,10 +161,10 @@ def test_one_head_no_spreading_is_bidirectional_scan(chunk: int) -> None:
 
 
 def test_model_without_graph_layers_scores_scan_on_its_nodes(root: Path) -> None:
-    dm = scenes_dm(root, batch_size=8)
+    dm = mc.synth_dm(root, "synth-scenes", batch_size=8)
     model = built(dm, intra_graph=False, heads=1, beta=0.0, store_dtype="float32").eval()
     assert model.text_graph is None and model.image_graph is None  # no layers and no edges needed
-    q, g = encoded(model, dm)
+    q, g = mc.encoded(model, dm)
     assert "adj" not in q.aux and "adj" not in g.aux
     want = torch.tensor(
         [[scan_brute(q.tok[i], q.mask[i], g.tok[j], g.mask[j]) for j in range(len(g))] for i in range(len(q))]
@@ -300,7 +264,7 @@ def test_joint_permutation_of_regions_and_boxes_leaves_scores_unchanged(butd_roo
     gen = torch.Generator().manual_seed(4)
     x, boxes, mask = random_regions(3, 6, fx.DIM, gen)
     with torch.no_grad():
-        txt = model.text_nodes(first_batch(dm).text)
+        txt = model.text_nodes(mc.first_batch(dm).text)
         S = model.relation(txt, model.region_graph(x, boxes, mask))
         perm = torch.stack([torch.randperm(6, generator=gen) for _ in range(3)])
         take = lambda t: torch.stack([t[i][perm[i]] for i in range(3)])  # noqa: E731
@@ -330,7 +294,7 @@ def test_edges_are_row_normalised_and_masked_nodes_get_zero_weight(
     x, boxes, mask = random_regions(3, 6, fx.DIM, gen)
     with torch.no_grad():
         img = model.region_graph(x, boxes, mask)
-        txt = model.text_nodes(first_batch(dm).text)
+        txt = model.text_nodes(mc.first_batch(dm).text)
         assert_edges(img.adj, mask)
         assert_edges(txt.adj, txt.mask)
         assert_edges(spatial_edges(boxes, mask), mask)
@@ -355,9 +319,9 @@ def test_spatial_edges_are_iou() -> None:
 
 
 def test_reconstruction_loss_ignores_negatives(root: Path) -> None:
-    dm = scenes_dm(root, batch_size=8)
+    dm = mc.synth_dm(root, "synth-scenes", batch_size=8)
     model = built(dm).eval()  # eval: BatchNorm and dropout do not depend on the batch
-    batch = first_batch(dm)
+    batch = mc.first_batch(dm)
     with torch.no_grad():
         txt, img = model.text_nodes(batch.text), model.image_nodes(batch.visual)
         rec = model.reconstruction(txt, img)
@@ -389,9 +353,9 @@ def take_nodes(n: Nodes, idx: Any) -> Nodes:
 
 
 def test_reconstruction_targets_are_stop_gradient(root: Path) -> None:
-    dm = scenes_dm(root, batch_size=8)
+    dm = mc.synth_dm(root, "synth-scenes", batch_size=8)
     model = built(dm).eval()
-    batch = first_batch(dm)
+    batch = mc.first_batch(dm)
     with torch.no_grad():
         txt, img = model.text_nodes(batch.text), model.image_nodes(batch.visual)
     heads, lam = model.hp.heads, model.hp.attn_lambda
@@ -430,9 +394,9 @@ def test_registered_with_its_tasks_and_says_it_is_a_reimplementation() -> None:
 
 @pytest.mark.filterwarnings("ignore:You are trying to `self.log()`")
 def test_hinge_on_the_cross_graph_scores_equals_brute_force(root: Path) -> None:
-    dm = scenes_dm(root, batch_size=8)
+    dm = mc.synth_dm(root, "synth-scenes", batch_size=8)
     model = built(dm, sum_warmup_epochs=0).eval()
-    batch = first_batch(dm)
+    batch = mc.first_batch(dm)
     with torch.no_grad():
         txt, img = model.text_nodes(batch.text), model.image_nodes(batch.visual)
         terms = model.losses(batch)
@@ -450,11 +414,11 @@ def test_hinge_on_the_cross_graph_scores_equals_brute_force(root: Path) -> None:
 
 
 def test_first_epochs_sum_the_hinge_over_all_negatives(root: Path) -> None:
-    dm = scenes_dm(root, batch_size=8)
+    dm = mc.synth_dm(root, "synth-scenes", batch_size=8)
     model = built(dm).eval()
     assert model.hp.sum_warmup_epochs is None and RACG(profile="paper").hp.sum_warmup_epochs == 0
     assert model.sum_warmup == 1  # image-text matching: one summed epoch (fgbench.losses.warmup)
-    batch = first_batch(dm)
+    batch = mc.first_batch(dm)
     with torch.no_grad():
         S = model.relation(model.text_nodes(batch.text), model.image_nodes(batch.visual)).T
         torch.testing.assert_close(model.losses(batch)["hinge"], hardest_negative_triplet(S, 0.2, False))
@@ -463,9 +427,9 @@ def test_first_epochs_sum_the_hinge_over_all_negatives(root: Path) -> None:
 @pytest.mark.parametrize("name", sorted(ABLATIONS))
 def test_every_ablation_trains_every_parameter(root: Path, name: str) -> None:
     """Each switch builds, and every parameter it builds gets a gradient (DDP needs no unused ones)."""
-    dm = scenes_dm(root, batch_size=8)
+    dm = mc.synth_dm(root, "synth-scenes", batch_size=8)
     model = built(dm, **ABLATIONS[name])
-    terms = model.losses(first_batch(dm))
+    terms = model.losses(mc.first_batch(dm))
     sum(terms.values()).backward()
     unused = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
     assert not unused, unused
@@ -478,23 +442,23 @@ def test_every_ablation_trains_every_parameter(root: Path, name: str) -> None:
 
 
 def test_cross_graph_off_scores_and_trains_the_globals(root: Path) -> None:
-    dm = scenes_dm(root, batch_size=8)
+    dm = mc.synth_dm(root, "synth-scenes", batch_size=8)
     model = built(dm, cross_graph=False).eval()
     assert model.lambda_rec == 0.0 and model.rec_t is None
-    batch = first_batch(dm)
+    batch = mc.first_batch(dm)
     with torch.no_grad():
         img, txt = model.image_nodes(batch.visual), model.text_nodes(batch.text)
         G = img.glob @ txt.glob.T
         torch.testing.assert_close(model.losses(batch)["hinge"], hardest_negative_triplet(G, 0.2, False))
-    q, g = encoded(model, dm)
+    q, g = mc.encoded(model, dm)
     assert q.tok is None and g.tok is None and not q.aux
     torch.testing.assert_close(model.score(q, g), q.glob @ g.glob.T)
 
 
 def test_switches_change_the_model(root: Path) -> None:
-    dm = scenes_dm(root, batch_size=8)
+    dm = mc.synth_dm(root, "synth-scenes", batch_size=8)
     base = built(dm, store_dtype="float32").eval()
-    q, g = encoded(base, dm)
+    q, g = mc.encoded(base, dm)
     assert q.aux["adj"].shape == (len(q), q.tok.shape[1], q.tok.shape[1])
     assert len(base.text_graph.layers) == 2 and base.text_graph.layers[0].w is not None
     no_intra = built(dm, intra_graph=False)
@@ -528,7 +492,7 @@ def test_options_are_checked() -> None:
 
 
 def test_build_is_idempotent_and_checkpoints_load(root: Path) -> None:
-    dm = scenes_dm(root, batch_size=8)
+    dm = mc.synth_dm(root, "synth-scenes", batch_size=8)
     model = built(dm)
     modules = (model.text_encoder, model.cnn, model.text_graph, model.image_graph)
     model.build(dm)
@@ -538,7 +502,7 @@ def test_build_is_idempotent_and_checkpoints_load(root: Path) -> None:
 
 
 def test_class_level_protocols_are_an_error(root: Path) -> None:
-    model = built(scenes_dm(root, batch_size=8))
+    model = built(mc.synth_dm(root, "synth-scenes", batch_size=8))
     with pytest.raises(ValueError, match="class_reed"):
         model.pool_queries(Features(index=torch.arange(2), glob=torch.zeros(2, 4)), torch.arange(2))
 
@@ -546,32 +510,13 @@ def test_class_level_protocols_are_an_error(root: Path) -> None:
 # -- shared checks of docs/methods.md §0 on real features ----------------------------------------------------
 
 
-def eval_batches(dm: RetrievalDataModule, size: int) -> list[list[Any]]:
-    dm.eval_batch_size = size
-    return [list(loader) for loader in dm.test_dataloader()]
-
-
-def shared_checks(model: RACG, dm: RetrievalDataModule) -> tuple[Features, Features]:
-    model.eval()
-    whole, split = eval_batches(dm, 64), eval_batches(dm, 3)
-    for i, encode in enumerate((model.encode_queries, model.encode_gallery)):
-        assert_encoding_batch_independent(encode, whole[i], split[i])
-    with torch.no_grad():
-        q = Features.cat([model.encode_queries(b) for b in whole[0]])
-        g = Features.cat([model.encode_gallery(b) for b in whole[1]])
-    assert_block_invariant(model, q, g)
-    assert_padding_invariant(model, q, g)
-    assert_rerank_all_equals_score(model, q, g, torch.arange(len(q)) % len(g))
-    return q, g
-
-
 def test_shared_checks_grid_regions_with_bf16_storage(root: Path) -> None:
-    dm = scenes_dm(root)
-    q, g = shared_checks(built(dm, store_dtype="float32"), dm)  # batch independence exact in fp32
+    dm = mc.synth_dm(root, "synth-scenes")
+    q, g = mc.shared_checks(built(dm, store_dtype="float32"), dm)  # batch independence exact in fp32
     assert q.tok.dtype == torch.float32 and g.tok.shape[1] == 16
     model = built(dm).eval()
     assert model.region_source == "grid" and model.effective_spatial
-    whole = eval_batches(dm, 64)
+    whole = mc.eval_batches(dm, 64)
     with torch.no_grad():
         qb = Features.cat([model.encode_queries(b) for b in whole[0]])
         gb = Features.cat([model.encode_gallery(b) for b in whole[1]])
@@ -580,31 +525,31 @@ def test_shared_checks_grid_regions_with_bf16_storage(root: Path) -> None:
         and qb.aux["adj"].dtype == torch.bfloat16
         and qb.glob.dtype == torch.float32
     )
-    assert_block_invariant(model, qb, gb)
+    mc.assert_block_invariant(model, qb, gb)
     torch.testing.assert_close(model.score(qb, gb), model.score(q, g), atol=2e-2, rtol=0)  # one bf16 rounding
 
 
 def test_shared_checks_roi_regions_over_the_data_boxes(root: Path) -> None:
-    dm = scenes_dm(root, with_boxes=True)
+    dm = mc.synth_dm(root, "synth-scenes", with_boxes=True)
     model = built(dm, store_dtype="float32")
     assert model.region_source == "roi"
-    _, g = shared_checks(model, dm)
+    _, g = mc.shared_checks(model, dm)
     assert g.tok.shape[1] == model.hp.max_regions and g.aux["adj"].shape[1:] == (36, 36)
 
 
-def test_shared_checks_person_grid(root: Path) -> None:
-    dm = person_dm(root)
-    _, g = shared_checks(built(dm, store_dtype="float32"), dm)
+def test_person_images_give_a_grid_of_regions(root: Path) -> None:  # shared checks: test_contract.py
+    dm = mc.synth_dm(root, "synth-person")
+    _, g = mc.encoded(built(dm).eval(), dm)
     h, w = dm.tiny_image_size
     assert g.tok.shape[1] == (h // 8) * (w // 8)
 
 
 def test_shared_checks_on_precomp_drop_boxes_and_spatial_edges(root: Path) -> None:
-    fx.write_precomp(root, "f30k", PRECOMP)
+    fx.write_precomp(root, "f30k", mc.PRECOMP_SIZES)
     dm = Flickr30KDataModule(root=str(root), feature_source="precomp")
     model = built(dm, store_dtype="float32")
     assert model.cnn is None and model.box_in is None and not model.effective_spatial
-    _, g = shared_checks(model, dm)
+    _, g = mc.shared_checks(model, dm)
     assert g.tok.shape[1] == model.hp.max_regions and int(g.mask.sum(1).max()) == fx.REGIONS
 
 
@@ -612,13 +557,13 @@ def test_shared_checks_on_butd_with_boxes(butd_root: Path) -> None:
     dm = butd_dm(butd_root)
     model = built(dm, store_dtype="float32")
     assert model.region_source == "butd" and model.effective_spatial
-    shared_checks(model, dm)
+    mc.shared_checks(model, dm)
 
 
 def test_global_shortlist_reranked_over_all_items_equals_exact(root: Path) -> None:
-    dm = scenes_dm(root)
+    dm = mc.synth_dm(root, "synth-scenes")
     model = built(dm, global_aux=True, store_dtype="float32").eval()
-    q, g = encoded(model, dm)
+    q, g = mc.encoded(model, dm)
     spec = EvalSpec("person_t2i", torch.arange(len(q)) // 5, torch.arange(len(g)))
     want = model.evaluate_features(q, g, spec).metrics
     model.rerank_k = len(g)  # shortlist = every item, re-scored by S
@@ -632,51 +577,36 @@ def test_global_shortlist_reranked_over_all_items_equals_exact(root: Path) -> No
 
 
 def cli_run(tmp_path: Path, data: list[str], *extra: str, steps: int = 2) -> dict[str, Any]:
-    method = ["--config", str(CONFIGS / "method" / "racg.yaml")]
-    return cli_fit(tmp_path / "runs", "racg", [*method, *data, "--data.batch_size", "4", *extra], steps)[0]
+    return mc.config_fit(tmp_path, "racg", data, "--data.batch_size", "4", *extra, steps=steps)[0]
 
 
 SYNTH = "datamodules.synthetic.datamodules.Synth{}DataModule"
 
 
 def test_cli_fit_and_test_on_synth_scenes_and_person(root: Path, tmp_path: Path) -> None:
-    data = ["--data", SYNTH.format("Scenes"), "--data.root", str(root), "--data.sizes", json.dumps(SCENES)]
+    data = mc.synth_args(root, "synth-scenes")
     rec = cli_run(tmp_path / "scenes", data, "--model.init_args.heads", "2")
     assert rec["dataset"] == "synth-scenes" and rec["global_step"] == 2
     assert rec["details"]["protocol"] == "f30k_1k" and {"t2i_R1", "i2t_R1", "rsum"} <= set(rec["metrics"])
     assert rec["details"]["racg"]["heads"] == 2 and rec["details"]["racg"]["regions"] == "grid"
     assert rec["provenance_note"] == "re-implementation from the paper's description"
-    data = ["--data", SYNTH.format("Person"), "--data.root", str(root), "--data.sizes", json.dumps(PERSON)]
+    data = mc.synth_args(root, "synth-person")
     rec = cli_run(tmp_path / "person", data, "--model.init_args.cross_graph", "false")
     assert rec["dataset"] == "synth-person" and rec["details"]["protocol"] == "person_t2i"
     assert {"R1", "mAP", "mINP"} <= set(rec["metrics"]) and rec["details"]["racg"]["scoring"] == "global"
-
-
-REGIONS = {"f30k_precomp": "precomp", "f30k_butd": "butd", "coco_butd": "butd", "f30k_images": "grid"}
 
 
 @pytest.mark.parametrize(
     "name", ["coco_butd", "f30k_images", "f30k_precomp", pytest.param("f30k_butd", marks=pytest.mark.slow)]
 )
 def test_cli_fit_and_test_on_official_format_fixtures(tmp_path: Path, name: str) -> None:
-    write, module, extra = FIXTURES[name]
-    write(tmp_path / "data")
-    data = ["--data", f"datamodules.itm.{module}DataModule", "--data.root", str(tmp_path / "data"), *extra]
-    rec = cli_run(tmp_path, data, steps=3)
-    assert rec["global_step"] == 3 and rec["details"]["racg"]["regions"] == REGIONS[name]
-    assert rec["details"]["protocol"] == ("coco_5k" if name.startswith("coco") else "f30k_1k")
-    assert rec["details"]["n_gallery"] == rec["details"]["n_query"] * 5 and "rsum" in rec["metrics"]
+    rec = mc.itm_fixture_run(cli_run, tmp_path, name, "racg")
     assert rec["details"]["racg"]["spatial_edges"] == (name != "f30k_precomp")
 
 
 @pytest.mark.slow
 def test_cli_fit_and_test_on_karpathy_images_with_boxes(tmp_path: Path) -> None:
-    base = fx.write_f30k_images(tmp_path / "data")
-    n = len(fx.F30K_SPLITS)
-    fx.write_boxes(base, range(n), [fx.image_size(i) for i in range(n)])
-    data = ["--data", "datamodules.itm.Flickr30KDataModule", "--data.root", str(tmp_path / "data")]
-    rec = cli_run(tmp_path, [*data, "--data.with_boxes", "true"])
-    assert rec["details"]["racg"]["regions"] == "roi" and rec["details"]["boxes"] is True
+    mc.karpathy_boxes_run(cli_run, tmp_path, "racg")
 
 
 # -- paper profile, offline ----------------------------------------------------------------------------------
@@ -697,29 +627,16 @@ def test_paper_profile_builds_offline_and_trains(butd_root: Path, bert_dir: Path
     assert lrs[id(model.text_encoder.bert.embeddings.word_embeddings.weight)] == pytest.approx(2e-5)
     assert lrs[id(model.text_in.weight)] == lrs[id(model.rec_v.weight)] == pytest.approx(2e-4)
     assert model.hp.grad_clip == 2.0
-    batch = first_batch(dm)
+    batch = mc.first_batch(dm)
     assert batch.text.input_ids.shape == (4, 88)
     terms = model.losses(batch)
     sum(terms.values()).backward()
     assert model.text_encoder.bert.encoder.layer[0].attention.self.query.weight.grad is not None
 
 
-def test_experiment_configs_resolve(capsys: pytest.CaptureFixture[str]) -> None:
-    import yaml
-
+def test_experiment_configs_resolve() -> None:
     for dataset in ("coco", "f30k"):
-        args = [
-            "fit",
-            "--config", str(CONFIGS / "data" / f"{dataset}.yaml"),
-            "--config", str(CONFIGS / "method" / "racg.yaml"),
-            "--config", str(CONFIGS / "profile" / "paper.yaml"),
-            "--config", str(CONFIGS / "experiment" / f"racg_{dataset}.yaml"),
-            "--print_config",
-        ]  # fmt: skip
-        with pytest.raises(SystemExit) as done:
-            main(args)
-        assert done.value.code == 0
-        cfg = yaml.safe_load(capsys.readouterr().out)
+        cfg = mc.paper_config("racg", dataset)
         assert cfg["data"]["init_args"]["batch_size"] == 64 and cfg["trainer"]["max_epochs"] == 30
         assert cfg["data"]["init_args"]["feature_source"] == "butd"
         assert cfg["model"]["init_args"]["profile"] == "paper"
@@ -730,12 +647,9 @@ def test_experiment_configs_resolve(capsys: pytest.CaptureFixture[str]) -> None:
 
 @pytest.mark.slow
 def test_tiny_profile_learns_synth_scenes(tmp_path: Path) -> None:
-    sizes = {"train_images": 400, "val_images": 20, "test_images": 50}
-    dm = DATAMODULES.get("synth-scenes")(root=str(tmp_path), sizes=sizes, batch_size=32)
-    L.seed_everything(0)
-    losses, metrics = fit_and_test(RACG(), dm, tmp_path)
+    losses, metrics, dm = mc.moderate_fit(RACG, "synth-scenes", tmp_path)
     # the first epoch sums the hinge over all negatives: compare the others (measured, seed 0: epoch 2 mean
     # 14.16, epoch 8 mean 11.39, t2i R@1 33.6 against chance 2.0)
     per_epoch = len(losses) // 8
-    assert loss_fell(losses[per_epoch:], epochs=7, ratio=0.9)
-    assert metrics["t2i_R1"] >= 3 * 100.0 / sizes["test_images"]
+    assert mc.loss_fell(losses[per_epoch:], epochs=7, ratio=0.9)
+    assert metrics["t2i_R1"] >= 3 * 100.0 / mc.MODERATE_SIZES["synth-scenes"]["test_images"]

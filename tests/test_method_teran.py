@@ -1,14 +1,13 @@
-"""TERAN (methods/teran.py; docs/methods.md §2): the unit tests of §2 (every pooling mode against brute force
+"""TERAN (methods/teran/; docs/methods.md §2): the unit tests of §2 (every pooling mode against brute force
 on ragged inputs, and against a literal port of mesnico/TERAN's `AlignmentContrastiveLoss` for the padding
 quirk; invariance to padding, the zero slot, [CLS] and the dropped final tokens; the hinge against brute
-force; unit norms), the shared checks of docs/methods.md §0 on real encoded features (grid, RoI, precomp,
-butd, person), the global-shortlist variant, runs through the CLI on synthetic data and on the official-format
-fixtures, the paper profile built offline from a tiny random BERT folder, and the paper-table experiment
-configs."""
+force; unit norms), the shared checks of docs/methods.md §0 on the region variants (grid with bf16 storage,
+RoI, precomp, butd; the default model on each synthetic dataset: test_contract.py), the global-shortlist
+variant, runs through the CLI on synthetic data and on the official-format fixtures, the paper profile
+built offline from a tiny random BERT folder, and the paper-table experiment configs."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -17,57 +16,46 @@ import pytest
 import torch
 import torch.nn.functional as F
 from method_checks import (
+    BERT_VOCAB,
+    MODERATE_SIZES,
+    PRECOMP_SIZES,
     assert_block_invariant,
     assert_encoding_batch_independent,
-    assert_padding_invariant,
-    assert_rerank_all_equals_score,
     attach,
-    cli_fit,
+    config_fit,
+    encoded,
+    eval_batches,
     first_batch,
-    fit_and_test,
+    itm_fixture_run,
+    karpathy_boxes_run,
     loss_fell,
+    moderate_fit,
+    paper_config,
+    shared_checks,
+    synth_args,
+    synth_dm,
 )
 
 from datamodules.itm import COCODataModule, Flickr30KDataModule
-from fgbench.cli import main
 from fgbench.data.batches import Text
 from fgbench.data.module import RetrievalDataModule
+from fgbench.encoders.word_windows import punctuation_table, scored_tokens, word_mask
 from fgbench.evaluation import EvalSpec
-from fgbench.features import Features, length_buckets
+from fgbench.features import Features, length_buckets, slots_used
 from fgbench.losses import hardest_negative_triplet
-from fgbench.registry import DATAMODULES, METHODS
+from fgbench.registry import METHODS
 from methods.teran import (
     POOLINGS,
     TERAN,
     alignment_matrix,
     alignment_pairs,
     bucketed_alignment_matrix,
-    punctuation_table,
-    scored_tokens,
-    slots_used,
-    word_mask,
 )
 
 from fixtures import itm as fx
 
-SCENES = {"train_images": 6, "val_images": 3, "test_images": 3}
-PERSON = {"train_ids": 4, "val_ids": 2, "test_ids": 2, "images_per_id": 2}
-PRECOMP = {"train": 6, "dev": 3, "test": 3}
 CONFIGS = Path(__file__).resolve().parents[1] / "experiments" / "configs"
 MODES = sorted(POOLINGS)
-
-
-@pytest.fixture(scope="module")
-def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("data")
-
-
-def scenes_dm(root: Path, **kw: Any) -> RetrievalDataModule:
-    return DATAMODULES.get("synth-scenes")(root=str(root), sizes=SCENES, **kw)
-
-
-def person_dm(root: Path, **kw: Any) -> RetrievalDataModule:
-    return DATAMODULES.get("synth-person")(root=str(root), sizes=PERSON, **kw)
 
 
 def built(dm: RetrievalDataModule, **kw: Any) -> TERAN:
@@ -272,17 +260,9 @@ def test_word_spans_and_punctuation() -> None:
         word_mask(ids, valid, "words", punct)
 
 
-def encoded(model: TERAN, dm: RetrievalDataModule) -> tuple[Features, Features]:
-    q_loader, g_loader = dm.test_dataloader()
-    with torch.no_grad():
-        q = Features.cat([model.encode_queries(b) for b in q_loader])
-        g = Features.cat([model.encode_gallery(b) for b in g_loader])
-    return q, g
-
-
 @pytest.mark.parametrize("span", ["reference", "drop_period", "all_words"])
 def test_cls_final_tokens_padding_and_zero_slot_do_not_change_scores(root: Path, span: str) -> None:
-    dm = scenes_dm(root, batch_size=8)
+    dm = synth_dm(root, "synth-scenes", batch_size=8)
     model = built(dm, word_span=span, store_dtype="float32").eval()
     if span == "drop_period":  # the tiny vocabulary has no punctuation: call every token punctuation
         model.punct = torch.ones(model.processor.tokenizer.vocab_size, dtype=torch.bool)
@@ -314,7 +294,7 @@ def test_registered_with_its_tasks() -> None:
 
 
 def test_unit_norms_and_the_mrsw_bound(root: Path) -> None:
-    dm = scenes_dm(root, batch_size=8)
+    dm = synth_dm(root, "synth-scenes", batch_size=8)
     model = built(dm).eval()
     batch = first_batch(dm)
     with torch.no_grad():
@@ -329,7 +309,7 @@ def test_unit_norms_and_the_mrsw_bound(root: Path) -> None:
 
 
 def test_hinge_equals_brute_force_and_vanishes_when_margins_are_met(root: Path) -> None:
-    dm = scenes_dm(root, batch_size=8)
+    dm = synth_dm(root, "synth-scenes", batch_size=8)
     model = built(dm, sum_warmup_epochs=0).eval()
     batch = first_batch(dm)
     with torch.no_grad():
@@ -352,7 +332,7 @@ def test_hinge_equals_brute_force_and_vanishes_when_margins_are_met(root: Path) 
 
 
 def test_first_epochs_sum_the_hinge_over_all_negatives(root: Path) -> None:
-    dm = scenes_dm(root, batch_size=8)
+    dm = synth_dm(root, "synth-scenes", batch_size=8)
     model = built(dm).eval()
     assert model.hp.sum_warmup_epochs is None and TERAN(profile="paper").hp.sum_warmup_epochs == 0
     assert model.sum_warmup == 1  # image-text matching: one summed epoch (fgbench.losses.warmup)
@@ -367,7 +347,7 @@ def test_first_epochs_sum_the_hinge_over_all_negatives(root: Path) -> None:
 
 
 def test_mask_same_image_and_global_aux_loss(root: Path) -> None:
-    dm = scenes_dm(root, batch_size=8)
+    dm = synth_dm(root, "synth-scenes", batch_size=8)
     plain = built(dm).eval()
     masked = built(dm, mask_same_image=True).eval()
     aux = built(dm, global_aux_loss=True).eval()
@@ -393,7 +373,7 @@ def test_options_are_checked() -> None:
 
 
 def test_build_is_idempotent_and_checkpoints_load(root: Path) -> None:
-    dm = scenes_dm(root, batch_size=8)
+    dm = synth_dm(root, "synth-scenes", batch_size=8)
     model = built(dm)
     modules = (model.text_encoder, model.cnn, model.visual_transformer)
     model.build(dm)
@@ -407,27 +387,8 @@ def test_build_is_idempotent_and_checkpoints_load(root: Path) -> None:
 # -- shared checks of docs/methods.md §0 on real features ----------------------------------------------------
 
 
-def eval_batches(dm: RetrievalDataModule, size: int) -> list[list[Any]]:
-    dm.eval_batch_size = size
-    return [list(loader) for loader in dm.test_dataloader()]
-
-
-def shared_checks(model: TERAN, dm: RetrievalDataModule) -> tuple[Features, Features]:
-    model.eval()
-    whole, split = eval_batches(dm, 64), eval_batches(dm, 3)
-    for i, encode in enumerate((model.encode_queries, model.encode_gallery)):
-        assert_encoding_batch_independent(encode, whole[i], split[i])
-    with torch.no_grad():
-        q = Features.cat([model.encode_queries(b) for b in whole[0]])
-        g = Features.cat([model.encode_gallery(b) for b in whole[1]])
-    assert_block_invariant(model, q, g)
-    assert_padding_invariant(model, q, g)
-    assert_rerank_all_equals_score(model, q, g, torch.arange(len(q)) % len(g))
-    return q, g
-
-
 def test_shared_checks_grid_regions_with_bf16_storage(root: Path) -> None:
-    dm = scenes_dm(root)
+    dm = synth_dm(root, "synth-scenes")
     model = built(dm).eval()
     q, g = shared_checks(built(dm, store_dtype="float32"), dm)  # batch independence exact in fp32
     assert q.tok.dtype == torch.float32 and g.tok.shape[1] == 16 and model.region_source == "grid"
@@ -442,23 +403,22 @@ def test_shared_checks_grid_regions_with_bf16_storage(root: Path) -> None:
 
 
 def test_shared_checks_roi_regions_over_the_data_boxes(root: Path) -> None:
-    dm = scenes_dm(root, with_boxes=True)
+    dm = synth_dm(root, "synth-scenes", with_boxes=True)
     model = built(dm, store_dtype="float32")
     assert model.region_source == "roi"
     _, g = shared_checks(model, dm)
     assert g.tok.shape[1] == model.hp.max_regions and 2 <= int(g.mask.sum(1).min()) <= 4
 
 
-def test_shared_checks_person_grid(root: Path) -> None:
-    dm = person_dm(root)
-    model = built(dm, store_dtype="float32")
-    _, g = shared_checks(model, dm)
+def test_person_images_give_a_grid_of_regions(root: Path) -> None:  # shared checks: test_contract.py
+    dm = synth_dm(root, "synth-person")
+    _, g = encoded(built(dm).eval(), dm)
     h, w = dm.tiny_image_size
     assert g.tok.shape[1] == (h // 8) * (w // 8)  # the grid of TinyCNN cells (three stride-2 convs)
 
 
 def test_shared_checks_on_precomp_forces_no_positional_encoding(root: Path) -> None:
-    fx.write_precomp(root, "f30k", PRECOMP)
+    fx.write_precomp(root, "f30k", PRECOMP_SIZES)
     dm = Flickr30KDataModule(root=str(root), feature_source="precomp")
     model = built(dm, store_dtype="float32")
     assert model.cnn is None and model.pos is None and model.effective_pos == "none"
@@ -481,7 +441,7 @@ def test_shared_checks_on_butd_with_boxes(tmp_path: Path) -> None:
 
 
 def test_global_shortlist_reranked_by_alignment_over_all_items_equals_exact(root: Path) -> None:
-    dm = scenes_dm(root)
+    dm = synth_dm(root, "synth-scenes")
     exact = built(dm, global_aux_loss=True, store_dtype="float32").eval()
     q, g = encoded(exact, dm)
     spec = EvalSpec("person_t2i", torch.arange(len(q)) // 5, torch.arange(len(g)))
@@ -496,89 +456,38 @@ def test_global_shortlist_reranked_by_alignment_over_all_items_equals_exact(root
 
 
 def cli_run(tmp_path: Path, data: list[str], *extra: str, steps: int = 2) -> dict[str, Any]:
-    method = ["--config", str(CONFIGS / "method" / "teran.yaml")]
-    return cli_fit(tmp_path / "runs", "teran", [*method, *data, "--data.batch_size", "4", *extra], steps)[0]
-
-
-SYNTH = "datamodules.synthetic.datamodules.Synth{}DataModule"
+    return config_fit(tmp_path, "teran", data, "--data.batch_size", "4", *extra, steps=steps)[0]
 
 
 def test_cli_fit_and_test_on_synth_scenes_and_person(root: Path, tmp_path: Path) -> None:
-    data = ["--data", SYNTH.format("Scenes"), "--data.root", str(root), "--data.sizes", json.dumps(SCENES)]
+    data = synth_args(root, "synth-scenes")
     rec = cli_run(tmp_path / "scenes", data, "--model.init_args.alignment_mode", "symm")
     assert rec["dataset"] == "synth-scenes" and rec["global_step"] == 2
     assert rec["details"]["protocol"] == "f30k_1k" and {"t2i_R1", "i2t_R1", "rsum"} <= set(rec["metrics"])
     assert (
         rec["details"]["teran"]["alignment_mode"] == "symm" and rec["details"]["teran"]["regions"] == "grid"
     )
-    data = ["--data", SYNTH.format("Person"), "--data.root", str(root), "--data.sizes", json.dumps(PERSON)]
+    data = synth_args(root, "synth-person")
     rec = cli_run(tmp_path / "person", data)
     assert rec["dataset"] == "synth-person" and rec["details"]["protocol"] == "person_t2i"
     assert {"R1", "mAP", "mINP"} <= set(rec["metrics"])
-
-
-FIXTURES = {
-    "f30k_precomp": (
-        lambda r: fx.write_precomp(r, "f30k", PRECOMP),
-        "Flickr30K",
-        ["--data.feature_source", "precomp"],
-    ),
-    "f30k_butd": (fx.write_f30k_butd, "Flickr30K", ["--data.feature_source", "butd"]),
-    "coco_butd": (fx.write_coco_butd, "COCO", ["--data.feature_source", "butd"]),
-    "f30k_images": (fx.write_f30k_images, "Flickr30K", []),
-}
-REGIONS = {"f30k_precomp": "precomp", "f30k_butd": "butd", "coco_butd": "butd", "f30k_images": "grid"}
 
 
 @pytest.mark.parametrize(
     "name", ["coco_butd", "f30k_images", "f30k_precomp", pytest.param("f30k_butd", marks=pytest.mark.slow)]
 )
 def test_cli_fit_and_test_on_official_format_fixtures(tmp_path: Path, name: str) -> None:
-    write, module, extra = FIXTURES[name]
-    write(tmp_path / "data")
-    data = ["--data", f"datamodules.itm.{module}DataModule", "--data.root", str(tmp_path / "data"), *extra]
-    rec = cli_run(tmp_path, data, steps=3)
-    assert rec["global_step"] == 3 and rec["details"]["teran"]["regions"] == REGIONS[name]
-    assert rec["details"]["protocol"] == ("coco_5k" if name.startswith("coco") else "f30k_1k")
-    assert rec["details"]["n_gallery"] == rec["details"]["n_query"] * 5 and "rsum" in rec["metrics"]
+    rec = itm_fixture_run(cli_run, tmp_path, name, "teran")
     pos = rec["details"]["teran"]["pos_encoding"]
     assert pos == ("none" if name == "f30k_precomp" else "concat-and-process")
 
 
 @pytest.mark.slow
 def test_cli_fit_and_test_on_karpathy_images_with_boxes(tmp_path: Path) -> None:
-    base = fx.write_f30k_images(tmp_path / "data")
-    n = len(fx.F30K_SPLITS)
-    fx.write_boxes(base, range(n), [fx.image_size(i) for i in range(n)])
-    data = ["--data", "datamodules.itm.Flickr30KDataModule", "--data.root", str(tmp_path / "data")]
-    rec = cli_run(tmp_path, [*data, "--data.with_boxes", "true"])
-    assert rec["details"]["teran"]["regions"] == "roi" and rec["details"]["boxes"] is True
+    karpathy_boxes_run(cli_run, tmp_path, "teran")
 
 
 # -- paper profile, offline ----------------------------------------------------------------------------------
-
-BERT_VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", ",", "image", "caption", "a", "dog"]
-
-
-@pytest.fixture(scope="module")
-def bert_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny random 6-layer BertModel and a word-piece tokenizer saved like a hub checkpoint."""
-    from transformers import BertConfig, BertModel, BertTokenizer
-
-    path = tmp_path_factory.mktemp("bert")
-    vocab = [*BERT_VOCAB, *(str(i) for i in range(20))]
-    (path / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
-    BertTokenizer(str(path / "vocab.txt")).save_pretrained(path)
-    config = BertConfig(
-        vocab_size=len(vocab),
-        hidden_size=32,
-        num_hidden_layers=6,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-    )
-    BertModel(config).save_pretrained(path)
-    return path
 
 
 def test_paper_profile_builds_offline_and_trains(tmp_path: Path, bert_dir: Path) -> None:
@@ -627,7 +536,7 @@ def test_paper_profile_drops_a_final_period_but_keeps_a_final_word(bert_dir: Pat
 
 
 def test_warmup_steps_start_from_lr_over_steps(root: Path) -> None:
-    dm = scenes_dm(root, batch_size=8)
+    dm = synth_dm(root, "synth-scenes", batch_size=8)
     model = built(dm, warmup_steps=1000, schedule="step", step_epochs=20)
     model._schedule_steps = lambda: (3000 * 30, 3000)  # type: ignore[method-assign]
     sched = model.configure_optimizers()["lr_scheduler"]["scheduler"]
@@ -636,22 +545,9 @@ def test_warmup_steps_start_from_lr_over_steps(root: Path) -> None:
     assert f(1000) == 1.0 and f(20 * 3000) == pytest.approx(0.1)
 
 
-def test_experiment_configs_resolve(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    import yaml
-
+def test_experiment_configs_resolve() -> None:
     for dataset, batch in (("coco", 40), ("f30k", 30)):
-        args = [
-            "fit",
-            "--config", str(CONFIGS / "data" / f"{dataset}.yaml"),
-            "--config", str(CONFIGS / "method" / "teran.yaml"),
-            "--config", str(CONFIGS / "profile" / "paper.yaml"),
-            "--config", str(CONFIGS / "experiment" / f"teran_{dataset}.yaml"),
-            "--print_config",
-        ]  # fmt: skip
-        with pytest.raises(SystemExit) as done:
-            main(args)
-        assert done.value.code == 0
-        cfg = yaml.safe_load(capsys.readouterr().out)
+        cfg = paper_config("teran", dataset)
         assert cfg["data"]["init_args"]["batch_size"] == batch and cfg["trainer"]["max_epochs"] == 30
         assert (
             cfg["data"]["init_args"]["feature_source"] == "butd"
@@ -666,28 +562,22 @@ def test_experiment_configs_resolve(tmp_path: Path, capsys: pytest.CaptureFixtur
 
 @pytest.mark.slow
 def test_tiny_profile_learns_synth_scenes(tmp_path: Path) -> None:
-    sizes = {"train_images": 400, "val_images": 20, "test_images": 50}
-    dm = DATAMODULES.get("synth-scenes")(root=str(tmp_path), sizes=sizes, batch_size=32)
-    L.seed_everything(0)
-    losses, metrics = fit_and_test(TERAN(), dm, tmp_path)
+    losses, metrics, dm = moderate_fit(TERAN, "synth-scenes", tmp_path)
     per_epoch = len(losses) // 8  # the first epoch sums the hinge over all negatives: compare the others
     assert loss_fell(losses[per_epoch:], epochs=7)
-    assert metrics["t2i_R1"] >= 3 * 100.0 / sizes["test_images"]
+    assert metrics["t2i_R1"] >= 3 * 100.0 / MODERATE_SIZES["synth-scenes"]["test_images"]
 
 
 @pytest.mark.slow
 def test_tiny_profile_loss_falls_on_synth_person(tmp_path: Path) -> None:
     # Only the loss: tiny models from scratch stay near chance on synth-person (docs/synthetic.md, open).
-    sizes = {"train_ids": 100, "val_ids": 10, "test_ids": 30, "images_per_id": 2}
-    dm = DATAMODULES.get("synth-person")(root=str(tmp_path), sizes=sizes, batch_size=32)
-    L.seed_everything(0)
-    losses, metrics = fit_and_test(TERAN(), dm, tmp_path)
+    losses, metrics, dm = moderate_fit(TERAN, "synth-person", tmp_path)
     per_epoch = len(losses) // 8
     assert loss_fell(losses[per_epoch:], epochs=7, ratio=0.8) and {"R1", "mAP"} <= set(metrics)
 
 
 def test_text_batch_without_tokens_is_an_error(root: Path) -> None:
-    dm = scenes_dm(root, batch_size=8)
+    dm = synth_dm(root, "synth-scenes", batch_size=8)
     model = built(dm)
     with pytest.raises(ValueError, match="input_ids"):
         model.text_sets(Text(raw=["a dog"]))

@@ -1,7 +1,7 @@
 """TIRG (methods/tirg.py; docs/methods.md §9): the composition, the scaled normalisation, the losses against
-explicit formulas, the shared checks of docs/methods.md §0 on real encoded features, runs through the CLI on
-synth-cir and a FashionIQ fixture, and the paper profile built offline with random local CNN weights.
-"""
+explicit formulas, a reversed batch encoding to reversed rows (the shared checks: test_contract.py), runs
+through the CLI on synth-cir and a FashionIQ fixture, and the paper profile built offline with random local
+CNN weights."""
 
 from __future__ import annotations
 
@@ -15,33 +15,24 @@ import lightning as L
 import pytest
 import torch
 from method_checks import (
-    assert_block_invariant,
-    assert_encoding_batch_independent,
+    SYNTH_SIZES,
+    assert_learns_synth_cir,
     attach,
     cli_fit,
+    eval_batches,
     first_batch,
-    fit_and_test,
-    loss_fell,
+    synth_dm,
 )
 
 from fgbench.data.module import RetrievalDataModule
 from fgbench.encoders.composers import GatedResidualComposer
 from fgbench.features import Features
-from fgbench.registry import DATAMODULES, METHODS
+from fgbench.registry import METHODS
 from methods.tirg import TIRG, soft_triplet_loss
 
 from fixtures.composed import write_fashioniq
 
-CIR = {"train_sets": 4, "val_sets": 3, "test1_sets": 1, "queries_per_set": 2}
-
-
-@pytest.fixture(scope="module")
-def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("data")
-
-
-def cir_dm(root: Path, **kw: Any) -> RetrievalDataModule:
-    return DATAMODULES.get("synth-cir")(root=str(root), sizes=CIR, **kw)
+CIR = SYNTH_SIZES["synth-cir"]
 
 
 def built(dm: RetrievalDataModule, **kw: Any) -> TIRG:
@@ -67,7 +58,7 @@ def test_composition_initial_weights_and_saturated_gate() -> None:
 
 
 def test_outputs_have_norm_s_and_eval_features_unit_norm(root: Path) -> None:
-    dm = cir_dm(root, batch_size=4)
+    dm = synth_dm(root, "synth-cir", batch_size=4)
     model = built(dm).eval()
     batch = first_batch(dm)
     with torch.no_grad():
@@ -88,7 +79,7 @@ def explicit_ce(logits: torch.Tensor, excluded: set[tuple[int, int]] = frozenset
 
 
 def test_classification_loss_equals_an_explicit_ce(root: Path) -> None:
-    dm = cir_dm(root, batch_size=4)
+    dm = synth_dm(root, "synth-cir", batch_size=4)
     model = built(dm).eval()  # dropout off, BatchNorm fixed: the loss sees the same features as below
     batch = first_batch(dm)
     assert batch.target_label.unique().numel() == 4
@@ -121,7 +112,7 @@ def test_soft_triplet_takes_three_triplets_per_anchor_and_trains(root: Path) -> 
     q, g = torch.randn(6, 4, requires_grad=True), torch.randn(6, 4)
     losses = {float(soft_triplet_loss(q, g, torch.arange(6))) for _ in range(5)}
     assert len(losses) > 1  # random triplets: 3 of the 10 negatives per anchor
-    dm = cir_dm(root, batch_size=4)
+    dm = synth_dm(root, "synth-cir", batch_size=4)
     model = built(dm, soft_triplet=True)
     loss = model.losses(first_batch(dm))
     assert set(loss) == {"soft_triplet"}
@@ -129,23 +120,12 @@ def test_soft_triplet_takes_three_triplets_per_anchor_and_trains(root: Path) -> 
     assert model.composer.a.grad is not None and model.norm.scale.grad is not None
 
 
-def eval_loaders(dm: RetrievalDataModule, batch_size: int) -> tuple[list[Any], list[Any]]:
-    dm.eval_batch_size = batch_size
-    q, g = dm.test_dataloader()
-    return list(q), list(g)
-
-
-def test_shared_checks_and_batch_composition(root: Path) -> None:
-    dm = cir_dm(root)
+def test_a_reversed_batch_gives_the_same_rows_reversed(root: Path) -> None:  # shared checks: test_contract
+    dm = synth_dm(root, "synth-cir")
     model = built(dm).eval()
-    queries, gallery = eval_loaders(dm, 64)
-    q_split, g_split = eval_loaders(dm, 4)
-    assert_encoding_batch_independent(model.encode_queries, queries, q_split)
-    assert_encoding_batch_independent(model.encode_gallery, gallery, g_split)
+    queries, _ = eval_batches(dm, 64)
     with torch.no_grad():
         q = Features.cat([model.encode_queries(b) for b in queries])
-        g = Features.cat([model.encode_gallery(b) for b in gallery])
-        # a reversed batch gives the same rows, reversed
         (whole,) = queries
         rev = type(whole)(
             index=whole.index.flip(0),
@@ -157,7 +137,6 @@ def test_shared_checks_and_batch_composition(root: Path) -> None:
             ),
         )
         torch.testing.assert_close(model.encode_queries(rev).glob, q.glob.flip(0))
-    assert_block_invariant(model, q, g)
 
 
 def cli_run(tmp_path: Path, data: list[str], model: type = TIRG) -> dict[str, Any]:
@@ -191,19 +170,9 @@ def test_cli_fit_and_test_on_fashioniq(root: Path, tmp_path: Path) -> None:
     assert rec["details"]["protocol"] == "fiq_a" and {"dress_R10", "avg_R10", "avg"} <= set(rec["metrics"])
 
 
-@pytest.fixture(scope="module")
-def resnet18_weights(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, torch.nn.Module]:
-    import timm
-
-    src = timm.create_model("resnet18", pretrained=False)
-    path = tmp_path_factory.mktemp("weights") / "resnet18.pth"
-    torch.save(src.state_dict(), path)
-    return path, src
-
-
 def test_paper_profile_offline(root: Path, resnet18_weights: tuple[Path, torch.nn.Module]) -> None:
     path, src = resnet18_weights
-    dm = cir_dm(root, batch_size=4)
+    dm = synth_dm(root, "synth-cir", batch_size=4)
     model = built(dm, profile="paper", weights_path=str(path), image_size=(64, 64))
     assert torch.equal(model.image_encoder.model.conv1.weight, src.conv1.weight)
     assert model.image_fc.in_features == 512 and model.text_encoder.rnn.hidden_size == 512
@@ -220,10 +189,4 @@ def test_paper_profile_offline(root: Path, resnet18_weights: tuple[Path, torch.n
 
 @pytest.mark.slow
 def test_tiny_profile_learns_synth_cir(tmp_path: Path) -> None:
-    sizes = {"train_sets": 500, "val_sets": 60, "test1_sets": 1, "queries_per_set": 2}
-    dm = DATAMODULES.get("synth-cir")(root=str(tmp_path), sizes=sizes, batch_size=32)
-    L.seed_everything(0)
-    losses, metrics = fit_and_test(TIRG(), dm, tmp_path)
-    assert loss_fell(losses, epochs=8)
-    gallery = len(dm.evaluation_set(dm.test_split).gallery)
-    assert metrics["R1"] >= 3 * 100.0 / gallery
+    assert_learns_synth_cir(TIRG, tmp_path)

@@ -1,11 +1,10 @@
 """VSE++ (methods/vsepp.py; docs/methods.md §8): method-level properties, the shared checks of docs/methods.md
-§0 on real encoded features, runs through the CLI on images, region features and person data, and the paper
-profile built offline with random local CNN weights. The loss's own properties live in tests/test_losses.py.
-"""
+§0 on region features (on images: test_contract.py), runs through the CLI on images, region features and
+person data, and the paper profile built offline with random local CNN weights. The loss's own properties
+live in tests/test_losses.py."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -13,20 +12,22 @@ import lightning as L
 import pytest
 import torch
 from method_checks import (
-    assert_block_invariant,
-    assert_encoding_batch_independent,
+    MODERATE_SIZES,
+    PRECOMP_SIZES,
     attach,
     cli_fit,
     first_batch,
-    fit_and_test,
     loss_fell,
+    moderate_fit,
+    shared_checks,
+    synth_args,
+    synth_dm,
 )
 
 from datamodules.itm import Flickr30KDataModule
 from fgbench.data.batches import VisualBatch
 from fgbench.data.module import RetrievalDataModule
 from fgbench.encoders.tokenizers import build_vocabulary
-from fgbench.features import Features
 from fgbench.losses import hardest_negative_triplet
 from fgbench.losses.warmup import ALL_EPOCHS, summed_hinge_epochs, warmup_label
 from fgbench.registry import DATAMODULES, METHODS
@@ -34,22 +35,9 @@ from methods.vsepp import VSEPP
 
 from fixtures.itm import write_precomp
 
-SCENES = {"train_images": 6, "val_images": 3, "test_images": 3}
-PERSON = {"train_ids": 4, "val_ids": 2, "test_ids": 2, "images_per_id": 2}
-PRECOMP = {"train": 6, "dev": 3, "test": 3}
-
-
-@pytest.fixture(scope="module")
-def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("data")
-
-
-def scenes_dm(root: Path, **kw: Any) -> RetrievalDataModule:
-    return DATAMODULES.get("synth-scenes")(root=str(root), sizes=SCENES, **kw)
-
 
 def precomp_dm(root: Path, **kw: Any) -> RetrievalDataModule:
-    write_precomp(root, "f30k", PRECOMP)
+    write_precomp(root, "f30k", PRECOMP_SIZES)
     return Flickr30KDataModule(root=str(root), feature_source="precomp", **kw)
 
 
@@ -67,7 +55,7 @@ def test_registered_with_its_tasks() -> None:
 
 
 def test_loss_is_the_hinge_on_image_caption_scores(root: Path) -> None:
-    dm = scenes_dm(root, batch_size=8)
+    dm = synth_dm(root, "synth-scenes", batch_size=8)
     model = built(dm, sum_warmup_epochs=0).eval()  # eval: dropout-free, BatchNorm fixed: passes agree
     batch = first_batch(dm)
     S = model.encode_image(batch.visual) @ model.encode_text(batch.text).T
@@ -84,7 +72,7 @@ def test_loss_is_the_hinge_on_image_caption_scores(root: Path) -> None:
 
 
 def test_mask_same_label_removes_same_label_negatives(root: Path) -> None:
-    dm = scenes_dm(root, batch_size=8)
+    dm = synth_dm(root, "synth-scenes", batch_size=8)
     model = built(dm, mask_same_label=True, sum_warmup_epochs=0).eval()
     batch = first_batch(dm)
     assert batch.label.unique().numel() < len(batch.label)  # five captions per image: duplicates occur
@@ -102,7 +90,7 @@ def test_vocabulary_keeps_words_seen_min_count_times() -> None:
 
 
 def test_features_are_unit_vectors_and_build_is_idempotent(root: Path) -> None:
-    dm = scenes_dm(root, batch_size=8)
+    dm = synth_dm(root, "synth-scenes", batch_size=8)
     model = built(dm)
     modules = (model.text_encoder, model.image_encoder, model.image_fc)
     model.build(dm)
@@ -114,31 +102,11 @@ def test_features_are_unit_vectors_and_build_is_idempotent(root: Path) -> None:
         torch.testing.assert_close(f.norm(dim=-1), torch.ones(len(f)))
 
 
-def encode_all(model: VSEPP, dm: RetrievalDataModule, split_size: int) -> None:
-    """Shared checks on the test split: block invariance, and encoding independent of the batch size."""
-    dm.eval_batch_size = 64
-    queries, gallery = (list(loader) for loader in dm.test_dataloader())
-    dm.eval_batch_size = split_size
-    q_split, g_split = (list(loader) for loader in dm.test_dataloader())
-    model.eval()
-    assert_encoding_batch_independent(model.encode_queries, queries, q_split)
-    assert_encoding_batch_independent(model.encode_gallery, gallery, g_split)
-    with torch.no_grad():
-        q = Features.cat([model.encode_queries(b) for b in queries])
-        g = Features.cat([model.encode_gallery(b) for b in gallery])
-    assert_block_invariant(model, q, g)
-
-
-def test_shared_checks_on_images(root: Path) -> None:
-    dm = scenes_dm(root)
-    encode_all(built(dm), dm, split_size=4)
-
-
 def test_shared_checks_on_region_features(root: Path) -> None:
     dm = precomp_dm(root)
     model = built(dm)
     assert model.image_encoder is None and model.image_fc.in_features == 8  # the fixture's region size
-    encode_all(model, dm, split_size=4)
+    shared_checks(model, dm)  # on images: test_contract.py
 
 
 def test_precomp_image_is_the_projected_mean_region(root: Path) -> None:
@@ -161,15 +129,14 @@ def cli_run(tmp_path: Path, data: list[str], steps: int = 3) -> dict[str, Any]:
 
 
 def test_cli_fit_and_test_on_synth_scenes(root: Path, tmp_path: Path) -> None:
-    scenes = "datamodules.synthetic.datamodules.SynthScenesDataModule"
-    rec = cli_run(tmp_path, ["--data", scenes, "--data.root", str(root), "--data.sizes", json.dumps(SCENES)])
+    rec = cli_run(tmp_path, synth_args(root, "synth-scenes"))
     assert rec["dataset"] == "synth-scenes" and rec["global_step"] == 3
     assert rec["details"]["protocol"] == "f30k_1k" and rec["details"]["variant"] == "images"
     assert {"t2i_R1", "i2t_R1", "rsum"} <= set(rec["metrics"])
 
 
 def test_cli_fit_and_test_on_precomp_regions(root: Path, tmp_path: Path) -> None:
-    write_precomp(root, "f30k", PRECOMP)
+    write_precomp(root, "f30k", PRECOMP_SIZES)
     data = ["--data", "datamodules.itm.Flickr30KDataModule", "--data.root", str(root)]
     rec = cli_run(tmp_path, [*data, "--data.feature_source", "precomp"])
     assert rec["dataset"] == "f30k" and rec["details"]["variant"] == "precomp"
@@ -177,25 +144,12 @@ def test_cli_fit_and_test_on_precomp_regions(root: Path, tmp_path: Path) -> None
 
 
 def test_cli_fit_and_test_on_synth_person(root: Path, tmp_path: Path) -> None:
-    person = "datamodules.synthetic.datamodules.SynthPersonDataModule"
-    rec = cli_run(
-        tmp_path, ["--data", person, "--data.root", str(root), "--data.sizes", json.dumps(PERSON)], steps=2
-    )
+    rec = cli_run(tmp_path, synth_args(root, "synth-person"), steps=2)
     assert rec["dataset"] == "synth-person" and rec["details"]["protocol"] == "person_t2i"
     assert {"R1", "mAP", "mINP"} <= set(rec["metrics"])
 
 
 # -- paper profile, offline ------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def resnet18_weights(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, torch.nn.Module]:
-    import timm
-
-    src = timm.create_model("resnet18", pretrained=False)
-    path = tmp_path_factory.mktemp("weights") / "resnet18.pth"
-    torch.save(src.state_dict(), path)
-    return path, src
 
 
 def paper(dm: RetrievalDataModule, weights: Path, **kw: Any) -> VSEPP:
@@ -207,7 +161,7 @@ def test_paper_profile_loads_local_cnn_weights_and_trains(
     root: Path, resnet18_weights: tuple[Path, torch.nn.Module]
 ) -> None:
     path, src = resnet18_weights
-    dm = scenes_dm(root, batch_size=4)
+    dm = synth_dm(root, "synth-scenes", batch_size=4)
     model = paper(dm, path)
     assert torch.equal(model.image_encoder.model.conv1.weight, src.conv1.weight)
     assert model.text_encoder.rnn.hidden_size == 1024 and model.image_fc.out_features == 1024
@@ -223,7 +177,7 @@ def test_paper_profile_loads_local_cnn_weights_and_trains(
 def test_paper_profile_frozen_cnn_and_missing_weights(
     root: Path, resnet18_weights: tuple[Path, torch.nn.Module]
 ) -> None:
-    dm = scenes_dm(root, batch_size=4)
+    dm = synth_dm(root, "synth-scenes", batch_size=4)
     model = paper(dm, resnet18_weights[0], finetune=False)
     model.losses(first_batch(dm))["hinge"].backward()
     assert all(p.grad is None for p in model.image_encoder.parameters())
@@ -237,12 +191,9 @@ def test_paper_profile_frozen_cnn_and_missing_weights(
 
 @pytest.mark.slow
 def test_tiny_profile_learns_synth_scenes(tmp_path: Path) -> None:
-    sizes = {"train_images": 400, "val_images": 20, "test_images": 50}
-    dm = DATAMODULES.get("synth-scenes")(root=str(tmp_path), sizes=sizes, batch_size=32)
-    L.seed_everything(0)
-    losses, metrics = fit_and_test(VSEPP(), dm, tmp_path)
+    losses, metrics, dm = moderate_fit(VSEPP, "synth-scenes", tmp_path)
     assert loss_fell(losses, epochs=8)
-    chance = 100.0 / sizes["test_images"]
+    chance = 100.0 / MODERATE_SIZES["synth-scenes"]["test_images"]
     assert metrics["t2i_R1"] >= 3 * chance
 
 

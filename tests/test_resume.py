@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from method_checks import rstpreid_args, subprocess_env
 from test_method_base import TinyDual
 from torch import Tensor
 
@@ -50,37 +51,13 @@ def test_sampler_skips_exactly_what_was_done() -> None:
 
 
 def _fit(data: Path, runs: Path, *extra: str, kill: int = 0) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=f"{ROOT / 'tests'}:{ROOT / 'src'}:{ROOT}")
+    env = subprocess_env()
     env.pop("FGBENCH_TEST_KILL_AT_STEP", None)
     if kill:
         env["FGBENCH_TEST_KILL_AT_STEP"] = str(kill)
-    cmd = [
-        sys.executable,
-        "-m",
-        "fgbench",
-        "fit",
-        "--seed_everything",
-        "7",
-        "--data",
-        "datamodules.person.RSTPReidDataModule",
-        "--data.root",
-        str(data),
-        "--data.batch_size",
-        "8",
-        "--model",
-        "test_resume.DropDual",
-        "--trainer.max_epochs",
-        "2",
-        "--trainer.accelerator",
-        "cpu",
-        "--trainer.enable_progress_bar",
-        "false",
-        "--run.root",
-        str(runs),
-        "--run.ckpt_every_n_steps",
-        "5",
-        *extra,
-    ]
+    opts = ["--data.batch_size", "8", "--run.ckpt_every_n_steps", "5", *extra]
+    cmd = [sys.executable, "-m", "fgbench", "fit", "--seed_everything", "7",
+           *rstpreid_args(data, runs, *opts, model="test_resume.DropDual", epochs=2)]  # fmt: skip
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
 
 

@@ -18,8 +18,8 @@ from fgbench.features import STORE_DTYPES, Features, length_buckets
 from fgbench.losses import same_target_mask
 from fgbench.losses.contrastive import diagonal_cross_entropy
 from fgbench.losses.multi_similarity import DynamicThreshold, multi_similarity_ns
-from fgbench.method import RetrievalMethod
 from fgbench.optim import OptimConfig
+from fgbench.pairwise import PairwiseMethod
 from fgbench.profiles import merge_overrides, resolve_profile
 from fgbench.registry import register_method
 
@@ -38,7 +38,7 @@ from .scorer import EPS, CandidateSets, QuerySets, matrix_terms, pair_terms
 
 
 @register_method("nsfse")
-class NSFSE(RetrievalMethod):
+class NSFSE(PairwiseMethod):
     """NSFSE: TIRG composition plus a text-guided pairwise score; L_bbc + the negative-sensitive loss.
 
     Args:
@@ -102,6 +102,7 @@ class NSFSE(RetrievalMethod):
         if profile == "paper" and clip_path is None and weights_path is None:
             raise ValueError("nsfse: the paper profile needs weights_path (local ImageNet ResNet-50 weights)")
         super().__init__(
+            store_dtype=hp.store_dtype,
             profile=profile,
             optim=optim or self._optim(hp, clip_path),
             loss_weights=loss_weights,
@@ -275,19 +276,6 @@ class NSFSE(RetrievalMethod):
             out[qi] = self.combine(glob[qi], terms)
         return out
 
-    # the re-rank switch: with `rerank_k`, s_glob ranks (the base class's global score) and `fine_pairs`
-    # re-scores each query's shortlist; without it, the full score ranks every pair
-    def score(self, q: Features, g: Features) -> Tensor:
-        """The full score of every pair; with `rerank_k`, s_glob (the shortlist's coarse score)."""
-        return super().score(q, g) if self.rerank_k is not None else self.fine_scores(q, g)
-
-    def score_pairs(self, q: Features, g: Features) -> Tensor:
-        return super().score_pairs(q, g) if self.rerank_k is not None else self.fine_pairs(q, g)
-
-    def rescore_pairs(self, q: Features, g: Features) -> Tensor:
-        """The full score of aligned pairs (the re-rank scorer of the s_glob shortlist)."""
-        return self.fine_pairs(q, g)
-
     # -- training ----------------------------------------------------------------------------------------
     def ns_loss(self, S: Tensor, positives: Tensor) -> tuple[Tensor, Tensor]:
         """(L_ns, θ) on a [B, B] score matrix; θ is detached (updated from S in training, dynamic mode)."""
@@ -315,22 +303,19 @@ class NSFSE(RetrievalMethod):
         return loss
 
     # -- evaluation --------------------------------------------------------------------------------------
-    def _store(self, t: Tensor) -> Tensor:
-        return t.to(STORE_DTYPES[self.hp.store_dtype])
-
     def encode_queries(self, batch: ComposedQueryBatch) -> Features:
         q, qs = self.query_sets(batch.reference, batch.text)
         return Features(
             index=batch.index,
             glob=q.float(),
-            tok=self._store(qs.words),
+            tok=self.stored(qs.words),
             mask=qs.word_mask,
             aux={"t": qs.text.float(), "rho": qs.context.float()},
         )
 
     def encode_gallery(self, batch: VisualBatch) -> Features:
         g, cs = self.candidate_sets(batch.visual)
-        return Features(index=batch.index, glob=g.float(), tok=self._store(cs.grid), mask=cs.grid_mask)
+        return Features(index=batch.index, glob=g.float(), tok=self.stored(cs.grid), mask=cs.grid_mask)
 
     def evaluate_features(self, q: Features, g: Features, spec: EvalSpec) -> EvalResult:
         """The evaluator's result, labelled with the variant and the switches this run used."""

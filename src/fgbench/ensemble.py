@@ -32,7 +32,6 @@ lists the members, their methods and weights under `details.ensemble`.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -68,11 +67,7 @@ def unpack(f: Features, member: int) -> Features:
 
 def resolve_class(spec: str) -> type[RetrievalMethod]:
     """A registry name (`teran`) or a class path (`methods.teran.TERAN`)."""
-    if "." not in spec:
-        cls = METHODS.get(spec)
-    else:
-        module, _, name = spec.rpartition(".")
-        cls = getattr(importlib.import_module(module), name)
+    cls = METHODS.resolve(spec)
     if not (isinstance(cls, type) and issubclass(cls, RetrievalMethod)):
         raise TypeError(f"ensemble: {spec!r} is not a RetrievalMethod class")
     return cls

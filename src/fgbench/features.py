@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 # the dtypes a pairwise method may store its token sets in (`store_dtype`); they are scored in fp32
@@ -79,6 +80,25 @@ class Features:
             return t.to(device=device)
 
         return self.map(mv)
+
+
+def slots_used(mask: Tensor) -> int:
+    """Slots up to the last one valid in any row of `mask` [n, S] (at least 1): later slots are padding.
+    One host sync (evaluation and re-ranking only)."""
+    valid = mask.any(0).nonzero()
+    return int(valid.max()) + 1 if valid.numel() else 1
+
+
+def cut_padding(x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """x [n, S, ...] and mask [n, S] cut after the last slot valid in any row (exact wherever masks apply)."""
+    n = slots_used(mask)
+    return x[:, :n], mask[:, :n]
+
+
+def pad_slots(x: Tensor, mask: Tensor, slots: int) -> tuple[Tensor, Tensor]:
+    """x [n, S, e] and mask [n, S] zero-padded (masked) to `slots` >= S slots, so that sets encoded in
+    different batches gather with equal shapes."""
+    return F.pad(x, (0, 0, 0, slots - x.shape[1])), F.pad(mask, (0, slots - mask.shape[1]), value=False)
 
 
 def extents(mask: Tensor) -> Tensor:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-import importlib
 import inspect
 import json
 from collections.abc import Iterable, Mapping
@@ -24,6 +23,7 @@ from functools import lru_cache
 from pathlib import PurePath
 from typing import Any
 
+from fgbench.registry import resolve
 from fgbench.results import config_hash
 
 # where or how a run is logged or launched, not what it computes
@@ -102,16 +102,11 @@ def _canonical(value: Any) -> str:
     return json.dumps(plain(value), sort_keys=True, default=str)
 
 
-def resolve_class(class_path: str) -> type:
-    mod, _, name = class_path.rpartition(".")
-    return getattr(importlib.import_module(mod), name)
-
-
 def _signature_defaults(class_path: str) -> dict[str, Any]:
     """Defaults of a class's `__init__` parameters, subclass first (parents fill what `**kwargs` passes)."""
     try:
-        cls = resolve_class(class_path)
-    except (ImportError, AttributeError, ValueError):
+        cls = resolve(class_path)
+    except (KeyError, TypeError, ValueError):
         return {}
     return _class_defaults(cls)
 

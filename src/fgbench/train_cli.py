@@ -51,11 +51,11 @@ from rich.table import Table
 from fgbench.data.module import RetrievalDataModule
 from fgbench.errors import new_run_dir
 from fgbench.evaluation.outcomes import outcomes_file, save_outcomes
-from fgbench.identity import differences, group_hash, identity, legacy_hash, resolve_class, same
+from fgbench.identity import differences, group_hash, identity, legacy_hash, same
 from fgbench.io import check_checkpoint
 from fgbench.method import RetrievalMethod
 from fgbench.preemption import SaveOnSignal
-from fgbench.registry import load_plugins
+from fgbench.registry import DATAMODULES, load_plugins, resolve
 from fgbench.results import (
     RESULT_FILE,
     config_hash,
@@ -431,7 +431,7 @@ class FgbenchCLI(LightningCLI):
                 "give the config the checkpoint was trained with (its run's config.yaml)"
             )
         init_args = model.get("init_args") or {}
-        free = TEST_TIME_ARGS | set(getattr(resolve_class(class_path), "test_time_args", ()))
+        free = TEST_TIME_ARGS | set(getattr(resolve(class_path), "test_time_args", ()))
         bad = [
             f"model.init_args.{k}: checkpoint {_show(v)}, config {_show(init_args[k])}"
             for k, v in sorted(hparams.items())
@@ -461,8 +461,8 @@ class FgbenchCLI(LightningCLI):
         defaults = self._parser(sub).get_defaults().as_dict()
         ident = identity(config, defaults)
         chash = config_hash(ident)
-        data_cls = resolve_class(config["data"]["class_path"])
-        model_cls = resolve_class(config["model"]["class_path"])
+        data_cls = resolve(config["data"]["class_path"], DATAMODULES)
+        model_cls = resolve(config["model"]["class_path"])
         profile = config["model"].get("init_args", {}).get("profile", "tiny")
         seed = int(cfg.get("seed_everything"))
         method = getattr(model_cls, "name", "") or model_cls.__name__
@@ -569,7 +569,7 @@ class FgbenchCLI(LightningCLI):
             "default_root_dir": str(directory),
             "logger": loggers,
         }
-        if not getattr(resolve_class(self.config[sub]["model"]["class_path"]), "trains", True):
+        if not getattr(resolve(self.config[sub]["model"]["class_path"]), "trains", True):
             # an evaluation-only method: `fit` trains nothing and goes straight to the test run
             trainer_cfg.update(limit_train_batches=0, limit_val_batches=0, max_epochs=1)
         if trainer_cfg.get("enable_progress_bar", True) is not False:

@@ -12,9 +12,10 @@ import torch
 from torch import Tensor, nn
 
 from fgbench.data.batches import Visual
-from fgbench.encoders.layers import masked_mean, zero_padding
+from fgbench.encoders.layers import masked_mean, pixels_of, zero_padding
 from fgbench.encoders.outputs import ImageOutput
 from fgbench.encoders.registry import register_image_encoder
+from fgbench.encoders.timm_backbone import roi_pool
 
 PosEncoding = Literal["concat-and-process", "project-and-sum", "none"]
 
@@ -47,11 +48,46 @@ class ProjectAndSum(nn.Module):
         return x + self.map(box_infos(boxes))
 
 
-_POS_ENCODINGS: dict[str, Callable[[int], nn.Module | None]] = {
+# pos_encoding name -> (feature width) -> the box encoding module, None for `none`
+POS_ENCODINGS: dict[str, Callable[[int], nn.Module | None]] = {
     "concat-and-process": ConcatAndProcess,
     "project-and-sum": ProjectAndSum,
     "none": lambda dim: None,
 }
+
+
+def region_mask_of(visual: Visual) -> Tensor:
+    """Bool [B, R] mask of the batch's region features `visual.regions` (all valid when it ships none)."""
+    assert visual.regions is not None
+    if visual.region_mask is not None:
+        return visual.region_mask
+    return torch.ones(visual.regions.shape[:2], dtype=torch.bool, device=visual.regions.device)
+
+
+def region_inputs(
+    visual: Visual, cnn: nn.Module | None, region_source: str, method: str
+) -> tuple[Tensor, Tensor | None, Tensor]:
+    """A region scorer's inputs (features [B, R, F], boxes [B, R, 4] or None, Bool mask [B, R]): the batch's
+    region features (precomp, butd), or from pixels the extractor `cnn`'s grid cells or, for `roi`, its
+    feature map averaged over the boxes served with the images. `method` names the caller in errors."""
+    if cnn is None:
+        if visual.regions is None:
+            raise ValueError(f"{method} was built on region features (precomp / butd) but the batch has none")
+        return visual.regions, visual.boxes, region_mask_of(visual)
+    if visual.pixels is None:
+        raise ValueError(f"{method} was built on images (region extractor) but the batch has region features")
+    if region_source == "roi":
+        if visual.boxes is None or visual.region_mask is None:
+            raise ValueError(f"{method} was built for RoI regions (roi_boxes) but the batch has no boxes")
+        fmap = cnn.body(pixels_of(visual))  # type: ignore[operator]
+        return (
+            zero_padding(roi_pool(fmap, visual.boxes), visual.region_mask),
+            visual.boxes,
+            visual.region_mask,
+        )
+    out = cnn(visual)
+    assert out.tokens is not None and out.mask is not None
+    return out.tokens, out.boxes, out.mask
 
 
 @register_image_encoder("regions")
@@ -69,19 +105,16 @@ class RegionEncoder(nn.Module):
         self, *, in_dim: int = 2048, dim: int | None = None, pos_encoding: PosEncoding = "none"
     ) -> None:
         super().__init__()
-        if pos_encoding not in _POS_ENCODINGS:
-            raise ValueError(f"pos_encoding {pos_encoding!r}: expected one of {', '.join(_POS_ENCODINGS)}")
-        self.pos = _POS_ENCODINGS[pos_encoding](in_dim)
+        if pos_encoding not in POS_ENCODINGS:
+            raise ValueError(f"pos_encoding {pos_encoding!r}: expected one of {', '.join(POS_ENCODINGS)}")
+        self.pos = POS_ENCODINGS[pos_encoding](in_dim)
         self.proj = nn.Linear(in_dim, dim) if dim is not None else nn.Identity()
         self.out_dim = in_dim if dim is None else dim
 
     def forward(self, visual: Visual) -> ImageOutput:
         if visual.regions is None:
             raise ValueError("Visual.regions is None: the regions encoder needs precomputed region features")
-        x = visual.regions
-        mask = visual.region_mask
-        if mask is None:
-            mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
+        x, mask = visual.regions, region_mask_of(visual)
         if self.pos is not None:
             if visual.boxes is None:
                 raise ValueError("Visual.boxes is None: pos_encoding needs the region boxes (or use 'none')")
