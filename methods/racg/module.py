@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from fgbench.data.batches import PairBatch, Text, TextBatch, Visual, VisualBatch
 from fgbench.data.module import RetrievalDataModule, region_dim
-from fgbench.encoders import MethodProcessor, TinyCNN, build_image_encoder
+from fgbench.encoders import TinyCNN
 from fgbench.encoders.layers import masked_mean, text_inputs, zero_padding
 from fgbench.encoders.regions import box_infos, region_inputs
 from fgbench.encoders.token_text import build_token_text
@@ -116,9 +116,7 @@ class RACG(PairwiseMethod):
 
     @staticmethod
     def _optim(hp: RACGConfig) -> OptimConfig:
-        return OptimConfig.from_profile(
-            hp, lr_mult={"text_encoder.": hp.text_lr_mult} if hp.text_lr_mult != 1.0 else {}
-        )
+        return hp.optim.with_lr_mult({"text_encoder.": hp.text_lr_mult} if hp.text_lr_mult != 1.0 else {})
 
     # -- building --------------------------------------------------------------------------------------------
     def build(self, dm: RetrievalDataModule) -> None:
@@ -131,7 +129,7 @@ class RACG(PairwiseMethod):
         width = region_dim(dm)
         source = getattr(dm, "feature_source", "images")
         if width is None:
-            self.cnn = build_image_encoder(hp.image_encoder, **hp.image_kwargs)
+            self.cnn = hp.image.build()
             width = int(self.cnn.out_dim)
             roi = hp.roi_boxes and getattr(dm, "with_boxes", False) and isinstance(self.cnn, TinyCNN)
             self.region_source = "roi" if roi else "grid"
@@ -149,10 +147,7 @@ class RACG(PairwiseMethod):
             self.image_graph = RelationGraph(dim, hp.graph_layers, self.intra_graph)
         if self.lambda_rec > 0:
             self.rec_t, self.rec_v = nn.Linear(dim, dim), nn.Linear(dim, dim)
-        self.processor = MethodProcessor(
-            image_size=hp.image_size or dm.tiny_image_size,
-            tokenizer=tokenizer,  # type: ignore[arg-type]
-        )
+        self.processor = hp.image.processor(tokenizer, dm.tiny_image_size)  # type: ignore[arg-type]
 
     # -- encoders --------------------------------------------------------------------------------------------
     def text_nodes(self, text: Text) -> Nodes:

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from fgbench.data.batches import PairBatch, Text, TextBatch, Visual, VisualBatch
 from fgbench.data.module import RetrievalDataModule, region_dim
-from fgbench.encoders import MethodProcessor, TinyCNN, build_image_encoder
+from fgbench.encoders import TinyCNN
 from fgbench.encoders.layers import text_inputs, zero_padding
 from fgbench.encoders.regions import POS_ENCODINGS, region_inputs
 from fgbench.encoders.token_text import TOKEN_TEXT_ENCODERS, build_token_text
@@ -31,7 +31,7 @@ from methods.teran.alignment import (
     alignment_scores,
     bucketed_alignment_matrix,
 )
-from methods.teran.config import PROFILES, TERANConfig
+from methods.teran.config import PROFILES
 
 
 def te_stack(
@@ -113,7 +113,7 @@ class TERAN(PairwiseMethod):
             )
         super().__init__(
             profile=profile,
-            optim=optim or self._optim(hp),
+            optim=optim or hp.optim,
             loss_weights=loss_weights,
             rerank_k=rerank_k,
             store_dtype=hp.store_dtype,
@@ -132,10 +132,6 @@ class TERAN(PairwiseMethod):
         self.sum_warmup = 0  # summed-hinge epochs, resolved from the profile and the data at build
         self.register_buffer("punct", torch.zeros(0, dtype=torch.bool), persistent=False)
 
-    @staticmethod
-    def _optim(hp: TERANConfig) -> OptimConfig:
-        return OptimConfig.from_profile(hp)
-
     # -- building --------------------------------------------------------------------------------------------
     def build(self, dm: RetrievalDataModule) -> None:
         """Tokenizer and text encoder, region extractor (pixels) or region width (features), transformers."""
@@ -148,7 +144,7 @@ class TERAN(PairwiseMethod):
         width = region_dim(dm)
         source = getattr(dm, "feature_source", "images")
         if width is None:
-            self.cnn = build_image_encoder(hp.image_encoder, **hp.image_kwargs)
+            self.cnn = hp.image.build()
             width = int(self.cnn.out_dim)
             self.region_source = "roi" if self._roi(dm) else "grid"
         else:
@@ -164,10 +160,7 @@ class TERAN(PairwiseMethod):
         self.cap_proj = nn.Linear(text_width, hp.embed_dim)
         self.text_transformer = te_stack(*joint)
         self.image_transformer = None if self.shared_transformer else te_stack(*joint)
-        self.processor = MethodProcessor(
-            image_size=hp.image_size or dm.tiny_image_size,
-            tokenizer=tokenizer,  # type: ignore[arg-type]
-        )
+        self.processor = hp.image.processor(tokenizer, dm.tiny_image_size)  # type: ignore[arg-type]
 
     def _roi(self, dm: RetrievalDataModule) -> bool:
         return bool(self.hp.roi_boxes and getattr(dm, "with_boxes", False) and isinstance(self.cnn, TinyCNN))

@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
-from typing import Any
 
 import torch
 from torch import nn
@@ -48,18 +47,6 @@ class OptimConfig:
         method field) after those the profile names, which win (the first matching prefix counts)."""
         extra = {prefix: m for prefix, m in mult.items() if prefix not in self.lr_mult}
         return replace(self, lr_mult={**self.lr_mult, **extra}) if extra else self
-
-    @classmethod
-    def from_profile(cls, hp: object, **extra: Any) -> OptimConfig:
-        """The optimiser of a method profile's flat fields (`optimizer`, `lr`, `weight_decay`, `schedule`,
-        `step_epochs`, `gamma`, whichever it has), plus `extra` fields such as `lr_mult`."""
-        values = {dst: getattr(hp, src) for src, dst in PROFILE_FIELDS.items() if hasattr(hp, src)}
-        return cls(**values, **extra)
-
-
-# profile field -> OptimConfig field (OptimConfig.from_profile)
-PROFILE_FIELDS = {"optimizer": "name", "lr": "lr", "weight_decay": "weight_decay", "schedule": "schedule",
-                  "step_epochs": "step_epochs", "gamma": "gamma"}  # fmt: skip
 
 
 # checkpoints keep OptimConfig in their hyper-parameters: allow it under torch.load(weights_only=True)
