@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fgbench.data.batches import ComposedQueryBatch, Text, TripletBatch, Visual, VisualBatch
-from fgbench.data.module import RetrievalDataModule
+from fgbench.data.module import DataInfo
 from fgbench.encoders import (
     CLIP_MEAN,
     CLIP_STD,
@@ -167,13 +167,13 @@ class CLIP4Cir(RetrievalMethod):
         return OptimConfig.from_profile(hp)
 
     # -- building ----------------------------------------------------------------------------------------
-    def build(self, dm: RetrievalDataModule) -> None:
+    def build(self, data: DataInfo) -> None:
         """The frozen CLIP towers and their tokenizer, then the Combiner sized to their feature dim."""
         if self.combiner is not None:
             return
         hp = self.hp
-        size = hp.image_size or dm.tiny_image_size
-        image, text, tokenizer = self._clip(dm, size)
+        size = hp.image_size or data.tiny_image_size
+        image, text, tokenizer = self._clip(data, size)
         if self.clip_checkpoint is not None:
             load_clip_towers(self.clip_checkpoint, image, text)
         self.image_encoder, self.text_encoder = image.requires_grad_(False), text.requires_grad_(False)
@@ -190,7 +190,7 @@ class CLIP4Cir(RetrievalMethod):
         )
         self.train(self.training)  # the towers join in eval mode
 
-    def _clip(self, dm: RetrievalDataModule, size: tuple[int, int]) -> tuple[nn.Module, nn.Module, Tokenizer]:
+    def _clip(self, data: DataInfo, size: tuple[int, int]) -> tuple[nn.Module, nn.Module, Tokenizer]:
         """(image tower, text tower, tokenizer): transformers CLIP, or the tiny random pair."""
         hp = self.hp
         if hp.clip_name_or_path is not None:
@@ -200,7 +200,7 @@ class CLIP4Cir(RetrievalMethod):
                 build_text_encoder("clip_text", name_or_path=name),
                 HFTokenizer(name, max_length=hp.max_len),
             )
-        tokenizer = WordTokenizer.build(dm.train_texts(), hp.max_words, hp.max_len)
+        tokenizer = WordTokenizer.build(data.train_texts, hp.max_words, hp.max_len)
         return (
             build_image_encoder("tiny_vit", image_size=size),
             build_text_encoder("tiny_text", vocab_size=tokenizer.vocab_size, max_len=hp.max_len + 2),
@@ -219,18 +219,18 @@ class CLIP4Cir(RetrievalMethod):
     @torch.no_grad()
     def clip_image(self, visual: Visual) -> Tensor:
         """Raw (unnormalised) frozen CLIP image features [B, D]."""
-        assert self.image_encoder is not None, "call build(datamodule) first"
+        assert self.image_encoder is not None, "call build(datamodule.info()) first"
         return self.image_encoder(visual).glob.float()
 
     @torch.no_grad()
     def clip_text(self, text: Text) -> Tensor:
         """Raw (unnormalised) frozen CLIP text features [B, D]."""
-        assert self.text_encoder is not None, "call build(datamodule) first"
+        assert self.text_encoder is not None, "call build(datamodule.info()) first"
         return self.text_encoder(text).glob.float()
 
     def query_vectors(self, reference: Visual, text: Text) -> Tensor:
         """q [B, D], unit norm: the Combiner of the reference image and the text."""
-        assert self.combiner is not None, "call build(datamodule) first"
+        assert self.combiner is not None, "call build(datamodule.info()) first"
         return self.combiner(self.clip_image(reference), self.clip_text(text))
 
     def target_vectors(self, visual: Visual) -> Tensor:

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from torchvision.transforms import v2
 
 from fgbench.data.batches import ComposedQueryBatch, Text, TripletBatch, Visual, VisualBatch
-from fgbench.data.module import RetrievalDataModule
+from fgbench.data.module import DataInfo
 from fgbench.encoders import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -177,18 +177,18 @@ class TIRG(RetrievalMethod):
     def _optim(hp: TIRGConfig) -> OptimConfig:
         return OptimConfig.from_profile(hp, lr_mult={"image_encoder.": hp.cnn_lr_mult})
 
-    def build(self, dm: RetrievalDataModule) -> None:
+    def build(self, data: DataInfo) -> None:
         """The vocabulary of the training texts and the LSTM over it."""
         if self.text_encoder is not None:
             return
         hp = self.hp
-        tokenizer = WordTokenizer.build(dm.train_texts(), hp.max_words, hp.max_len)
+        tokenizer = WordTokenizer.build(data.train_texts, hp.max_words, hp.max_len)
         self.text_encoder = build_text_encoder(
             "lstm", vocab_size=tokenizer.vocab_size, word_dim=hp.word_dim, hidden=hp.text_hidden
         )
         mean, std = (IMAGENET_MEAN, IMAGENET_STD) if hp.imagenet_norm else ((0.5,) * 3, (0.5,) * 3)
         self.processor = MethodProcessor(
-            image_size=hp.image_size or dm.tiny_image_size,
+            image_size=hp.image_size or data.tiny_image_size,
             mean=mean,
             std=std,
             train_transform=hp.transform,
@@ -203,7 +203,7 @@ class TIRG(RetrievalMethod):
 
     def text_features(self, text: Text) -> Tensor:
         """φ_txt [B, d]."""
-        assert self.text_encoder is not None, "call build(datamodule) first"
+        assert self.text_encoder is not None, "call build(datamodule.info()) first"
         return self.text_fc(self.text_encoder(text).glob)
 
     def query_vectors(self, reference: Visual, text: Text) -> Tensor:

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from torchvision.transforms import v2
 
 from fgbench.data.batches import PairBatch, TextBatch, Visual, VisualBatch
-from fgbench.data.module import RetrievalDataModule, region_dim
+from fgbench.data.module import DataInfo
 from fgbench.encoders import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -157,17 +157,17 @@ class VSEPP(RetrievalMethod):
         return OptimConfig.from_profile(hp)
 
     # -- building ----------------------------------------------------------------------------------------
-    def build(self, dm: RetrievalDataModule) -> None:
+    def build(self, data: DataInfo) -> None:
         """Vocabulary, text GRU and image branch (CNN for pixels, Linear over mean regions for precomp)."""
         if self.text_encoder is not None:
             return
         hp = self.hp
-        self.sum_warmup = summed_hinge_epochs(hp.sum_warmup_epochs, dm)
-        tokenizer = build_vocabulary(dm.train_texts(), hp.max_words, hp.min_count, hp.max_len)
+        self.sum_warmup = summed_hinge_epochs(hp.sum_warmup_epochs, data.family)
+        tokenizer = build_vocabulary(data.train_texts, hp.max_words, hp.min_count, hp.max_len)
         self.text_encoder = build_text_encoder(
             "gru", vocab_size=tokenizer.vocab_size, word_dim=hp.word_dim, hidden=hp.embed_dim
         )
-        regions = region_dim(dm)
+        regions = data.region_dim
         if regions is None:
             self.image_encoder = self._cnn()
             self.image_fc = xavier_linear(self.image_encoder.out_dim, hp.embed_dim)
@@ -176,7 +176,7 @@ class VSEPP(RetrievalMethod):
             self.image_fc = xavier_linear(regions, hp.embed_dim)
         mean_std = (IMAGENET_MEAN, IMAGENET_STD) if hp.imagenet_norm else ((0.5,) * 3, (0.5,) * 3)
         self.processor = MethodProcessor(
-            image_size=hp.image_size or dm.tiny_image_size,
+            image_size=hp.image_size or data.tiny_image_size,
             mean=mean_std[0],
             std=mean_std[1],
             train_transform=hp.train_transform,
@@ -197,12 +197,12 @@ class VSEPP(RetrievalMethod):
     # -- encoders ----------------------------------------------------------------------------------------
     def encode_text(self, text: Any) -> Tensor:
         """[B, d] unit caption vectors: the GRU output at the last valid step."""
-        assert self.text_encoder is not None, "call build(datamodule) first"
+        assert self.text_encoder is not None, "call build(datamodule.info()) first"
         return F.normalize(self.text_encoder(text).glob, dim=-1)
 
     def encode_image(self, visual: Visual) -> Tensor:
         """[B, d] unit image vectors: CNN -> L2 -> fc -> L2, or mean of the regions -> fc -> L2 (precomp)."""
-        assert self.image_fc is not None, "call build(datamodule) first"
+        assert self.image_fc is not None, "call build(datamodule.info()) first"
         if self.image_encoder is None:
             if visual.regions is None:
                 raise ValueError("vsepp was built on region features (precomp) but the batch has none")

@@ -144,7 +144,7 @@ def loss_fell(losses: Sequence[float], epochs: int, ratio: float = 0.7) -> bool:
 
 def attach(model: RetrievalMethod, dm: Any) -> RetrievalMethod:
     """Build the model on the data and attach its processor, as `RetrievalMethod.setup` does."""
-    model.build(dm)
+    model.build(dm.info())
     dm.set_processor(model.processor)
     return model
 

@@ -376,7 +376,7 @@ def test_build_is_idempotent_and_checkpoints_load(root: Path) -> None:
     dm = synth_dm(root, "synth-scenes", batch_size=8)
     model = built(dm)
     modules = (model.text_encoder, model.cnn, model.visual_transformer)
-    model.build(dm)
+    model.build(dm.info())
     assert (model.text_encoder, model.cnn, model.visual_transformer) == modules
     again = built(dm)
     again.load_state_dict(model.state_dict())

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from fgbench.clip_dual import ClipConfig, build_tokenizer, build_towers
-from fgbench.data.module import RetrievalDataModule
+from fgbench.data.module import DataInfo
 from fgbench.encoders import (
     CLIP_MEAN,
     CLIP_STD,
@@ -64,15 +64,13 @@ def load_glove(path: str | Path, words: Sequence[str], dim: int) -> tuple[Tensor
     return vectors, found
 
 
-def cnn_bigru(
-    hp: NSFSEConfig, dm: RetrievalDataModule, weights_path: str | None, glove_path: str | None
-) -> Encoders:
+def cnn_bigru(hp: NSFSEConfig, data: DataInfo, weights_path: str | None, glove_path: str | None) -> Encoders:
     """The paper's encoders: a timm/tiny CNN grid and a BiGRU over the training vocabulary."""
     kwargs = dict(hp.image_kwargs)
     if weights_path is not None:
         kwargs["pretrained_path"] = weights_path
     image = build_image_encoder(hp.image_encoder, **kwargs)
-    tokenizer = WordTokenizer.build(dm.train_texts(), hp.max_words, hp.max_len)
+    tokenizer = WordTokenizer.build(data.train_texts, hp.max_words, hp.max_len)
     text = build_text_encoder(
         "gru",
         vocab_size=tokenizer.vocab_size,
@@ -89,13 +87,13 @@ def cnn_bigru(
             text.embed.weight[rows[found]] = vectors[found]
         word_init = f"glove ({int(found.sum())} of {len(found)} words): {glove_path}"
     mean_std = (IMAGENET_MEAN, IMAGENET_STD) if hp.imagenet_norm else ((0.5,) * 3, (0.5,) * 3)
-    return Encoders(image, text, tokenizer, hp.image_size or dm.tiny_image_size, mean_std, word_init)
+    return Encoders(image, text, tokenizer, hp.image_size or data.tiny_image_size, mean_std, word_init)
 
 
-def clip_encoders(hp: NSFSEConfig, dm: RetrievalDataModule, clip_path: str) -> Encoders:
+def clip_encoders(hp: NSFSEConfig, data: DataInfo, clip_path: str) -> Encoders:
     """The variant's encoders (not from the paper): CLIP towers and BPE tokenizer from `clip_path`."""
     cfg = ClipConfig(pretrained=True, max_len=min(77, hp.max_len + 2), image_size=hp.image_size)
-    tokenizer = build_tokenizer(cfg, dm, clip_path)
+    tokenizer = build_tokenizer(cfg, data, clip_path)
     image, text = build_towers(cfg, tokenizer, hp.image_size, clip_path)  # type: ignore[arg-type]
     size = tuple(image.vision.embeddings.image_size)
     return Encoders(image, text, tokenizer, size, (CLIP_MEAN, CLIP_STD), "clip", cls_tokens=1)
