@@ -139,7 +139,6 @@ class CLIP4Cir(RetrievalMethod):
         overrides, **fields: any `CLIP4CirConfig` field, overriding the profile's preset.
     """
 
-    name: ClassVar[str] = "clip4cir"
     published_as: ClassVar[str] = "CLIP4Cir v3 (TOMM'23)"  # results/published.csv
     provenance: ClassVar[str] = "port of ABaldrati/CLIP4Cir"
     tasks: ClassVar[frozenset[str]] = frozenset({"composed"})

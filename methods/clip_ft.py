@@ -91,7 +91,6 @@ class ClipFT(ClipDual):
         overrides, **fields: `ClipConfig` fields replacing the profile's (fgbench.profiles).
     """
 
-    name = "clip_ft"
     published_as = "CLIP (fine-tuned baseline)"  # results/published.csv
     provenance = "suite baseline"
     tasks = frozenset({"text-image", "image-text", "composed"})

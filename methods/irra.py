@@ -76,7 +76,6 @@ class IRRA(ClipMLM):
         overrides, **fields: `IRRAConfig` fields replacing the profile's (fgbench.profiles).
     """
 
-    name = "irra"
     published_as = "IRRA"  # results/published.csv
     provenance = "port of anosorae/IRRA"
     tasks = frozenset({"text-image"})

@@ -206,7 +206,6 @@ class MMRef(ClipMLM):
         overrides, **fields: `MMRefConfig` fields replacing the profile's (fgbench.profiles).
     """
 
-    name = "mmref"
     published_as = "MMRef"  # results/published.csv
     provenance = "re-implementation from the paper's description"
     tasks = frozenset({"text-image"})

@@ -141,7 +141,6 @@ class TIRG(RetrievalMethod):
         overrides, **fields: any `TIRGConfig` field, overriding the profile's preset.
     """
 
-    name: ClassVar[str] = "tirg"
     published_as: ClassVar[str] = "TIRG"  # results/published.csv
     provenance: ClassVar[str] = "port of google/tirg"
     tasks: ClassVar[frozenset[str]] = frozenset({"composed"})

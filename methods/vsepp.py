@@ -124,7 +124,6 @@ class VSEPP(RetrievalMethod):
         overrides, **fields: any `VSEPPConfig` field, overriding the profile's preset.
     """
 
-    name: ClassVar[str] = "vsepp"
     published_as: ClassVar[str] = "VSE++"  # results/published.csv
     provenance: ClassVar[str] = "port of fartashf/vsepp"
     tasks: ClassVar[frozenset[str]] = frozenset({"text-image", "image-text"})

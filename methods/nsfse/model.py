@@ -62,7 +62,6 @@ class NSFSE(PairwiseMethod):
         overrides, **fields: any `NSFSEConfig` field, overriding the profile's preset.
     """
 
-    name: ClassVar[str] = "nsfse"
     published_as: ClassVar[str] = "NSFSE"  # results/published.csv
     provenance: ClassVar[str] = PROVENANCE
     tasks: ClassVar[frozenset[str]] = frozenset({"composed"})

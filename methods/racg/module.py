@@ -55,7 +55,6 @@ class RACG(PairwiseMethod):
         overrides, **fields: `RACGConfig` fields replacing the profile's.
     """
 
-    name: ClassVar[str] = "racg"
     provenance: ClassVar[str] = PROVENANCE
     tasks: ClassVar[frozenset[str]] = frozenset({"text-image", "image-text"})
 

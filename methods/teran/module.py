@@ -75,7 +75,6 @@ class TERAN(PairwiseMethod):
         overrides, **fields: `TERANConfig` fields replacing the profile's.
     """
 
-    name: ClassVar[str] = "teran"
     published_as: ClassVar[str] = "TERAN (MrSw, single model)"  # results/published.csv
     provenance: ClassVar[str] = "port of mesnico/TERAN"
     tasks: ClassVar[frozenset[str]] = frozenset({"text-image", "image-text"})

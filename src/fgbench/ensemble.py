@@ -115,7 +115,6 @@ class Ensemble(RetrievalMethod):
         rerank_k: re-rank each query's top-k of the mean score with the mean of the members' re-scores.
     """
 
-    name: ClassVar[str] = "ensemble"
     provenance: ClassVar[str] = "evaluator-level ensemble: mean of the members' score matrices"
     tasks: ClassVar[frozenset[str]] = frozenset({"text-image", "image-text", "composed"})
     trains: ClassVar[bool] = False
