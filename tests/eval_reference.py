@@ -106,3 +106,23 @@ def cirr(S, ql, gl, ex, sub) -> dict[str, float]:
         m[f"Rsub{kk}"] = 100.0 * float(np.mean(v))
     m["avg"] = (m["R5"] + m["Rsub1"]) / 2
     return m
+
+
+def fashioniq_case(
+    rng: np.random.Generator, cats: dict[str, tuple[int, int]], exclude_candidate: bool
+) -> tuple[np.ndarray, np.ndarray, dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """A random FashionIQ-style case: per category (n queries, m images, laid out one category after the
+    other) each query's target among its category's images and, with `exclude_candidate` (fiq_b), a
+    candidate image other than the target. Returns (targets, candidates or -1, category -> (query indices,
+    image indices))."""
+    nq = sum(n for n, _ in cats.values())
+    targets, candidates = np.zeros(nq, dtype=np.int64), np.full(nq, -1, dtype=np.int64)
+    groups, q0, g0 = {}, 0, 0
+    for name, (n, m) in cats.items():
+        qi, gi = np.arange(q0, q0 + n), np.arange(g0, g0 + m)
+        targets[qi] = rng.choice(gi, size=n)
+        if exclude_candidate:
+            candidates[qi] = [rng.choice([g for g in gi if g != t]) for t in targets[qi]]
+        groups[name] = (qi, gi)
+        q0, g0 = q0 + n, g0 + m
+    return targets, candidates, groups
