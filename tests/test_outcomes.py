@@ -172,17 +172,7 @@ def test_fashioniq_category_average_decomposes(protocol: str, tmp_path: Path) ->
     rng = np.random.default_rng(3)
     cats = {"dress": (12, 60), "shirt": (9, 55), "toptee": (7, 70)}
     nq, ng = sum(q for q, _ in cats.values()), sum(g for _, g in cats.values())
-    ql, ex, parts = fashioniq_case(rng, cats, protocol == "fiq_b")
-    groups = {name: (torch.from_numpy(qi), torch.from_numpy(gi)) for name, (qi, gi) in parts.items()}
-    ids = [f"{name}/c{i}>t{i}#0" for name, (n, _) in cats.items() for i in range(n)]
-    spec = EvalSpec(
-        protocol,
-        torch.from_numpy(ql),
-        torch.arange(ng),
-        exclude=None if protocol == "fiq_a" else torch.from_numpy(ex),
-        groups=groups,
-        query_ids=ids,
-    )
+    spec, _ = fashioniq_case(rng, cats, protocol)
     o = check_decomposes(evaluate(tied(rng, nq, ng), spec, block_rows=4), tmp_path)
     assert list(o.directions) == list(cats)
     for name, (n, m) in cats.items():
