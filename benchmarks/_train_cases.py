@@ -43,7 +43,7 @@ def _built(cls: type, dm: Any, **kwargs: Any) -> Callable[[], Any]:
     def new() -> Any:
         torch.manual_seed(0)
         model = cls(**kwargs)
-        model.build(dm)
+        model.build(dm.info())
         dm.set_processor(model.processor)
         return model
 

@@ -118,7 +118,6 @@ class CIRRDataModule(RetrievalDataModule):
 
     published_as: ClassVar[str] = "CIRR"  # its `dataset` spelling in results/published.csv
 
-    name: ClassVar[str] = "cirr"
     tasks: ClassVar[frozenset[str]] = frozenset({"composed"})
     folder: ClassVar[str] = "cirr_dataset"
     layout: ClassVar[str] = LAYOUT.format(folder="cirr_dataset")

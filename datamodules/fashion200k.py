@@ -187,7 +187,6 @@ class Fashion200KDataModule(RetrievalDataModule):
 
     published_as: ClassVar[str] = "Fashion200K"  # its `dataset` spelling in results/published.csv
 
-    name: ClassVar[str] = "fashion200k"
     tasks: ClassVar[frozenset[str]] = frozenset({"composed"})
     layout: ClassVar[str] = LAYOUT
     folder: ClassVar[str] = "fashion200k"

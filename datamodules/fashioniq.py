@@ -155,7 +155,6 @@ class FashionIQDataModule(RetrievalDataModule):
 
     published_as: ClassVar[str] = "FashionIQ"  # its `dataset` spelling in results/published.csv
 
-    name: ClassVar[str] = "fashioniq"
     tasks: ClassVar[frozenset[str]] = frozenset({"composed"})
     layout: ClassVar[str] = LAYOUT
     folder: ClassVar[str] = "fashionIQ_dataset"

@@ -411,7 +411,6 @@ class CUHKPedesDataModule(PersonDataModule):
 
     published_as: ClassVar[str] = "CUHK-PEDES"  # its `dataset` spelling in results/published.csv
 
-    name: ClassVar[str] = "cuhk-pedes"
     folder: ClassVar[str] = "CUHK-PEDES"
     annotation_file: ClassVar[str] = "reid_raw.json"
     layout_template: ClassVar[str] = CUHK_LAYOUT
@@ -466,7 +465,6 @@ class ICFGPedesDataModule(PersonDataModule):
 
     published_as: ClassVar[str] = "ICFG-PEDES"  # its `dataset` spelling in results/published.csv
 
-    name: ClassVar[str] = "icfg-pedes"
     folder: ClassVar[str] = "ICFG-PEDES"
     annotation_file: ClassVar[str] = "ICFG-PEDES.json"
     layout_template: ClassVar[str] = ICFG_LAYOUT
@@ -513,7 +511,6 @@ class RSTPReidDataModule(PersonDataModule):
 
     published_as: ClassVar[str] = "RSTPReid"  # its `dataset` spelling in results/published.csv
 
-    name: ClassVar[str] = "rstpreid"
     folder: ClassVar[str] = "RSTPReid"
     annotation_file: ClassVar[str] = "data_captions.json"
     path_field: ClassVar[str] = "img_path"

@@ -379,7 +379,6 @@ class ReedDataModule(RetrievalDataModule):
 class CUBDataModule(ReedDataModule):
     """CUB-200-2011 images with Reed et al.'s bird captions (`cvpr2016_cub`)."""
 
-    name: ClassVar[str] = "cub"
     folder: ClassVar[str] = "CUB"
     text_dir: ClassVar[str] = "cvpr2016_cub"
     image_dir: ClassVar[str] = "CUB_200_2011/images"
@@ -410,7 +409,6 @@ class FlowersDataModule(ReedDataModule):
     split "all".
     """
 
-    name: ClassVar[str] = "flowers"
     folder: ClassVar[str] = "Flowers"
     text_dir: ClassVar[str] = "cvpr2016_flowers"
     image_dir: ClassVar[str] = "102flowers/jpg"

@@ -560,7 +560,7 @@ def load(run: Path, ckpt: Path | None, data_root: Path | None) -> tuple[Retrieva
             f"{run}: the run's dataset cannot be read (root {dm.root}): {err}; pass --data-root where its "
             "files are"
         ) from None
-    return Ensemble.load_member(path, dm).eval(), dm
+    return Ensemble.load_member(path, dm.info()).eval(), dm
 
 
 def parse(argv: Sequence[str] | None) -> argparse.Namespace:

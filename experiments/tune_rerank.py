@@ -84,7 +84,7 @@ def load_run(run: Path) -> tuple[RetrievalMethod, RetrievalDataModule]:
     """(method restored from the run's last checkpoint, in eval mode, its DataModule set up)."""
     dm = load_datamodule(run)
     dm.setup("test")
-    model = Ensemble.load_member(run / CHECKPOINT, dm)
+    model = Ensemble.load_member(run / CHECKPOINT, dm.info())
     return model.eval(), dm
 
 

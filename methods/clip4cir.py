@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fgbench.data.batches import ComposedQueryBatch, Text, TripletBatch, Visual, VisualBatch
-from fgbench.data.module import RetrievalDataModule
+from fgbench.data.module import DataInfo
 from fgbench.encoders import (
     HFTokenizer,
     ImageTowerConfig,
@@ -135,7 +135,6 @@ class CLIP4Cir(RetrievalMethod):
         overrides, **fields: any `CLIP4CirConfig` field, overriding the profile's preset.
     """
 
-    name: ClassVar[str] = "clip4cir"
     published_as: ClassVar[str] = "CLIP4Cir v3 (TOMM'23)"  # results/published.csv
     provenance: ClassVar[str] = "port of ABaldrati/CLIP4Cir"
     tasks: ClassVar[frozenset[str]] = frozenset({"composed"})
@@ -159,13 +158,13 @@ class CLIP4Cir(RetrievalMethod):
         self.combiner: Combiner | None = None
 
     # -- building ----------------------------------------------------------------------------------------
-    def build(self, dm: RetrievalDataModule) -> None:
+    def build(self, data: DataInfo) -> None:
         """The frozen CLIP towers and their tokenizer, then the Combiner sized to their feature dim."""
         if self.combiner is not None:
             return
         hp, tower = self.hp, self.image_tower()
-        size = tower.size or dm.tiny_image_size
-        image, (text, tokenizer) = tower.build(image_size=size), self._text(dm)
+        size = tower.size or data.tiny_image_size
+        image, (text, tokenizer) = tower.build(image_size=size), self._text(data)
         if self.clip_checkpoint is not None:
             load_clip_towers(self.clip_checkpoint, image, text)
         self.image_encoder, self.text_encoder = image.requires_grad_(False), text.requires_grad_(False)
@@ -182,14 +181,14 @@ class CLIP4Cir(RetrievalMethod):
             return self.hp.image
         return replace(self.hp.image, encoder="clip_vit", kwargs={"name_or_path": name}, norm="clip")
 
-    def _text(self, dm: RetrievalDataModule) -> tuple[nn.Module, Tokenizer]:
+    def _text(self, data: DataInfo) -> tuple[nn.Module, Tokenizer]:
         """(text tower, tokenizer): transformers CLIP's, or a tiny random one over the word vocabulary."""
         hp = self.hp
         if hp.clip_name_or_path is not None:
             name = hp.clip_name_or_path
             text = build_text_encoder("clip_text", name_or_path=name)
             return text, HFTokenizer(name, max_length=hp.max_len)
-        tokenizer = WordTokenizer.build(dm.train_texts(), hp.max_words, hp.max_len)
+        tokenizer = WordTokenizer.build(data.train_texts, hp.max_words, hp.max_len)
         text = build_text_encoder("tiny_text", vocab_size=tokenizer.vocab_size, max_len=hp.max_len + 2)
         return text, tokenizer
 
@@ -205,18 +204,18 @@ class CLIP4Cir(RetrievalMethod):
     @torch.no_grad()
     def clip_image(self, visual: Visual) -> Tensor:
         """Raw (unnormalised) frozen CLIP image features [B, D]."""
-        assert self.image_encoder is not None, "call build(datamodule) first"
+        assert self.image_encoder is not None, "call build(datamodule.info()) first"
         return self.image_encoder(visual).glob.float()
 
     @torch.no_grad()
     def clip_text(self, text: Text) -> Tensor:
         """Raw (unnormalised) frozen CLIP text features [B, D]."""
-        assert self.text_encoder is not None, "call build(datamodule) first"
+        assert self.text_encoder is not None, "call build(datamodule.info()) first"
         return self.text_encoder(text).glob.float()
 
     def query_vectors(self, reference: Visual, text: Text) -> Tensor:
         """q [B, D], unit norm: the Combiner of the reference image and the text."""
-        assert self.combiner is not None, "call build(datamodule) first"
+        assert self.combiner is not None, "call build(datamodule.info()) first"
         return self.combiner(self.clip_image(reference), self.clip_text(text))
 
     def target_vectors(self, visual: Visual) -> Tensor:

@@ -42,7 +42,7 @@ from fgbench.clip_dual import (
     ClipDual,
 )
 from fgbench.data.batches import PairBatch, TripletBatch
-from fgbench.data.module import RetrievalDataModule, task_family
+from fgbench.data.module import DataInfo
 from fgbench.losses import infonce
 from fgbench.optim import OptimConfig
 from fgbench.profiles import apply_overrides, check_choice, merge_overrides
@@ -88,7 +88,6 @@ class ClipFT(ClipDual):
         overrides, **fields: `ClipConfig` fields replacing the profile's (fgbench.profiles).
     """
 
-    name = "clip_ft"
     published_as = "CLIP (fine-tuned baseline)"  # results/published.csv
     provenance = "suite baseline"
     tasks = frozenset({"text-image", "image-text", "composed"})
@@ -117,16 +116,16 @@ class ClipFT(ClipDual):
         self.family = ""
         self.logit_scale: nn.Parameter | None = None  # log of the scale, built with the towers
 
-    def build(self, datamodule: RetrievalDataModule) -> None:
+    def build(self, data: DataInfo) -> None:
         if self.built:
             return
-        self.family = task_family(datamodule)
+        self.family = data.family
         if self.profile == "paper":
             family = apply_overrides(PROFILES["paper"], PAPER_BY_FAMILY[self.family])
             self.hp = apply_overrides(family, self.overrides, f"{self.name}: ")
             if not self.optim_given:
                 self.optim_cfg = self.hp.optim
-        super().build(datamodule)
+        super().build(data)
         learnable = self.logit_scale_learnable
         if learnable is None:  # the fixed scales are the paper recipes for pretrained CLIP
             learnable = self.profile == "tiny" or FAMILY_LEARNABLE[self.family]

@@ -40,7 +40,6 @@ class ClipZS(ClipDual):
         overrides, **fields: `ClipConfig` fields replacing the profile's (e.g. `image={"size": (384, 128)}`).
     """
 
-    name = "clip_zs"
     published_as = "CLIP zero-shot (LAVIS re-evaluation)"  # results/published.csv
     provenance = "suite baseline"
     tasks = frozenset({"text-image", "image-text", "composed"})

@@ -39,7 +39,7 @@ from torch import Tensor, nn
 from fgbench.clip_dual import CLIP_PATH, REID_OPTIM, REID_PAPER
 from fgbench.clip_mlm import ClipMLM, ClipMLMConfig, init_mlm_head, init_stds, mlm_head
 from fgbench.data.batches import PairBatch
-from fgbench.data.module import RetrievalDataModule
+from fgbench.data.module import DataInfo
 from fgbench.encoders.layers import transformer
 from fgbench.optim import OptimConfig
 from fgbench.profiles import merge_overrides
@@ -76,7 +76,6 @@ class IRRA(ClipMLM):
         overrides, **fields: `IRRAConfig` fields replacing the profile's (fgbench.profiles).
     """
 
-    name = "irra"
     published_as = "IRRA"  # results/published.csv
     provenance = "port of anosorae/IRRA"
     tasks = frozenset({"text-image"})
@@ -101,10 +100,10 @@ class IRRA(ClipMLM):
         super().__init__(profile, clip_path, loss_names, temperature_learnable, optim, loss_weights, merged)
         self.save_hyperparameters()
 
-    def build(self, datamodule: RetrievalDataModule) -> None:
+    def build(self, data: DataInfo) -> None:
         if self.built:
             return
-        super().build(datamodule)
+        super().build(data)
         if "mlm" in self.loss_names:
             self.mask_id, self.special_ids, vocab = self.mask_vocabulary()
             self._build_irr_head(self.width, vocab)

@@ -69,7 +69,7 @@ from fgbench.data.batches import (
     collate_pairs,
     move_batch,
 )
-from fgbench.data.module import RetrievalDataModule
+from fgbench.data.module import DataInfo, RetrievalDataModule
 from fgbench.features import Features
 from fgbench.optim import OptimConfig
 from fgbench.profiles import check_choice, merge_overrides
@@ -206,7 +206,6 @@ class MMRef(ClipMLM):
         overrides, **fields: `MMRefConfig` fields replacing the profile's (fgbench.profiles).
     """
 
-    name = "mmref"
     published_as = "MMRef"  # results/published.csv
     provenance = "re-implementation from the paper's description"
     tasks = frozenset({"text-image"})
@@ -258,15 +257,15 @@ class MMRef(ClipMLM):
         self.register_buffer("references_ready", torch.tensor(False))
 
     # -- building ------------------------------------------------------------------------------------
-    def build(self, datamodule: RetrievalDataModule) -> None:
+    def build(self, data: DataInfo) -> None:
         if self.built:
             return
-        super().build(datamodule)  # tokenizer, towers, processor (no ID classifier, no IRR head)
+        super().build(data)  # tokenizer, towers, processor (no ID classifier, no IRR head)
         width = self.width
-        m = datamodule.num_classes
+        m = data.num_classes
         if m < 1:
             raise ValueError(
-                f"mmref: {datamodule.name or type(datamodule).__name__} reports num_classes={m}; MMRef needs "
+                f"mmref: {data.name} reports num_classes={m}; MMRef needs "
                 "one reference per training identity/class (LoadedData.num_classes)"
             )
         if self.ref_init == "normal":

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from torchvision.transforms import v2
 
 from fgbench.data.batches import ComposedQueryBatch, Text, TripletBatch, Visual, VisualBatch
-from fgbench.data.module import RetrievalDataModule
+from fgbench.data.module import DataInfo
 from fgbench.encoders import (
     ImageTowerConfig,
     MethodProcessor,
@@ -131,7 +131,6 @@ class TIRG(RetrievalMethod):
         overrides, **fields: any `TIRGConfig` field, overriding the profile's preset.
     """
 
-    name: ClassVar[str] = "tirg"
     published_as: ClassVar[str] = "TIRG"  # results/published.csv
     provenance: ClassVar[str] = "port of google/tirg"
     tasks: ClassVar[frozenset[str]] = frozenset({"composed"})
@@ -164,16 +163,16 @@ class TIRG(RetrievalMethod):
     def _optim(hp: TIRGConfig) -> OptimConfig:
         return hp.optim.with_lr_mult({"image_encoder.": hp.cnn_lr_mult})
 
-    def build(self, dm: RetrievalDataModule) -> None:
+    def build(self, data: DataInfo) -> None:
         """The vocabulary of the training texts and the LSTM over it."""
         if self.text_encoder is not None:
             return
         hp = self.hp
-        tokenizer = WordTokenizer.build(dm.train_texts(), hp.max_words, hp.max_len)
+        tokenizer = WordTokenizer.build(data.train_texts, hp.max_words, hp.max_len)
         self.text_encoder = build_text_encoder(
             "lstm", vocab_size=tokenizer.vocab_size, word_dim=hp.word_dim, hidden=hp.text_hidden
         )
-        self.processor = hp.image.processor(tokenizer, dm.tiny_image_size)
+        self.processor = hp.image.processor(tokenizer, data.tiny_image_size)
 
     # -- features ----------------------------------------------------------------------------------------
     def image_features(self, visual: Visual) -> Tensor:
@@ -182,7 +181,7 @@ class TIRG(RetrievalMethod):
 
     def text_features(self, text: Text) -> Tensor:
         """φ_txt [B, d]."""
-        assert self.text_encoder is not None, "call build(datamodule) first"
+        assert self.text_encoder is not None, "call build(datamodule.info()) first"
         return self.text_fc(self.text_encoder(text).glob)
 
     def query_vectors(self, reference: Visual, text: Text) -> Tensor:

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from torchvision.transforms import v2
 
 from fgbench.data.batches import PairBatch, TextBatch, Visual, VisualBatch
-from fgbench.data.module import RetrievalDataModule, region_dim
+from fgbench.data.module import DataInfo
 from fgbench.encoders import ImageTowerConfig, MethodProcessor, build_text_encoder, register_preset
 from fgbench.encoders.layers import masked_mean
 from fgbench.encoders.regions import region_mask_of
@@ -107,7 +107,6 @@ class VSEPP(RetrievalMethod):
         overrides, **fields: any `VSEPPConfig` field, overriding the profile's preset.
     """
 
-    name: ClassVar[str] = "vsepp"
     published_as: ClassVar[str] = "VSE++"  # results/published.csv
     provenance: ClassVar[str] = "port of fartashf/vsepp"
     tasks: ClassVar[frozenset[str]] = frozenset({"text-image", "image-text"})
@@ -136,24 +135,24 @@ class VSEPP(RetrievalMethod):
         self.sum_warmup = 0  # summed-hinge epochs, resolved from the profile and the data at build
 
     # -- building ----------------------------------------------------------------------------------------
-    def build(self, dm: RetrievalDataModule) -> None:
+    def build(self, data: DataInfo) -> None:
         """Vocabulary, text GRU and image branch (CNN for pixels, Linear over mean regions for precomp)."""
         if self.text_encoder is not None:
             return
         hp = self.hp
-        self.sum_warmup = summed_hinge_epochs(hp.sum_warmup_epochs, dm)
-        tokenizer = build_vocabulary(dm.train_texts(), hp.max_words, hp.min_count, hp.max_len)
+        self.sum_warmup = summed_hinge_epochs(hp.sum_warmup_epochs, data.family)
+        tokenizer = build_vocabulary(data.train_texts, hp.max_words, hp.min_count, hp.max_len)
         self.text_encoder = build_text_encoder(
             "gru", vocab_size=tokenizer.vocab_size, word_dim=hp.word_dim, hidden=hp.embed_dim
         )
-        regions = region_dim(dm)
+        regions = data.region_dim
         if regions is None:
             self.image_encoder = self._cnn()
             self.image_fc = xavier_linear(self.image_encoder.out_dim, hp.embed_dim)
         else:
             self.variant = "precomp"
             self.image_fc = xavier_linear(regions, hp.embed_dim)
-        self.processor = hp.image.processor(tokenizer, dm.tiny_image_size)
+        self.processor = hp.image.processor(tokenizer, data.tiny_image_size)
 
     def _cnn(self) -> nn.Module:
         if self.profile == "paper" and self.weights_path is None:
@@ -165,12 +164,12 @@ class VSEPP(RetrievalMethod):
     # -- encoders ----------------------------------------------------------------------------------------
     def encode_text(self, text: Any) -> Tensor:
         """[B, d] unit caption vectors: the GRU output at the last valid step."""
-        assert self.text_encoder is not None, "call build(datamodule) first"
+        assert self.text_encoder is not None, "call build(datamodule.info()) first"
         return F.normalize(self.text_encoder(text).glob, dim=-1)
 
     def encode_image(self, visual: Visual) -> Tensor:
         """[B, d] unit image vectors: CNN -> L2 -> fc -> L2, or mean of the regions -> fc -> L2 (precomp)."""
-        assert self.image_fc is not None, "call build(datamodule) first"
+        assert self.image_fc is not None, "call build(datamodule.info()) first"
         if self.image_encoder is None:
             if visual.regions is None:
                 raise ValueError("vsepp was built on region features (precomp) but the batch has none")

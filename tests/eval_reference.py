@@ -7,6 +7,7 @@ re-sorted by re-scores; every metric is read off that order exactly as the proto
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
@@ -106,3 +107,35 @@ def cirr(S, ql, gl, ex, sub) -> dict[str, float]:
         m[f"Rsub{kk}"] = 100.0 * float(np.mean(v))
     m["avg"] = (m["R5"] + m["Rsub1"]) / 2
     return m
+
+
+def fashioniq_case(
+    rng: np.random.Generator, cats: dict[str, tuple[int, int]], protocol: str
+) -> tuple[Any, dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """A random FashionIQ-style case: per category (n queries, m images, laid out one category after the
+    other) each query's target among its category's images and, for fiq_b, a candidate image other than the
+    target, excluded. Returns (the EvalSpec, category -> (query indices, image indices)); query ids are
+    `<category>/c<i>>t<i>#0`."""
+    import torch
+
+    from fgbench.evaluation import EvalSpec
+
+    nq, ng = sum(n for n, _ in cats.values()), sum(m for _, m in cats.values())
+    targets, candidates = np.zeros(nq, dtype=np.int64), np.full(nq, -1, dtype=np.int64)
+    parts, q0, g0 = {}, 0, 0
+    for name, (n, m) in cats.items():
+        qi, gi = np.arange(q0, q0 + n), np.arange(g0, g0 + m)
+        targets[qi] = rng.choice(gi, size=n)
+        if protocol == "fiq_b":
+            candidates[qi] = [rng.choice([g for g in gi if g != t]) for t in targets[qi]]
+        parts[name] = (qi, gi)
+        q0, g0 = q0 + n, g0 + m
+    spec = EvalSpec(
+        protocol,
+        torch.from_numpy(targets),
+        torch.arange(ng),
+        exclude=None if protocol == "fiq_a" else torch.from_numpy(candidates),
+        groups={name: (torch.from_numpy(qi), torch.from_numpy(gi)) for name, (qi, gi) in parts.items()},
+        query_ids=[f"{name}/c{i}>t{i}#0" for name, (n, _) in cats.items() for i in range(n)],
+    )
+    return spec, parts

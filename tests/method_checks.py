@@ -19,6 +19,8 @@ from fgbench.features import Features
 from fgbench.method import RetrievalMethod
 
 LOW_PRECISION = (torch.bfloat16, torch.float16)
+# the sizes of every tiny random transformers model the tests save (CLIP towers, BERT)
+TINY_TRANSFORMER = {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2}
 
 
 def blockwise(method: RetrievalMethod, q: Features, g: Features, b: int) -> torch.Tensor:
@@ -144,7 +146,7 @@ def loss_fell(losses: Sequence[float], epochs: int, ratio: float = 0.7) -> bool:
 
 def attach(model: RetrievalMethod, dm: Any) -> RetrievalMethod:
     """Build the model on the data and attach its processor, as `RetrievalMethod.setup` does."""
-    model.build(dm)
+    model.build(dm.info())
     dm.set_processor(model.processor)
     return model
 
@@ -287,9 +289,7 @@ def save_tiny_clip(path: Path) -> Path:
     chars = list(bytes_to_unicode().values())
     vocab = [*chars, *(c + "</w>" for c in chars), "<|startoftext|>", "<|endoftext|>"]
     CLIPTokenizer(vocab={w: i for i, w in enumerate(vocab)}, merges=[]).save_pretrained(path)
-    tower = dict(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, projection_dim=16
-    )
+    tower = dict(TINY_TRANSFORMER, num_hidden_layers=1, projection_dim=16)
     text = dict(tower, vocab_size=len(vocab), max_position_embeddings=77, eos_token_id=len(vocab) - 1)
     config = CLIPConfig(
         text_config=text, vision_config=dict(tower, image_size=32, patch_size=8), projection_dim=16
@@ -384,12 +384,7 @@ def save_tiny_bert(path: Path) -> Path:
     (path / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
     BertTokenizer(str(path / "vocab.txt")).save_pretrained(path)
     config = BertConfig(
-        vocab_size=len(vocab),
-        hidden_size=32,
-        num_hidden_layers=6,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
+        vocab_size=len(vocab), num_hidden_layers=6, max_position_embeddings=128, **TINY_TRANSFORMER
     )
     BertModel(config).save_pretrained(path)
     return path

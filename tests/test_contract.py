@@ -107,6 +107,9 @@ def test_method_meets_the_contract_on_tiny_data(
     dm = tiny_dm(data)
     L.seed_everything(0, verbose=False)
     model = attach(METHODS.get(method)(), dm)
+    modules = {name: id(m) for name, m in model.named_modules()}
+    model.build(dm.info())  # a second build (fit, then test) keeps the modules the weights live in
+    assert {name: id(m) for name, m in model.named_modules()} == modules
     if model.trains:
         assert_trains(model, first_batch(dm))
     q, g = shared_checks(model, dm)

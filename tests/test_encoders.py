@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from method_checks import TINY_TRANSFORMER
 from torch import Tensor, nn
 
 from fgbench.data.batches import Text, Visual
@@ -245,9 +246,7 @@ def clip_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, nn.Module]
     from transformers import CLIPConfig, CLIPModel
 
     # the sub-configs carry projection_dim too, as the hub's config.json files do
-    vision = dict(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, projection_dim=16
-    )
+    vision = dict(TINY_TRANSFORMER, num_hidden_layers=2, projection_dim=16)
     text = dict(vision, vocab_size=60, max_position_embeddings=16, eos_token_id=59)
     config = CLIPConfig(
         text_config=text, vision_config=dict(vision, image_size=32, patch_size=8), projection_dim=16
@@ -311,14 +310,7 @@ def test_clip_text_eot_glob_matches_clip(clip_dir: tuple[Path, nn.Module]) -> No
 def test_hf_loading_fails_on_missing_weights(tmp_path: Path) -> None:
     from transformers import CLIPVisionConfig, CLIPVisionModel
 
-    cfg = CLIPVisionConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        image_size=32,
-        patch_size=8,
-    )
+    cfg = CLIPVisionConfig(num_hidden_layers=1, image_size=32, patch_size=8, **TINY_TRANSFORMER)
     CLIPVisionModel(cfg).save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="visual_projection"):
         build_image_encoder("clip_vit", name_or_path=tmp_path, projection=True)
@@ -329,14 +321,7 @@ def test_hf_loading_fails_on_missing_weights(tmp_path: Path) -> None:
 def test_bert_truncated_to_first_layers(tmp_path: Path) -> None:
     from transformers import BertConfig, BertModel
 
-    cfg = BertConfig(
-        vocab_size=50,
-        hidden_size=32,
-        num_hidden_layers=4,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=32,
-    )
+    cfg = BertConfig(vocab_size=50, num_hidden_layers=4, max_position_embeddings=32, **TINY_TRANSFORMER)
     full = BertModel(cfg).eval()
     full.save_pretrained(tmp_path)
     enc = build_text_encoder("bert", name_or_path=tmp_path, num_layers=2).eval()

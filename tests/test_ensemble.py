@@ -139,7 +139,7 @@ def test_members_on_raw_images_must_share_the_image_transform(
     assert big.processor.image_size == (64, 64)
     ens = Ensemble(members=[str(members["mrsw"][1]), str(tmp_path / "big.ckpt")], classes=["teran", "teran"])
     with pytest.raises(ValueError, match="share the image transform"):
-        ens.build(scenes_dm(root))
+        ens.build(scenes_dm(root).info())
 
 
 def test_unsafe_checkpoints_and_unknown_classes_are_refused(
@@ -148,9 +148,9 @@ def test_unsafe_checkpoints_and_unknown_classes_are_refused(
     evil = tmp_path / "evil.ckpt"
     torch.save({"state_dict": {}, "hyper_parameters": {"x": argparse.Namespace(a=1)}}, evil)
     with pytest.raises(ValueError, match="holds objects fgbench does not load .*never unpickles"):
-        Ensemble(members=[str(evil)], classes=["teran"]).build(scenes_dm(root))
+        Ensemble(members=[str(evil)], classes=["teran"]).build(scenes_dm(root).info())
     with pytest.raises(ValueError, match="pass `classes`"):  # no `_class_path`, no config.yaml
-        Ensemble(members=[str(members["mrsw"][1])]).build(scenes_dm(root))
+        Ensemble(members=[str(members["mrsw"][1])]).build(scenes_dm(root).info())
     run = tmp_path / "run"  # the run layout: <run>/config.yaml and <run>/checkpoints/last.ckpt
     (run / "checkpoints").mkdir(parents=True)
     shutil.copy(members["mrsw"][1], run / "checkpoints" / "last.ckpt")

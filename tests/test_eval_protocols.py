@@ -137,31 +137,17 @@ def test_fashioniq_groups(seed: int, protocol: str) -> None:
     rng = np.random.default_rng(seed)
     cats = {"dress": (12, 60), "shirt": (9, 55), "toptee": (7, 70)}
     S = tied_scores(rng, sum(q for q, _ in cats.values()), sum(g for _, g in cats.values()))
-    ql = np.zeros(S.shape[0], dtype=np.int64)
-    ex = np.full(S.shape[0], -1, dtype=np.int64)
-    gl = np.arange(S.shape[1])
-    groups, want, q0, g0 = {}, {}, 0, 0
-    for name, (nq, ng) in cats.items():
-        qi, gi = np.arange(q0, q0 + nq), np.arange(g0, g0 + ng)
-        ql[qi] = rng.choice(gi, size=nq)
-        if protocol == "fiq_b":
-            ex[qi] = [rng.choice([g for g in gi if g != t]) for t in ql[qi]]
-        groups[name] = (torch.from_numpy(qi), torch.from_numpy(gi))
-        sub = S[np.ix_(qi, gi)]
-        exl = None if protocol == "fiq_a" else ex[qi] - g0
-        r = ref.recall_at(sub, ql[qi] - g0, gl[gi] - g0, (10, 50), exl)
+    spec, parts = ref.fashioniq_case(rng, cats, protocol)
+    ql, gl = spec.query_labels.numpy(), np.arange(S.shape[1])
+    want = {}
+    for name, (qi, gi) in parts.items():
+        g0 = gi[0]
+        exl = None if spec.exclude is None else spec.exclude.numpy()[qi] - g0
+        r = ref.recall_at(S[np.ix_(qi, gi)], ql[qi] - g0, gl[gi] - g0, (10, 50), exl)
         want.update({f"{name}_R10": r["R10"], f"{name}_R50": r["R50"]})
-        q0, g0 = q0 + nq, g0 + ng
     want["avg_R10"] = np.mean([want[f"{n}_R10"] for n in cats])
     want["avg_R50"] = np.mean([want[f"{n}_R50"] for n in cats])
     want["avg"] = (want["avg_R10"] + want["avg_R50"]) / 2
-    spec = EvalSpec(
-        protocol,
-        torch.from_numpy(ql),
-        torch.from_numpy(gl),
-        exclude=None if protocol == "fiq_a" else torch.from_numpy(ex),
-        groups=groups,
-    )
     for chunk in CHUNKINGS:
         assert_metrics(
             evaluate(torch.from_numpy(S), spec, block_rows=chunk[0], max_elems=chunk[1]).metrics, want

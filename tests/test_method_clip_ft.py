@@ -123,7 +123,7 @@ def test_build_is_idempotent_and_rejects_unknown_switches(root: Path) -> None:
     dm = tiny_datamodule(root, "synth-person")
     model = attach(ClipFT(), dm)
     tower = model.image_tower
-    model.build(dm)
+    model.build(dm.info())
     assert model.image_tower is tower
     with pytest.raises(ValueError, match="query_fusion"):
         ClipFT(query_fusion="concat")

@@ -495,7 +495,7 @@ def test_build_is_idempotent_and_checkpoints_load(root: Path) -> None:
     dm = mc.synth_dm(root, "synth-scenes", batch_size=8)
     model = built(dm)
     modules = (model.text_encoder, model.cnn, model.text_graph, model.image_graph)
-    model.build(dm)
+    model.build(dm.info())
     assert (model.text_encoder, model.cnn, model.text_graph, model.image_graph) == modules
     again = built(dm)
     again.load_state_dict(model.state_dict())

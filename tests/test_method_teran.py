@@ -372,12 +372,9 @@ def test_options_are_checked() -> None:
             TERAN(**kw)
 
 
-def test_build_is_idempotent_and_checkpoints_load(root: Path) -> None:
+def test_checkpoints_load_and_the_shared_transformer_switch(root: Path) -> None:
     dm = synth_dm(root, "synth-scenes", batch_size=8)
     model = built(dm)
-    modules = (model.text_encoder, model.cnn, model.visual_transformer)
-    model.build(dm)
-    assert (model.text_encoder, model.cnn, model.visual_transformer) == modules
     again = built(dm)
     again.load_state_dict(model.state_dict())
     shared = built(dm, shared_transformer=True)

@@ -30,6 +30,8 @@ from fgbench.evaluation.outcomes import (
 )
 from fgbench.evaluation.per_query import pooled_ids
 
+from eval_reference import fashioniq_case
+
 NOT_DECOMPOSED = ("medr",)  # a median has no per-unit decomposition
 
 
@@ -170,25 +172,7 @@ def test_fashioniq_category_average_decomposes(protocol: str, tmp_path: Path) ->
     rng = np.random.default_rng(3)
     cats = {"dress": (12, 60), "shirt": (9, 55), "toptee": (7, 70)}
     nq, ng = sum(q for q, _ in cats.values()), sum(g for _, g in cats.values())
-    ql = np.zeros(nq, dtype=np.int64)
-    ex = np.full(nq, -1, dtype=np.int64)
-    groups, q0, g0, ids = {}, 0, 0, []
-    for name, (n, m) in cats.items():
-        qi, gi = np.arange(q0, q0 + n), np.arange(g0, g0 + m)
-        ql[qi] = rng.choice(gi, size=n)
-        if protocol == "fiq_b":
-            ex[qi] = [rng.choice([g for g in gi if g != t]) for t in ql[qi]]
-        groups[name] = (torch.from_numpy(qi), torch.from_numpy(gi))
-        ids += [f"{name}/c{i}>t{i}#0" for i in range(n)]
-        q0, g0 = q0 + n, g0 + m
-    spec = EvalSpec(
-        protocol,
-        torch.from_numpy(ql),
-        torch.arange(ng),
-        exclude=None if protocol == "fiq_a" else torch.from_numpy(ex),
-        groups=groups,
-        query_ids=ids,
-    )
+    spec, _ = fashioniq_case(rng, cats, protocol)
     o = check_decomposes(evaluate(tied(rng, nq, ng), spec, block_rows=4), tmp_path)
     assert list(o.directions) == list(cats)
     for name, (n, m) in cats.items():

@@ -444,7 +444,6 @@ class Flickr30KDataModule(ITMDataModule):
 
     published_as: ClassVar[str] = "Flickr30K"  # its `dataset` spelling in results/published.csv
 
-    name: ClassVar[str] = "f30k"
     folder: ClassVar[str] = "Flickr30K"
     expected: ClassVar[Counts] = {
         "train": {"images": 29000, "captions": 145000},
@@ -465,7 +464,6 @@ class COCODataModule(ITMDataModule):
 
     published_as: ClassVar[str] = "MS-COCO"  # its `dataset` spelling in results/published.csv
 
-    name: ClassVar[str] = "coco"
     folder: ClassVar[str] = "COCO"
     layout_template: ClassVar[str] = COCO_LAYOUT
     karpathy_json: ClassVar[str] = "dataset_coco.json"

@@ -53,7 +53,6 @@ class SyntheticMixin:
 class SynthPersonDataModule(SyntheticMixin, RSTPReidDataModule):
     """synth-person through the RSTPReid reader (its test split has no fixed id count to check)."""
 
-    name: ClassVar[str] = "synth-person"
     folder: ClassVar[str] = output_path("synth-person", DEFAULT_ROOT).name
     # the tiny profile reads the images at their rendered size: at 64x32 shoes, hats and patterns are a few
     # pixels, and a tiny clip_ft reached R1 3.5 (128x64: 10.7; docs/synthetic.md, Calibration)
@@ -74,7 +73,6 @@ class SynthScenesDataModule(SyntheticMixin, Flickr30KDataModule):
     one relation or attribute apart makes; "random" (default) shuffles pairs as the Flickr30K recipes do.
     """
 
-    name: ClassVar[str] = "synth-scenes"
     folder: ClassVar[str] = output_path("synth-scenes", DEFAULT_ROOT).name
     expected: ClassVar[dict[str, dict[str, int | None]]] = {}
     expected_precomp: ClassVar[dict[str, dict[str, int | None]]] = {}
@@ -117,7 +115,6 @@ class SynthCIRDataModule(SyntheticMixin, CIRRDataModule):
     `test_split` is "val", scored locally as CIRR papers score val: its leaderboard numbers are val numbers.
     """
 
-    name: ClassVar[str] = "synth-cir"
     folder: ClassVar[str] = output_path("synth-cir", DEFAULT_ROOT).name
     expected: ClassVar[dict[str, dict[str, int | None]]] = {}
 

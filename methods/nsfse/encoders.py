@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from fgbench.clip_dual import ClipConfig, build_tokenizer, build_towers
-from fgbench.data.module import RetrievalDataModule
+from fgbench.data.module import DataInfo
 from fgbench.encoders import ImageTowerConfig, Tokenizer, WordTokenizer, build_text_encoder
 from fgbench.encoders.tokenizers import SPECIALS
 
@@ -55,12 +55,10 @@ def load_glove(path: str | Path, words: Sequence[str], dim: int) -> tuple[Tensor
     return vectors, found
 
 
-def cnn_bigru(
-    hp: NSFSEConfig, dm: RetrievalDataModule, weights_path: str | None, glove_path: str | None
-) -> Encoders:
+def cnn_bigru(hp: NSFSEConfig, data: DataInfo, weights_path: str | None, glove_path: str | None) -> Encoders:
     """The paper's encoders: a timm/tiny CNN grid and a BiGRU over the training vocabulary."""
     image = hp.image.build(weights_path)
-    tokenizer = WordTokenizer.build(dm.train_texts(), hp.max_words, hp.max_len)
+    tokenizer = WordTokenizer.build(data.train_texts, hp.max_words, hp.max_len)
     text = build_text_encoder(
         "gru",
         vocab_size=tokenizer.vocab_size,
@@ -79,10 +77,10 @@ def cnn_bigru(
     return Encoders(image, text, tokenizer, hp.image, word_init)
 
 
-def clip_encoders(hp: NSFSEConfig, dm: RetrievalDataModule, clip_path: str) -> Encoders:
+def clip_encoders(hp: NSFSEConfig, data: DataInfo, clip_path: str) -> Encoders:
     """The variant's encoders (not from the paper): CLIP towers and BPE tokenizer from `clip_path`."""
     cfg = ClipConfig(pretrained=True, max_len=min(77, hp.max_len + 2))
-    tokenizer = build_tokenizer(cfg, dm, clip_path)
+    tokenizer = build_tokenizer(cfg, data, clip_path)
     image, text = build_towers(cfg, tokenizer, hp.image.size, clip_path)  # type: ignore[arg-type]
     size = tuple(image.vision.embeddings.image_size)
     tower = replace(hp.image, size=size, norm="clip")

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fgbench.data.batches import ComposedQueryBatch, Text, TripletBatch, Visual, VisualBatch
-from fgbench.data.module import RetrievalDataModule
+from fgbench.data.module import DataInfo
 from fgbench.encoders.composers import GatedResidualComposer
 from fgbench.encoders.layers import masked_max, masked_softmax, zero_padding
 from fgbench.evaluation import EvalResult, EvalSpec
@@ -61,7 +61,6 @@ class NSFSE(PairwiseMethod):
         overrides, **fields: any `NSFSEConfig` field, overriding the profile's preset.
     """
 
-    name: ClassVar[str] = "nsfse"
     published_as: ClassVar[str] = "NSFSE"  # results/published.csv
     provenance: ClassVar[str] = PROVENANCE
     tasks: ClassVar[frozenset[str]] = frozenset({"composed"})
@@ -151,15 +150,15 @@ class NSFSE(PairwiseMethod):
         return "paper" if self.clip_path is None else CLIP_VARIANT
 
     # -- building ----------------------------------------------------------------------------------------
-    def build(self, dm: RetrievalDataModule) -> None:
+    def build(self, data: DataInfo) -> None:
         """Backbones and tokenizer (CNN + BiGRU over the training words, or CLIP), projections, composer."""
         if self.composer is not None:
             return
         hp = self.hp
         if self.clip_path is None:
-            enc = cnn_bigru(hp, dm, self.weights_path, self.glove_path)
+            enc = cnn_bigru(hp, data, self.weights_path, self.glove_path)
         else:
-            enc = clip_encoders(hp, dm, self.clip_path)
+            enc = clip_encoders(hp, data, self.clip_path)
         image, text, self.word_init, self.cls_tokens = enc.image, enc.text, enc.word_init, enc.cls_tokens
         if self.freeze_backbone:
             image.requires_grad_(False)
@@ -171,7 +170,7 @@ class NSFSE(PairwiseMethod):
         text_dim = int(text.out_dim)
         self.text_fc = nn.Identity() if text_dim == hp.embed_dim else nn.Linear(text_dim, hp.embed_dim)
         self.composer = GatedResidualComposer(hp.embed_dim, hp.init_a)
-        self.processor = enc.tower.processor(enc.tokenizer, dm.tiny_image_size)
+        self.processor = enc.tower.processor(enc.tokenizer, data.tiny_image_size)
         self.train(self.training)  # a frozen backbone joins in eval mode
 
     def train(self, mode: bool = True) -> NSFSE:
@@ -187,7 +186,7 @@ class NSFSE(PairwiseMethod):
     def image_sets(self, visual: Visual) -> tuple[Tensor, Tensor, Tensor]:
         """(V [B,N,d], mask Bool[B,N], v [B,d] unnormalised global) of a batch of images."""
         if self.image_encoder is None or self.image_fc is None or self.global_fc is None:
-            raise RuntimeError("nsfse: call build(datamodule) first (Trainer.setup does)")
+            raise RuntimeError("nsfse: call build(datamodule.info()) first (Trainer.setup does)")
         out = self.image_encoder(visual)
         tokens, mask = out.tokens[:, self.cls_tokens :], out.mask[:, self.cls_tokens :]
         return zero_padding(self.image_fc(tokens), mask), mask, self.global_fc(out.glob)
@@ -195,7 +194,7 @@ class NSFSE(PairwiseMethod):
     def text_sets(self, text: Text) -> tuple[Tensor, Tensor, Tensor]:
         """(W [B,L,d], mask Bool[B,L], t [B,d] = max-pool of W) of a batch of texts."""
         if self.text_encoder is None or self.text_fc is None:
-            raise RuntimeError("nsfse: call build(datamodule) first (Trainer.setup does)")
+            raise RuntimeError("nsfse: call build(datamodule.info()) first (Trainer.setup does)")
         out = self.text_encoder(text)
         mask = out.mask
         W = zero_padding(self.text_fc(out.tokens), mask)

@@ -10,10 +10,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fgbench.data.batches import PairBatch, Text, TextBatch, Visual, VisualBatch
-from fgbench.data.module import RetrievalDataModule, region_dim
-from fgbench.encoders import TinyCNN
+from fgbench.data.module import DataInfo
 from fgbench.encoders.layers import masked_mean, text_inputs, zero_padding
-from fgbench.encoders.regions import box_infos, region_inputs
+from fgbench.encoders.regions import box_infos, region_extractor, region_inputs
 from fgbench.encoders.token_text import build_token_text
 from fgbench.encoders.word_windows import punctuation_table, scored_tokens, word_mask
 from fgbench.evaluation import EvalResult, EvalSpec
@@ -55,7 +54,6 @@ class RACG(PairwiseMethod):
         overrides, **fields: `RACGConfig` fields replacing the profile's.
     """
 
-    name: ClassVar[str] = "racg"
     provenance: ClassVar[str] = PROVENANCE
     tasks: ClassVar[frozenset[str]] = frozenset({"text-image", "image-text"})
 
@@ -119,25 +117,17 @@ class RACG(PairwiseMethod):
         return hp.optim.with_lr_mult({"text_encoder.": hp.text_lr_mult} if hp.text_lr_mult != 1.0 else {})
 
     # -- building --------------------------------------------------------------------------------------------
-    def build(self, dm: RetrievalDataModule) -> None:
+    def build(self, data: DataInfo) -> None:
         """Text encoder (teran's), region extractor or region width, node projections, graphs, W_t / W_v."""
         if self.text_encoder is not None:
             return
         hp, dim = self.hp, self.hp.embed_dim
-        tokenizer, self.text_encoder = build_token_text(hp, self.bert_path, dm)
+        tokenizer, self.text_encoder = build_token_text(hp, self.bert_path, data)
         self.punct = punctuation_table(tokenizer)
-        width = region_dim(dm)
-        source = getattr(dm, "feature_source", "images")
-        if width is None:
-            self.cnn = hp.image.build()
-            width = int(self.cnn.out_dim)
-            roi = hp.roi_boxes and getattr(dm, "with_boxes", False) and isinstance(self.cnn, TinyCNN)
-            self.region_source = "roi" if roi else "grid"
-        else:
-            self.region_source = source
-        boxes = source != "precomp"
+        self.cnn, width, self.region_source = region_extractor(data, hp.image, hp.roi_boxes)
+        boxes = data.feature_source != "precomp"
         self.effective_spatial = self.spatial_edges and boxes
-        self.sum_warmup = summed_hinge_epochs(hp.sum_warmup_epochs, dm)
+        self.sum_warmup = summed_hinge_epochs(hp.sum_warmup_epochs, data.family)
         self.text_in = nn.Linear(int(self.text_encoder.out_dim), dim)
         self.region_in = nn.Linear(width, dim)
         self.box_in = nn.Linear(5, dim) if boxes else None
@@ -147,12 +137,12 @@ class RACG(PairwiseMethod):
             self.image_graph = RelationGraph(dim, hp.graph_layers, self.intra_graph)
         if self.lambda_rec > 0:
             self.rec_t, self.rec_v = nn.Linear(dim, dim), nn.Linear(dim, dim)
-        self.processor = hp.image.processor(tokenizer, dm.tiny_image_size)  # type: ignore[arg-type]
+        self.processor = hp.image.processor(tokenizer, data.tiny_image_size)  # type: ignore[arg-type]
 
     # -- encoders --------------------------------------------------------------------------------------------
     def text_nodes(self, text: Text) -> Nodes:
         """The word graph: unit word nodes of teran's scored window, mask, Â [B, W, W], unit global t̄."""
-        assert self.text_encoder is not None, "call build(datamodule) first"
+        assert self.text_encoder is not None, "call build(datamodule.info()) first"
         ids, valid = text_inputs(text)
         x = self.text_in(self.text_encoder(text).tokens)
         x, words = scored_tokens(x, word_mask(ids, valid, self.word_span, self.punct), self.word_span)

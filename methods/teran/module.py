@@ -11,10 +11,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fgbench.data.batches import PairBatch, Text, TextBatch, Visual, VisualBatch
-from fgbench.data.module import RetrievalDataModule, region_dim
-from fgbench.encoders import TinyCNN
+from fgbench.data.module import DataInfo
 from fgbench.encoders.layers import text_inputs, zero_padding
-from fgbench.encoders.regions import POS_ENCODINGS, region_inputs
+from fgbench.encoders.regions import POS_ENCODINGS, region_extractor, region_inputs
 from fgbench.encoders.token_text import TOKEN_TEXT_ENCODERS, build_token_text
 from fgbench.encoders.word_windows import WORD_SPANS, punctuation_table, scored_tokens, word_mask
 from fgbench.evaluation import EvalResult, EvalSpec
@@ -75,7 +74,6 @@ class TERAN(PairwiseMethod):
         overrides, **fields: `TERANConfig` fields replacing the profile's.
     """
 
-    name: ClassVar[str] = "teran"
     published_as: ClassVar[str] = "TERAN (MrSw, single model)"  # results/published.csv
     provenance: ClassVar[str] = "port of mesnico/TERAN"
     tasks: ClassVar[frozenset[str]] = frozenset({"text-image", "image-text"})
@@ -133,24 +131,17 @@ class TERAN(PairwiseMethod):
         self.register_buffer("punct", torch.zeros(0, dtype=torch.bool), persistent=False)
 
     # -- building --------------------------------------------------------------------------------------------
-    def build(self, dm: RetrievalDataModule) -> None:
+    def build(self, data: DataInfo) -> None:
         """Tokenizer and text encoder, region extractor (pixels) or region width (features), transformers."""
         if self.text_encoder is not None:
             return
         hp = self.hp
-        tokenizer, self.text_encoder = build_token_text(hp, self.bert_path, dm)
+        tokenizer, self.text_encoder = build_token_text(hp, self.bert_path, data)
         text_width = int(self.text_encoder.out_dim)
         self.punct = punctuation_table(tokenizer)
-        width = region_dim(dm)
-        source = getattr(dm, "feature_source", "images")
-        if width is None:
-            self.cnn = hp.image.build()
-            width = int(self.cnn.out_dim)
-            self.region_source = "roi" if self._roi(dm) else "grid"
-        else:
-            self.region_source = source
-        self.effective_pos = "none" if source == "precomp" else self.pos_encoding
-        self.sum_warmup = summed_hinge_epochs(hp.sum_warmup_epochs, dm)
+        self.cnn, width, self.region_source = region_extractor(data, hp.image, hp.roi_boxes)
+        self.effective_pos = "none" if data.feature_source == "precomp" else self.pos_encoding
+        self.sum_warmup = summed_hinge_epochs(hp.sum_warmup_epochs, data.family)
         self.pos = POS_ENCODINGS[self.effective_pos](width)
         joint = (hp.embed_dim, hp.joint_layers, hp.heads, hp.joint_ff, hp.dropout, "joint")
         self.visual_transformer = te_stack(
@@ -160,15 +151,12 @@ class TERAN(PairwiseMethod):
         self.cap_proj = nn.Linear(text_width, hp.embed_dim)
         self.text_transformer = te_stack(*joint)
         self.image_transformer = None if self.shared_transformer else te_stack(*joint)
-        self.processor = hp.image.processor(tokenizer, dm.tiny_image_size)  # type: ignore[arg-type]
-
-    def _roi(self, dm: RetrievalDataModule) -> bool:
-        return bool(self.hp.roi_boxes and getattr(dm, "with_boxes", False) and isinstance(self.cnn, TinyCNN))
+        self.processor = hp.image.processor(tokenizer, data.tiny_image_size)  # type: ignore[arg-type]
 
     # -- encoders --------------------------------------------------------------------------------------------
     def text_sets(self, text: Text) -> Sets:
         """Unit word vectors of the scored window (zero outside the words), word mask, [CLS] global."""
-        assert self.text_encoder is not None, "call build(datamodule) first"
+        assert self.text_encoder is not None, "call build(datamodule.info()) first"
         ids, valid = text_inputs(text)
         x = self.cap_proj(self.text_encoder(text).tokens)
         x = F.normalize(self.text_transformer(x, src_key_padding_mask=~valid), dim=-1)

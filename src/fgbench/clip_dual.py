@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fgbench.data.batches import ComposedQueryBatch, Text, TextBatch, Visual, VisualBatch
-from fgbench.data.module import RetrievalDataModule
+from fgbench.data.module import DataInfo
 from fgbench.encoders import (
     HFTokenizer,
     ImageOutput,
@@ -79,11 +79,11 @@ def pretrained_clip(**image: Any) -> dict[str, Any]:
 REID_PAPER: dict[str, Any] = pretrained_clip(size=(384, 128), train_transform="reid_crop")
 
 
-def build_tokenizer(cfg: ClipConfig, dm: RetrievalDataModule, clip_path: str | Path) -> Any:
+def build_tokenizer(cfg: ClipConfig, data: DataInfo, clip_path: str | Path) -> Any:
     """CLIP's BPE tokenizer from `clip_path` (pretrained), else a word vocabulary of the training captions."""
     if cfg.pretrained:
         return _loud(lambda: HFTokenizer(clip_path, max_length=cfg.max_len), clip_path)
-    return WordTokenizer.build(dm.train_texts(), max_words=cfg.vocab_words, max_len=cfg.max_len)
+    return WordTokenizer.build(data.train_texts, max_words=cfg.vocab_words, max_len=cfg.max_len)
 
 
 def build_towers(
@@ -147,12 +147,12 @@ class ClipDual(RetrievalMethod):
     def built(self) -> bool:
         return self.image_tower is not None
 
-    def build(self, datamodule: RetrievalDataModule) -> None:
+    def build(self, data: DataInfo) -> None:
         """Tokenizer, towers and processor, once: setup runs again for test and must keep trained weights."""
         if self.built:
             return
-        tokenizer = build_tokenizer(self.hp, datamodule, self.clip_path)
-        size = self.hp.image.size or datamodule.tiny_image_size
+        tokenizer = build_tokenizer(self.hp, data, self.clip_path)
+        size = self.hp.image.size or data.tiny_image_size
         self.image_tower, self.text_tower = build_towers(self.hp, tokenizer, size, self.clip_path)
         self.tokenizer = tokenizer
         self.processor = self.hp.image.processor(tokenizer, size)
@@ -160,12 +160,12 @@ class ClipDual(RetrievalMethod):
     # -- towers --------------------------------------------------------------------------------------
     def image_out(self, visual: Visual) -> ImageOutput:
         if self.image_tower is None:
-            raise RuntimeError(f"{self.name}: call build(datamodule) first (Trainer.setup does)")
+            raise RuntimeError(f"{self.name}: call build(datamodule.info()) first (Trainer.setup does)")
         return self.image_tower(visual)
 
     def text_out(self, text: Text) -> TextOutput:
         if self.text_tower is None:
-            raise RuntimeError(f"{self.name}: call build(datamodule) first (Trainer.setup does)")
+            raise RuntimeError(f"{self.name}: call build(datamodule.info()) first (Trainer.setup does)")
         return self.text_tower(text)
 
     def fuse(self, ref: Tensor, txt: Tensor) -> Tensor:

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from fgbench.clip_dual import MAX_SCALE, ClipConfig, ClipDual
 from fgbench.data.batches import Text
-from fgbench.data.module import RetrievalDataModule
+from fgbench.data.module import DataInfo
 from fgbench.encoders import WordTokenizer
 from fgbench.encoders.layers import QuickGELU
 from fgbench.losses import id_loss, infonce, mask_tokens, mlm_loss, sdm
@@ -103,13 +103,13 @@ class ClipMLM(ClipDual):
         self.mask_id = 0
         self.special_ids: tuple[int, ...] = ()
 
-    def build(self, datamodule: RetrievalDataModule) -> None:
+    def build(self, data: DataInfo) -> None:
         """ClipDual's towers, then the ID classifier when `id` is trained."""
         if self.built:
             return
-        super().build(datamodule)
+        super().build(data)
         if "id" in self.loss_names:
-            self.classifier = nn.Linear(self.width, datamodule.num_classes)
+            self.classifier = nn.Linear(self.width, data.num_classes)
             nn.init.normal_(self.classifier.weight, std=0.001)
             nn.init.zeros_(self.classifier.bias)
 

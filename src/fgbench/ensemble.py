@@ -41,7 +41,7 @@ import yaml
 from torch import Tensor, nn
 
 from fgbench.data.batches import Text
-from fgbench.data.module import RetrievalDataModule
+from fgbench.data.module import DataInfo, RetrievalDataModule
 from fgbench.encoders.tokenizers import WordTokenizer
 from fgbench.evaluation import EvalResult, EvalSpec
 from fgbench.features import Features
@@ -115,7 +115,6 @@ class Ensemble(RetrievalMethod):
         rerank_k: re-rank each query's top-k of the mean score with the mean of the members' re-scores.
     """
 
-    name: ClassVar[str] = "ensemble"
     provenance: ClassVar[str] = "evaluator-level ensemble: mean of the members' score matrices"
     tasks: ClassVar[frozenset[str]] = frozenset({"text-image", "image-text", "composed"})
     trains: ClassVar[bool] = False
@@ -144,15 +143,15 @@ class Ensemble(RetrievalMethod):
         self._retokenize: list[bool] = []
 
     # -- building --------------------------------------------------------------------------------------------
-    def build(self, dm: RetrievalDataModule) -> None:
+    def build(self, data: DataInfo) -> None:
         """Load, rebuild on the data and restore every member; the first member's processor serves all."""
         if len(self.members):
             return
         for path, given in zip(self.member_paths, self.classes, strict=True):
-            self.members.append(self.load_member(Path(path), dm, given))
+            self.members.append(self.load_member(Path(path), data, given))
         first = self.members[0]
         self.processor = first.processor
-        if getattr(dm, "feature_source", "images") == "images":
+        if data.feature_source == "images":
             ref = _image_settings(first.processor)
             for path, m in zip(self.member_paths, self.members, strict=True):
                 if _image_settings(m.processor) != ref:
@@ -164,11 +163,10 @@ class Ensemble(RetrievalMethod):
         self._retokenize = [
             not _same_tokenizer(getattr(m.processor, "tokenizer", None), tok) for m in self.members
         ]
-        dm.set_processor(self.processor)
 
     @staticmethod
-    def load_member(path: Path, dm: RetrievalDataModule, given: str | None = None) -> RetrievalMethod:
-        """One trained run: safe load, rebuild on `dm`, restore its weights (strict)."""
+    def load_member(path: Path, data: DataInfo, given: str | None = None) -> RetrievalMethod:
+        """One trained run: safe load, rebuild on `data`, restore its weights (strict)."""
         check_checkpoint(path)  # refuses anything torch.load(weights_only=True) cannot read
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
         if "state_dict" not in ckpt:
@@ -176,7 +174,7 @@ class Ensemble(RetrievalMethod):
         cls = member_class(path, ckpt, given)
         hparams = {k: v for k, v in ckpt.get("hyper_parameters", {}).items() if not k.startswith("_")}
         model = cls(**hparams)
-        model.build(dm)
+        model.build(data)
         model.load_state_dict(ckpt["state_dict"])
         return model
 

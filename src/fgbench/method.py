@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from fgbench.data.batches import move_batch
-from fgbench.data.module import RetrievalDataModule
+from fgbench.data.module import DataInfo, RetrievalDataModule
 from fgbench.data.processor import BasicProcessor, Processor
 from fgbench.evaluation import EvalResult, EvalSpec, FunctionSource, evaluate, get_protocol
 from fgbench.evaluation.distributed import gather_by_index
@@ -73,8 +73,9 @@ class RetrievalMethod(L.LightningModule):
     def encode_gallery(self, batch: Any) -> Features:
         raise NotImplementedError
 
-    def build(self, datamodule: RetrievalDataModule) -> None:
-        """Build what depends on the data (vocabulary, number of classes) and set `self.processor`."""
+    def build(self, data: DataInfo) -> None:
+        """Build what depends on the data (vocabulary, number of classes, region width) from its typed
+        description (`RetrievalDataModule.info()`) and set `self.processor`."""
 
     # -- scoring (defaults: dot product of normalised global vectors) ------------------------------
     def score(self, q: Features, g: Features) -> Tensor:
@@ -114,7 +115,7 @@ class RetrievalMethod(L.LightningModule):
         dm = self._datamodule()
         if dm is not None:
             dm.setup(stage)
-            self.build(dm)
+            self.build(dm.info())
             dm.set_processor(self.processor)
 
     def _datamodule(self) -> RetrievalDataModule | None:

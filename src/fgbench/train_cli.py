@@ -228,7 +228,8 @@ class ResultWriter(Callback):
         if result is None or not trainer.is_global_zero:
             return
         dm = trainer.datamodule
-        split = getattr(dm, "test_split", "test")
+        assert isinstance(dm, RetrievalDataModule)
+        split = dm.test_split
         measured = {
             "split": split,
             "metrics": result.metrics,
@@ -465,8 +466,8 @@ class FgbenchCLI(LightningCLI):
         model_cls = resolve(config["model"]["class_path"])
         profile = config["model"].get("init_args", {}).get("profile", "tiny")
         seed = int(cfg.get("seed_everything"))
-        method = getattr(model_cls, "name", "") or model_cls.__name__
-        dataset = getattr(data_cls, "name", "") or data_cls.__name__
+        method = model_cls.name or model_cls.__name__
+        dataset = data_cls.name or data_cls.__name__
         root = Path(cfg["run"]["root"])
         directory = run_dir(root, dataset, method, profile, seed, chash)
         legacy = run_dir(root, dataset, method, profile, seed, legacy_hash(config))

@@ -433,11 +433,6 @@ class RetrievalDataModule(L.LightningDataModule):
         return self.eval_dataloaders(self.test_split)
 
 
-def task_family(dm: RetrievalDataModule) -> TaskFamily:
-    """The task family of a DataModule (`family_of` its tasks)."""
-    return family_of(dm.tasks)
-
-
 def region_dim(dm: RetrievalDataModule) -> int | None:
     """Feature size of the data's precomputed regions; None when it serves images."""
     if dm.feature_source == "images":

@@ -9,7 +9,7 @@ transformers is imported when an encoder is built (importing it takes seconds).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -57,6 +57,21 @@ class GridEmbeddings(nn.Module):
         return torch.cat([cls, patches], dim=1) + self.position_embedding(self.position_ids)
 
 
+def _tower(
+    classes: tuple[type, type], name_or_path: str | Path, projection: bool, local_files_only: bool, side: str
+) -> tuple[Any, nn.Module, int]:
+    """(the `side` tower, its projection or Identity, output width) of a transformers CLIP model: classes is
+    (the model with projection, the plain one); side "vision" or "text" names `<side>_model`, and the
+    projection is `visual_projection` or `text_projection`."""
+    cls = classes[0] if projection else classes[1]
+    model = load_hf_model(cls, name_or_path, local_files_only=local_files_only)
+    tower = getattr(model, f"{side}_model", model)
+    if not projection:
+        return tower, nn.Identity(), tower.config.hidden_size
+    head = "visual_projection" if side == "vision" else "text_projection"
+    return tower, getattr(model, head), tower.config.projection_dim
+
+
 @register_image_encoder("clip_vit")
 class ClipVision(nn.Module):
     """CLIP ViT from a hub name in the local cache or a folder; glob = projected CLS, tokens = CLS + patches.
@@ -77,12 +92,10 @@ class ClipVision(nn.Module):
         super().__init__()
         from transformers import CLIPVisionModel, CLIPVisionModelWithProjection
 
-        cls = CLIPVisionModelWithProjection if projection else CLIPVisionModel
-        model = load_hf_model(cls, name_or_path, local_files_only=local_files_only)
-        self.vision: CLIPVisionModel = getattr(model, "vision_model", model)
-        self.proj: nn.Module = model.visual_projection if projection else nn.Identity()
+        classes = (CLIPVisionModelWithProjection, CLIPVisionModel)
+        tower, self.proj, self.out_dim = _tower(classes, name_or_path, projection, local_files_only, "vision")
+        self.vision: CLIPVisionModel = tower
         cfg = self.vision.config
-        self.out_dim: int = cfg.projection_dim if projection else cfg.hidden_size
         size = tuple(image_size) if image_size is not None else (cfg.image_size, cfg.image_size)
         self.vision.embeddings = GridEmbeddings(self.vision.embeddings, size)
 
@@ -109,12 +122,9 @@ class ClipText(nn.Module):
         super().__init__()
         from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
-        cls = CLIPTextModelWithProjection if projection else CLIPTextModel
-        model = load_hf_model(cls, name_or_path, local_files_only=local_files_only)
-        self.text: CLIPTextModel = getattr(model, "text_model", model)
-        self.proj: nn.Module = model.text_projection if projection else nn.Identity()
-        cfg = self.text.config
-        self.out_dim: int = cfg.projection_dim if projection else cfg.hidden_size
+        classes = (CLIPTextModelWithProjection, CLIPTextModel)
+        tower, self.proj, self.out_dim = _tower(classes, name_or_path, projection, local_files_only, "text")
+        self.text: CLIPTextModel = tower
 
     def forward(self, text: Text) -> TextOutput:
         ids, mask = text_inputs(text)

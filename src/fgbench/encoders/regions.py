@@ -6,7 +6,7 @@ d.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import Tensor, nn
@@ -16,6 +16,10 @@ from fgbench.encoders.layers import masked_mean, pixels_of, zero_padding
 from fgbench.encoders.outputs import ImageOutput
 from fgbench.encoders.registry import register_image_encoder
 from fgbench.encoders.timm_backbone import roi_pool
+
+if TYPE_CHECKING:
+    from fgbench.data.module import DataInfo
+    from fgbench.encoders.config import ImageTowerConfig
 
 PosEncoding = Literal["concat-and-process", "project-and-sum", "none"]
 
@@ -121,3 +125,22 @@ class RegionEncoder(nn.Module):
             x = self.pos(x, visual.boxes.to(x.dtype))
         tokens = zero_padding(self.proj(x), mask)
         return ImageOutput(glob=masked_mean(tokens, mask), tokens=tokens, mask=mask, boxes=visual.boxes)
+
+
+def region_extractor(
+    data: DataInfo, tower: ImageTowerConfig, roi_boxes: bool
+) -> tuple[nn.Module | None, int, str]:
+    """(pixel region extractor or None, region width, region source) of a region-set method on `data`.
+
+    Precomputed region features (`precomp`, `butd`) need no extractor: their width is the data's and the
+    source its feature source. On pixels, the `tower`'s encoder extracts the regions: its grid cells
+    (`grid`), or, for the tiny CNN when the data serves boxes and `roi_boxes` is set, RoI averages over those
+    boxes (`roi`).
+    """
+    if data.region_dim is not None:
+        return None, data.region_dim, data.feature_source
+    from fgbench.encoders.tiny import TinyCNN  # tiny registers its encoders through this package
+
+    cnn = tower.build()
+    roi = roi_boxes and data.with_boxes and isinstance(cnn, TinyCNN)
+    return cnn, int(cnn.out_dim), "roi" if roi else "grid"

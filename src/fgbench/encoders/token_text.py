@@ -17,7 +17,7 @@ from fgbench.encoders.registry import build_text_encoder
 from fgbench.encoders.tokenizers import HFTokenizer, build_vocabulary
 
 if TYPE_CHECKING:
-    from fgbench.data.module import RetrievalDataModule
+    from fgbench.data.module import DataInfo
 
 
 @dataclass
@@ -31,18 +31,18 @@ class TokenTextSizes:
     max_len: int = 16  # tiny_text: words per caption; bert: word-pieces with [CLS]/[SEP] (the reference: 88)
 
 
-TokenTextBuilder = Callable[[TokenTextSizes, str, "RetrievalDataModule"], tuple[Any, nn.Module]]
+TokenTextBuilder = Callable[[TokenTextSizes, str, "DataInfo"], tuple[Any, nn.Module]]
 
 
-def _bert(hp: TokenTextSizes, bert_path: str, dm: RetrievalDataModule) -> tuple[Any, nn.Module]:
+def _bert(hp: TokenTextSizes, bert_path: str, data: DataInfo) -> tuple[Any, nn.Module]:
     """BERT word-pieces padded to `max_len`, and the first `bert_layers` layers of the model (offline)."""
     tokenizer = HFTokenizer(bert_path, max_length=hp.max_len)
     return tokenizer, build_text_encoder("bert", name_or_path=bert_path, num_layers=hp.bert_layers)
 
 
-def _tiny_text(hp: TokenTextSizes, bert_path: str, dm: RetrievalDataModule) -> tuple[Any, nn.Module]:
+def _tiny_text(hp: TokenTextSizes, bert_path: str, data: DataInfo) -> tuple[Any, nn.Module]:
     """The training captions' word vocabulary and a TinyText of width `text_width`."""
-    tokenizer = build_vocabulary(dm.train_texts(), hp.max_words, 1, hp.max_len)
+    tokenizer = build_vocabulary(data.train_texts, hp.max_words, 1, hp.max_len)
     encoder = build_text_encoder(
         "tiny_text",
         vocab_size=tokenizer.vocab_size,
@@ -60,8 +60,8 @@ TOKEN_TEXT_ENCODERS: dict[str, TokenTextBuilder] = {
 }
 
 
-def build_token_text(hp: TokenTextSizes, bert_path: str, dm: RetrievalDataModule) -> tuple[Any, nn.Module]:
+def build_token_text(hp: TokenTextSizes, bert_path: str, data: DataInfo) -> tuple[Any, nn.Module]:
     """(tokenizer, encoder) of `hp.text_encoder` at `hp`'s sizes; `bert_path` is read by `bert` only."""
     if hp.text_encoder not in TOKEN_TEXT_ENCODERS:
         raise ValueError(f"text_encoder {hp.text_encoder!r} is not one of {', '.join(TOKEN_TEXT_ENCODERS)}")
-    return TOKEN_TEXT_ENCODERS[hp.text_encoder](hp, bert_path, dm)
+    return TOKEN_TEXT_ENCODERS[hp.text_encoder](hp, bert_path, data)

@@ -111,6 +111,12 @@ def _rank(source: ScoreSource, opts: Options, **kw: Any) -> Ranked:
     return Ranked(direction_stats(Direction(source=source, **kw), opts))
 
 
+def _rank_queries(source: ScoreSource, spec: EvalSpec, opts: Options, name: str) -> Ranked:
+    """The queries (rows) ranked against the gallery with the spec's labels and exclusions."""
+    row_labels, col_labels = _need_labels(spec), spec.gallery_labels
+    return _rank(source, opts, row_labels=row_labels, col_labels=col_labels, exclude=spec.exclude, name=name)
+
+
 def _recalls(r: Ranked, ks: tuple[int, ...], prefix: str = "") -> dict[str, float]:
     return {f"{prefix}R{k}": r.recall(k) for k in ks}
 
@@ -123,14 +129,7 @@ def _recalls(r: Ranked, ks: tuple[int, ...], prefix: str = "") -> dict[str, floa
 )
 def person_t2i(source: ScoreSource, spec: EvalSpec, opts: Options) -> EvalResult:
     """IRRA semantics: R@1/5/10 hit rates, mAP over the whole gallery, mINP (hardest positive)."""
-    r = _rank(
-        source,
-        opts,
-        row_labels=_need_labels(spec),
-        col_labels=spec.gallery_labels,
-        exclude=spec.exclude,
-        name="t2i",
-    )
+    r = _rank_queries(source, spec, opts, "t2i")
     st = r.stats
     metrics = _recalls(r, (1, 5, 10))
     metrics["mAP"] = 100.0 * float(st["ap"].mean())
@@ -269,14 +268,7 @@ def _fiq(source: ScoreSource, spec: EvalSpec, opts: Options) -> EvalResult:
     details: dict[str, Any] = {"n_tied": 0}
     parts = []
     for name, src, sub in _group_views(source, spec):
-        r = _rank(
-            src,
-            opts,
-            row_labels=_need_labels(sub),
-            col_labels=sub.gallery_labels,
-            exclude=sub.exclude,
-            name=name or "fiq",
-        )
+        r = _rank_queries(src, sub, opts, name or "fiq")
         metrics.update(_recalls(r, (10, 50), f"{name}_" if name else ""))
         details["n_tied"] += r.n_tied
         qi = spec.groups[name][0] if spec.groups else torch.arange(spec.n_query)
@@ -351,13 +343,6 @@ def f200k(source: ScoreSource, spec: EvalSpec, opts: Options) -> EvalResult:
     """Fashion200K (google/tirg): the source excluded; a hit is any top-K image with the target caption."""
     if spec.exclude is None:
         raise ValueError("f200k excludes each query's source image: pass `exclude`")
-    r = _rank(
-        source,
-        opts,
-        row_labels=_need_labels(spec),
-        col_labels=spec.gallery_labels,
-        exclude=spec.exclude,
-        name="f200k",
-    )
+    r = _rank_queries(source, spec, opts, "f200k")
     outcomes = per_query.f200k(spec, r.stats)
     return EvalResult(_recalls(r, (1, 5, 10, 50, 100)), {"n_tied": r.n_tied}, outcomes=outcomes)

@@ -3,12 +3,12 @@ over all negatives before the hardest negative takes over, and how result.json r
 
 from __future__ import annotations
 
-from fgbench.data.module import RetrievalDataModule, task_family
+from fgbench.data.module import TaskFamily
 
 ALL_EPOCHS = 1 << 30  # a summed-hinge warm-up that never ends
 
 
-def summed_hinge_epochs(epochs: int | None, dm: RetrievalDataModule) -> int:
+def summed_hinge_epochs(epochs: int | None, family: TaskFamily) -> int:
     """Epochs of the hinge summed over all negatives (VSE0) before the hardest negative takes over.
 
     `epochs` when given (the paper profiles: 0). None, the tiny profiles: one epoch on image-text matching
@@ -19,7 +19,7 @@ def summed_hinge_epochs(epochs: int | None, dm: RetrievalDataModule) -> int:
     """
     if epochs is not None:
         return epochs
-    return 1 if task_family(dm) == "itm" else ALL_EPOCHS
+    return 1 if family == "itm" else ALL_EPOCHS
 
 
 def warmup_label(epochs: int) -> int | str:
