@@ -35,7 +35,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -134,62 +134,37 @@ def _quick_size(size: tuple[int, int], quick: bool) -> tuple[int, int]:
     return (max(16, size[0] // 4), max(16, size[1] // 4)) if quick else size
 
 
-def _person_irra(quick: bool, tmp: Path) -> Any:
-    from fgbench.encoders import MethodProcessor
-    from methods.irra import PROFILES
-
-    cfg = PROFILES["paper"]
-    assert cfg.image_size is not None
-    return MethodProcessor(
-        image_size=_quick_size(cfg.image_size, quick),
-        mean=cfg.mean,
-        std=cfg.std,
-        train_transform=cfg.train_transform,
-        tokenizer=_clip_tokenizer(quick, tmp, cfg.max_len),
-    )
-
-
-def _itm_clip(quick: bool, tmp: Path) -> Any:
-    from fgbench.encoders import MethodProcessor
-    from methods.clip_ft import PAPER_BY_FAMILY, PROFILES
-
-    cfg = PROFILES["paper"]
-    itm = PAPER_BY_FAMILY["itm"]
-    return MethodProcessor(
-        image_size=_quick_size(itm["image_size"], quick),
-        mean=cfg.mean,
-        std=cfg.std,
-        train_transform=itm["train_transform"],
-        tokenizer=_clip_tokenizer(quick, tmp, cfg.max_len),
-    )
-
-
-def _imagenet_words(module: str) -> Callable[[bool, Path], Any]:
-    """VSE++ / NSFSE: ImageNet mean/std, the profile's training preset and word length."""
+def _paper(module: str, clip: bool, family: str = "") -> Callable[[bool, Path], Any]:
+    """The processor of `methods.<module>`'s paper profile (clip_ft: with the fields of task `family`) at its
+    image size (quick: a quarter), with CLIP's tokenizer (`clip`) or a word vocabulary."""
 
     def build(quick: bool, tmp: Path) -> Any:
         import importlib
 
-        from fgbench.encoders import IMAGENET_MEAN, IMAGENET_STD, MethodProcessor
+        from fgbench.profiles import apply_overrides
 
-        cfg = importlib.import_module(f"methods.{module}").PROFILES["paper"]
-        return MethodProcessor(
-            image_size=_quick_size(cfg.image_size, quick),
-            mean=IMAGENET_MEAN,
-            std=IMAGENET_STD,
-            train_transform=cfg.train_transform,
-            tokenizer=_word_tokenizer(cfg.max_len),
-        )
+        mod = importlib.import_module(f"methods.{module}")
+        cfg = mod.PROFILES["paper"]
+        if family:
+            cfg = apply_overrides(cfg, mod.PAPER_BY_FAMILY[family])
+        assert cfg.image.size is not None
+        size = _quick_size(cfg.image.size, quick)
+        tokenizer = _clip_tokenizer(quick, tmp, cfg.max_len) if clip else _word_tokenizer(cfg.max_len)
+        return replace(cfg.image, size=size).processor(tokenizer, size)
 
     return build
 
 
-register_preset("person_irra", Preset("clip_ft, irra, mmref (person)", (128, 384), (32, 96), _person_irra))
-register_preset("itm_clip", Preset("clip_ft (Flickr30K/COCO)", (640, 480), (160, 120), _itm_clip))
-register_preset("vsepp", Preset("vsepp", (640, 480), (160, 120), _imagenet_words("vsepp")))
+register_preset(
+    "person_irra", Preset("clip_ft, irra, mmref (person)", (128, 384), (32, 96), _paper("irra", True))
+)
+register_preset(
+    "itm_clip", Preset("clip_ft (Flickr30K/COCO)", (640, 480), (160, 120), _paper("clip_ft", True, "itm"))
+)
+register_preset("vsepp", Preset("vsepp", (640, 480), (160, 120), _paper("vsepp", False)))
 register_preset(
     "nsfse",
-    Preset("nsfse", (640, 480), (160, 120), _imagenet_words("nsfse"), 2, "a composed sample needs 2 images"),
+    Preset("nsfse", (640, 480), (160, 120), _paper("nsfse", False), 2, "a composed sample needs 2 images"),
 )
 
 

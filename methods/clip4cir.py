@@ -17,7 +17,7 @@ same target from a query's softmax (the code does not).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -28,13 +28,10 @@ from torch import Tensor, nn
 from fgbench.data.batches import ComposedQueryBatch, Text, TripletBatch, Visual, VisualBatch
 from fgbench.data.module import DataInfo
 from fgbench.encoders import (
-    CLIP_MEAN,
-    CLIP_STD,
     HFTokenizer,
-    MethodProcessor,
+    ImageTowerConfig,
     Tokenizer,
     WordTokenizer,
-    build_image_encoder,
     build_text_encoder,
 )
 from fgbench.features import Features
@@ -53,33 +50,32 @@ class CLIP4CirConfig:
     """Hyper-parameters of one CLIP4Cir profile."""
 
     clip_name_or_path: str | None = None  # transformers CLIP (cache or folder); None: tiny random towers
-    image_size: tuple[int, int] | None = None  # processor (H, W); None: the DataModule's tiny size
-    transform: str = "none"  # processor preset, training and test (CLIP4Cir: targetpad)
+    # the tiny image tower; with `clip_name_or_path`, CLIP's ViT at CLIP's pixel statistics (`image_tower`)
+    image: ImageTowerConfig = field(default_factory=lambda: ImageTowerConfig(encoder="tiny_vit"))
     max_words: int = 1000  # tiny vocabulary cap
     max_len: int = 16  # tiny: words per text; CLIP: 77 tokens
     projection_dim: int | None = 128  # width of t' and v'; None: 4 × the CLIP feature dim
     hidden_dim: int | None = 256  # width of h and of the λ branch; None: 8 × the CLIP feature dim
     dropout: float = 0.5  # the Combiner's dropout
     logit_scale: float = 100.0  # CE(scale · q ĝᵀ)
-    optimizer: str = "adamw"  # fgbench.optim OPTIMIZERS key
-    lr: float = 1e-3  # learning rate
-    weight_decay: float = 0.01  # weight decay
-    schedule: str = "cosine"  # fgbench.optim SCHEDULES key
+    optim: OptimConfig = field(default_factory=OptimConfig)
 
 
 PROFILES: dict[str, CLIP4CirConfig] = {
     "tiny": CLIP4CirConfig(),
     "paper": CLIP4CirConfig(
         clip_name_or_path="openai/clip-vit-base-patch16",
-        image_size=(224, 224),
-        transform="targetpad",
+        image=ImageTowerConfig(
+            encoder="clip_vit",
+            size=(224, 224),
+            norm="clip",
+            train_transform="targetpad",
+            test_transform="targetpad",
+        ),
         max_len=77,
         projection_dim=None,
         hidden_dim=None,
-        optimizer="adam",
-        lr=2e-5,
-        weight_decay=0.0,
-        schedule="constant",
+        optim=OptimConfig(name="adam", lr=2e-5, weight_decay=0.0, schedule="constant"),
     ),
 }
 
@@ -153,7 +149,7 @@ class CLIP4Cir(RetrievalMethod):
         **fields: Any,
     ) -> None:
         hp = resolve_profile(PROFILES, profile, merge_overrides(overrides, fields), "clip4cir")
-        super().__init__(profile=profile, optim=optim or self._optim(hp))
+        super().__init__(profile=profile, optim=optim or hp.optim)
         self.save_hyperparameters()
         self.hp = hp
         self.clip_checkpoint, self.mask_same_target = clip_checkpoint, mask_same_target
@@ -161,50 +157,40 @@ class CLIP4Cir(RetrievalMethod):
         self.text_encoder: nn.Module | None = None
         self.combiner: Combiner | None = None
 
-    @staticmethod
-    def _optim(hp: CLIP4CirConfig) -> OptimConfig:
-        return OptimConfig.from_profile(hp)
-
     # -- building ----------------------------------------------------------------------------------------
     def build(self, data: DataInfo) -> None:
         """The frozen CLIP towers and their tokenizer, then the Combiner sized to their feature dim."""
         if self.combiner is not None:
             return
-        hp = self.hp
-        size = hp.image_size or data.tiny_image_size
-        image, text, tokenizer = self._clip(data, size)
+        hp, tower = self.hp, self.image_tower()
+        size = tower.size or data.tiny_image_size
+        image, (text, tokenizer) = tower.build(image_size=size), self._text(data)
         if self.clip_checkpoint is not None:
             load_clip_towers(self.clip_checkpoint, image, text)
         self.image_encoder, self.text_encoder = image.requires_grad_(False), text.requires_grad_(False)
         dim = image.out_dim
         self.combiner = Combiner(dim, hp.projection_dim or 4 * dim, hp.hidden_dim or 8 * dim, hp.dropout)
-        mean_std = (CLIP_MEAN, CLIP_STD) if hp.clip_name_or_path else ((0.5,) * 3, (0.5,) * 3)
-        self.processor = MethodProcessor(
-            image_size=size,
-            mean=mean_std[0],
-            std=mean_std[1],
-            train_transform=hp.transform,
-            test_transform=hp.transform,
-            tokenizer=tokenizer,
-        )
+        self.processor = tower.processor(tokenizer, size)
         self.train(self.training)  # the towers join in eval mode
 
-    def _clip(self, data: DataInfo, size: tuple[int, int]) -> tuple[nn.Module, nn.Module, Tokenizer]:
-        """(image tower, text tower, tokenizer): transformers CLIP, or the tiny random pair."""
+    def image_tower(self) -> ImageTowerConfig:
+        """The profile's image tower, or CLIP's ViT at CLIP's pixel statistics when `clip_name_or_path` names
+        a CLIP (the frozen features need them, whatever the profile says)."""
+        name = self.hp.clip_name_or_path
+        if name is None:
+            return self.hp.image
+        return replace(self.hp.image, encoder="clip_vit", kwargs={"name_or_path": name}, norm="clip")
+
+    def _text(self, data: DataInfo) -> tuple[nn.Module, Tokenizer]:
+        """(text tower, tokenizer): transformers CLIP's, or a tiny random one over the word vocabulary."""
         hp = self.hp
         if hp.clip_name_or_path is not None:
             name = hp.clip_name_or_path
-            return (
-                build_image_encoder("clip_vit", name_or_path=name, image_size=size),
-                build_text_encoder("clip_text", name_or_path=name),
-                HFTokenizer(name, max_length=hp.max_len),
-            )
+            text = build_text_encoder("clip_text", name_or_path=name)
+            return text, HFTokenizer(name, max_length=hp.max_len)
         tokenizer = WordTokenizer.build(data.train_texts, hp.max_words, hp.max_len)
-        return (
-            build_image_encoder("tiny_vit", image_size=size),
-            build_text_encoder("tiny_text", vocab_size=tokenizer.vocab_size, max_len=hp.max_len + 2),
-            tokenizer,
-        )
+        text = build_text_encoder("tiny_text", vocab_size=tokenizer.vocab_size, max_len=hp.max_len + 2)
+        return text, tokenizer
 
     def train(self, mode: bool = True) -> CLIP4Cir:
         """Train mode for the Combiner only: the frozen CLIP towers always run in eval mode."""

@@ -26,7 +26,6 @@ The towers (`ClipDual`, `ClipConfig`) live in `fgbench.clip_dual`, shared with `
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 from typing import Any
 
 import torch
@@ -46,7 +45,7 @@ from fgbench.data.batches import PairBatch, TripletBatch
 from fgbench.data.module import DataInfo
 from fgbench.losses import infonce
 from fgbench.optim import OptimConfig
-from fgbench.profiles import check_choice, merge_overrides
+from fgbench.profiles import apply_overrides, check_choice, merge_overrides
 from fgbench.registry import register_method
 
 ENCODERS = ("both", "text", "image")
@@ -56,18 +55,16 @@ PROFILES: dict[str, ClipConfig] = {
     # person retrieval (IRRA's setting); other task families replace fields from PAPER_BY_FAMILY
     "paper": ClipConfig(**REID_PAPER, optim=REID_OPTIM),
 }
-# paper-profile fields that differ by task family (docs/methods.md §5); explicit overrides win
+# paper-profile fields that differ by task family (docs/methods.md §5), applied as overrides of the preset;
+# explicit overrides apply after them, field by field
 PAPER_BY_FAMILY: dict[str, dict[str, Any]] = {
     "person": {},
     "itm": {
-        "image_size": (224, 224),
-        "train_transform": "none",
+        "image": {"size": (224, 224), "train_transform": "none"},
         "optim": OptimConfig(name="adamw", lr=1e-5, weight_decay=0.2, warmup_epochs=1, warmup_start=0.0),
     },
     "composed": {
-        "image_size": (224, 224),
-        "train_transform": "targetpad",
-        "test_transform": "targetpad",
+        "image": {"size": (224, 224), "train_transform": "targetpad", "test_transform": "targetpad"},
         "optim": OptimConfig(name="adamw", lr=2e-6, eps=1e-7, weight_decay=0.01, schedule="constant"),
     },
 }
@@ -113,7 +110,7 @@ class ClipFT(ClipDual):
         overrides = merge_overrides(overrides, fields)
         super().__init__(profile, clip_path, query_fusion, optim, loss_weights, overrides)
         self.save_hyperparameters()
-        self.overrides = frozenset(overrides)
+        self.overrides = dict(overrides)
         self.logit_scale_learnable = logit_scale_learnable
         self.encoder = encoder
         self.family = ""
@@ -124,8 +121,8 @@ class ClipFT(ClipDual):
             return
         self.family = data.family
         if self.profile == "paper":
-            family = {k: v for k, v in PAPER_BY_FAMILY[self.family].items() if k not in self.overrides}
-            self.hp = replace(self.hp, **family)
+            family = apply_overrides(PROFILES["paper"], PAPER_BY_FAMILY[self.family])
+            self.hp = apply_overrides(family, self.overrides, f"{self.name}: ")
             if not self.optim_given:
                 self.optim_cfg = self.hp.optim
         super().build(data)

@@ -5,8 +5,8 @@ files (`clip_path`, nothing is downloaded); the paper profile fails with a FileN
 when they are missing. The tiny profile runs random tiny towers: a sanity floor of the evaluation, not a
 zero-shot model.
 
-- Native 224x224 input: person images are squashed to it; `image_size=(384, 128)` runs them at their aspect
-  ratio with the positional grid interpolated (docs/methods.md §6).
+- Native 224x224 input: person images are squashed to it; `image={"size": (384, 128)}` runs them at their
+  aspect ratio with the positional grid interpolated (docs/methods.md §6).
 - Composed retrieval: q = normalise(f̂_img(ref) + f̂_txt(text)) with `fusion="sum"` (unit tower outputs,
   unlike clip_ft's raw sum), or the `image_only` / `text_only` query.
 - No training: `trains = False`, so `fit` trains nothing and goes straight to the test run (the base class
@@ -19,13 +19,13 @@ from __future__ import annotations
 
 from typing import Any, NoReturn
 
-from fgbench.clip_dual import CLIP_PATH, PRETRAINED_CLIP, ClipConfig, ClipDual
+from fgbench.clip_dual import CLIP_PATH, ClipConfig, ClipDual, pretrained_clip
 from fgbench.profiles import merge_overrides
 from fgbench.registry import register_method
 
 PROFILES: dict[str, ClipConfig] = {
     "tiny": ClipConfig(),
-    "paper": ClipConfig(**PRETRAINED_CLIP, image_size=(224, 224)),
+    "paper": ClipConfig(**pretrained_clip(size=(224, 224))),
 }
 
 
@@ -37,7 +37,7 @@ class ClipZS(ClipDual):
         profile: "tiny" (random tiny towers) or "paper" (CLIP weights from `clip_path`, required).
         clip_path: CLIP weights and tokenizer (hub name in the local cache, or a folder).
         fusion: composed query from "sum", "image_only" or "text_only".
-        overrides, **fields: `ClipConfig` fields replacing the profile's (e.g. `image_size=(384, 128)`).
+        overrides, **fields: `ClipConfig` fields replacing the profile's (e.g. `image={"size": (384, 128)}`).
     """
 
     published_as = "CLIP zero-shot (LAVIS re-evaluation)"  # results/published.csv

@@ -28,11 +28,9 @@ from torchvision.transforms import v2
 from fgbench.data.batches import ComposedQueryBatch, Text, TripletBatch, Visual, VisualBatch
 from fgbench.data.module import DataInfo
 from fgbench.encoders import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
+    ImageTowerConfig,
     MethodProcessor,
     WordTokenizer,
-    build_image_encoder,
     build_text_encoder,
     register_preset,
 )
@@ -55,11 +53,7 @@ def _center_crop(p: MethodProcessor) -> tuple[list, list]:
 class TIRGConfig:
     """Hyper-parameters of one TIRG profile."""
 
-    image_encoder: str = "tiny_cnn"  # fgbench image encoder
-    image_kwargs: dict[str, Any] = field(default_factory=dict)  # its arguments (timm: model_name)
-    image_size: tuple[int, int] | None = None  # processor (H, W); None: the DataModule's tiny size
-    imagenet_norm: bool = False  # ImageNet mean/std (pretrained CNN) instead of 0.5/0.5
-    transform: str = "none"  # processor preset, training and test (TIRG does not augment)
+    image: ImageTowerConfig = field(default_factory=ImageTowerConfig)  # CNN; TIRG does not augment
     embed_dim: int = 64  # d of φ_img, φ_txt and the composition
     word_dim: int = 64  # word embedding size
     text_hidden: int = 64  # LSTM hidden size
@@ -68,32 +62,28 @@ class TIRGConfig:
     max_len: int = 16  # words per text after truncation
     init_scale: float = 4.0  # initial s of the normalisation
     init_a: tuple[float, float] = (1.0, 10.0)  # initial (a0, a1) of the composition
-    optimizer: str = "adamw"  # fgbench.optim OPTIMIZERS key
-    lr: float = 1e-3  # learning rate of the new layers and the fc
-    cnn_lr_mult: float = 1.0  # learning-rate multiplier of the CNN
-    weight_decay: float = 0.01  # weight decay
-    schedule: str = "cosine"  # fgbench.optim SCHEDULES key
-    step_epochs: int = 10  # "step" schedule: epochs between ×0.1 decays
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(step_epochs=10))  # lr of the new layers
+    cnn_lr_mult: float = 1.0  # learning-rate multiplier of the CNN (optim.lr_mult "image_encoder.")
 
 
 PROFILES: dict[str, TIRGConfig] = {
     "tiny": TIRGConfig(),
     "paper": TIRGConfig(
-        image_encoder="timm",
-        image_kwargs={"model_name": "resnet18"},
-        image_size=(224, 224),
-        imagenet_norm=True,
-        transform="center_crop",
+        image=ImageTowerConfig(
+            encoder="timm",
+            kwargs={"model_name": "resnet18"},
+            size=(224, 224),
+            norm="imagenet",
+            train_transform="center_crop",
+            test_transform="center_crop",
+        ),
         embed_dim=512,
         word_dim=512,
         text_hidden=512,
         max_words=100_000,
         max_len=64,
-        optimizer="sgd",
-        lr=1e-2,
+        optim=OptimConfig(name="sgd", lr=1e-2, weight_decay=1e-6, schedule="step", step_epochs=10),
         cnn_lr_mult=0.1,
-        weight_decay=1e-6,
-        schedule="step",
     ),
 }
 
@@ -162,10 +152,7 @@ class TIRG(RetrievalMethod):
         self.soft_triplet, self.mask_same_target = soft_triplet, mask_same_target
         if profile == "paper" and weights_path is None:
             raise ValueError("tirg: the paper profile needs weights_path (local ImageNet weights of the CNN)")
-        kwargs = dict(hp.image_kwargs)
-        if weights_path is not None:
-            kwargs["pretrained_path"] = weights_path
-        self.image_encoder = build_image_encoder(hp.image_encoder, **kwargs)
+        self.image_encoder = hp.image.build(weights_path)
         self.image_fc = nn.Linear(self.image_encoder.out_dim, hp.embed_dim)
         self.text_encoder: nn.Module | None = None
         self.text_fc = nn.Sequential(nn.Dropout(hp.text_dropout), nn.Linear(hp.text_hidden, hp.embed_dim))
@@ -174,7 +161,7 @@ class TIRG(RetrievalMethod):
 
     @staticmethod
     def _optim(hp: TIRGConfig) -> OptimConfig:
-        return OptimConfig.from_profile(hp, lr_mult={"image_encoder.": hp.cnn_lr_mult})
+        return hp.optim.with_lr_mult({"image_encoder.": hp.cnn_lr_mult})
 
     def build(self, data: DataInfo) -> None:
         """The vocabulary of the training texts and the LSTM over it."""
@@ -185,15 +172,7 @@ class TIRG(RetrievalMethod):
         self.text_encoder = build_text_encoder(
             "lstm", vocab_size=tokenizer.vocab_size, word_dim=hp.word_dim, hidden=hp.text_hidden
         )
-        mean, std = (IMAGENET_MEAN, IMAGENET_STD) if hp.imagenet_norm else ((0.5,) * 3, (0.5,) * 3)
-        self.processor = MethodProcessor(
-            image_size=hp.image_size or data.tiny_image_size,
-            mean=mean,
-            std=std,
-            train_transform=hp.transform,
-            test_transform=hp.transform,
-            tokenizer=tokenizer,
-        )
+        self.processor = hp.image.processor(tokenizer, data.tiny_image_size)
 
     # -- features ----------------------------------------------------------------------------------------
     def image_features(self, visual: Visual) -> Tensor:

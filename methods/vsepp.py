@@ -25,14 +25,7 @@ from torchvision.transforms import v2
 
 from fgbench.data.batches import PairBatch, TextBatch, Visual, VisualBatch
 from fgbench.data.module import DataInfo
-from fgbench.encoders import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    MethodProcessor,
-    build_image_encoder,
-    build_text_encoder,
-    register_preset,
-)
+from fgbench.encoders import ImageTowerConfig, MethodProcessor, build_text_encoder, register_preset
 from fgbench.encoders.layers import masked_mean
 from fgbench.encoders.regions import region_mask_of
 from fgbench.encoders.tokenizers import build_vocabulary
@@ -56,12 +49,7 @@ def _resize_center_crop(p: MethodProcessor) -> tuple[list, list]:
 class VSEPPConfig:
     """Hyper-parameters of one VSE++ profile."""
 
-    image_encoder: str = "tiny_cnn"  # fgbench image encoder (pixels path)
-    image_kwargs: dict[str, Any] = field(default_factory=dict)  # its arguments (timm: model_name)
-    image_size: tuple[int, int] | None = None  # processor (H, W); None: the DataModule's tiny size
-    imagenet_norm: bool = False  # ImageNet mean/std (pretrained CNN) instead of 0.5/0.5
-    train_transform: str = "none"  # processor preset at training time
-    test_transform: str = "none"  # processor preset at test time
+    image: ImageTowerConfig = field(default_factory=ImageTowerConfig)  # the CNN (pixels path)
     embed_dim: int = 64  # d: joint space = GRU hidden size
     word_dim: int = 64  # word embedding size
     max_words: int = 1000  # vocabulary cap (most frequent training words)
@@ -69,11 +57,7 @@ class VSEPPConfig:
     max_len: int = 16  # words per caption after truncation
     margin: float = 0.2  # α of the hinge
     sum_warmup_epochs: int | None = 0  # summed-hinge (VSE0) epochs first; None: per task family
-    optimizer: str = "adamw"  # fgbench.optim OPTIMIZERS key
-    lr: float = 1e-3  # learning rate
-    weight_decay: float = 0.01  # weight decay
-    schedule: str = "cosine"  # fgbench.optim SCHEDULES key
-    step_epochs: int = 15  # "step" schedule: epochs between ×0.1 decays
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(step_epochs=15))
     grad_clip: float = 2.0  # gradient-norm clipping (0: off)
 
 
@@ -83,21 +67,20 @@ PROFILES: dict[str, VSEPPConfig] = {
     # epoch on person data (synth-person, 1 epoch: R1 1.17, chance 1.56); `summed_hinge_epochs`
     "tiny": VSEPPConfig(sum_warmup_epochs=None),
     "paper": VSEPPConfig(
-        image_encoder="timm",
-        image_kwargs={"model_name": "resnet152"},
-        image_size=(224, 224),
-        imagenet_norm=True,
-        train_transform="randcrop_flip",
-        test_transform="resize_center_crop",
+        image=ImageTowerConfig(
+            encoder="timm",
+            kwargs={"model_name": "resnet152"},
+            size=(224, 224),
+            norm="imagenet",
+            train_transform="randcrop_flip",
+            test_transform="resize_center_crop",
+        ),
         embed_dim=1024,
         word_dim=300,
         max_words=100_000,
         min_count=4,
         max_len=64,
-        optimizer="adam",
-        lr=2e-4,
-        weight_decay=0.0,
-        schedule="step",
+        optim=OptimConfig(name="adam", lr=2e-4, weight_decay=0.0, schedule="step", step_epochs=15),
     ),
 }
 
@@ -140,7 +123,7 @@ class VSEPP(RetrievalMethod):
         **fields: Any,
     ) -> None:
         hp = resolve_profile(PROFILES, profile, merge_overrides(overrides, fields), "vsepp")
-        super().__init__(profile=profile, optim=optim or self._optim(hp))
+        super().__init__(profile=profile, optim=optim or hp.optim)
         self.save_hyperparameters()
         self.hp = hp
         self.max_violation, self.finetune, self.mask_same_label = max_violation, finetune, mask_same_label
@@ -150,10 +133,6 @@ class VSEPP(RetrievalMethod):
         self.image_fc: nn.Linear | None = None
         self.variant = "images"
         self.sum_warmup = 0  # summed-hinge epochs, resolved from the profile and the data at build
-
-    @staticmethod
-    def _optim(hp: VSEPPConfig) -> OptimConfig:
-        return OptimConfig.from_profile(hp)
 
     # -- building ----------------------------------------------------------------------------------------
     def build(self, data: DataInfo) -> None:
@@ -173,23 +152,12 @@ class VSEPP(RetrievalMethod):
         else:
             self.variant = "precomp"
             self.image_fc = xavier_linear(regions, hp.embed_dim)
-        mean_std = (IMAGENET_MEAN, IMAGENET_STD) if hp.imagenet_norm else ((0.5,) * 3, (0.5,) * 3)
-        self.processor = MethodProcessor(
-            image_size=hp.image_size or data.tiny_image_size,
-            mean=mean_std[0],
-            std=mean_std[1],
-            train_transform=hp.train_transform,
-            test_transform=hp.test_transform,
-            tokenizer=tokenizer,
-        )
+        self.processor = hp.image.processor(tokenizer, data.tiny_image_size)
 
     def _cnn(self) -> nn.Module:
-        kwargs = dict(self.hp.image_kwargs)
         if self.profile == "paper" and self.weights_path is None:
             raise ValueError("vsepp: the paper profile needs weights_path (local ImageNet CNN weights)")
-        if self.weights_path is not None:
-            kwargs["pretrained_path"] = self.weights_path
-        cnn = build_image_encoder(self.hp.image_encoder, **kwargs)
+        cnn = self.hp.image.build(self.weights_path)
         cnn.requires_grad_(self.finetune)
         return cnn
 

@@ -263,8 +263,8 @@ CASES = [
     c(
         "fit-override-wrong-length",
         "fgbench",
-        ["fit", *FIT, "--model.init_args.overrides", "{{image_size: [64]}}"],
-        r"image_size=\[64\] \(list\): expected tuple\[int, int\]",
+        ["fit", *FIT, "--model.init_args.overrides", "{{image: {{size: [64]}}}}"],
+        r"image.size=\[64\] \(list\): expected tuple\[int, int\]",
     ),
     c(
         "fit-override-unknown-field",
@@ -624,9 +624,16 @@ def test_override_types_follow_the_profile_dataclass() -> None:
     from fgbench.errors import ConfigError
     from methods.clip_ft import ClipFT
 
-    assert ClipFT(overrides={"image_size": [64, 32], "max_len": 8}).hp.image_size == (64, 32)
-    for bad in ({"max_len": 8.5}, {"pretrained": 1}, {"mean": [0.5, 0.5]}, {"tiny_image": 3}):
-        with pytest.raises(ConfigError, match=next(iter(bad))):
+    assert ClipFT(overrides={"image": {"size": [64, 32]}, "max_len": 8}).hp.image.size == (64, 32)
+    for bad, field in (
+        ({"max_len": 8.5}, "max_len"),
+        ({"pretrained": 1}, "pretrained"),
+        ({"image": {"size": [64]}}, "image.size"),
+        ({"image": {"encoder": 3}}, "image.encoder"),
+        ({"image": {"norm": "imagenett"}}, "image.norm"),
+        ({"optim": {"lr": "fast"}}, "optim.lr"),
+    ):
+        with pytest.raises(ConfigError, match=field):
             ClipFT(overrides=bad)
 
 

@@ -135,7 +135,7 @@ def test_members_on_raw_images_must_share_the_image_transform(
     root: Path, members: dict, tmp_path: Path
 ) -> None:
     dm = scenes_dm(root)
-    big = saved(TERAN(image_size=(64, 64)), dm, tmp_path / "big.ckpt", 0)
+    big = saved(TERAN(image={"size": (64, 64)}), dm, tmp_path / "big.ckpt", 0)
     assert big.processor.image_size == (64, 64)
     ens = Ensemble(members=[str(members["mrsw"][1]), str(tmp_path / "big.ckpt")], classes=["teran", "teran"])
     with pytest.raises(ValueError, match="share the image transform"):

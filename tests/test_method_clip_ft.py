@@ -67,7 +67,7 @@ def test_scale_by_profile_task_family_and_switch(root: Path, clip_dir: Path) -> 
     for name in ("synth-person", "synth-scenes", "synth-cir"):  # tiny: learnable everywhere (from scratch)
         tiny = attach(ClipFT(), tiny_datamodule(root, name))
         assert tiny.logit_scale.requires_grad and tiny.scale().item() == pytest.approx(1 / 0.07)
-    paper = {"clip_path": str(clip_dir), "profile": "paper", "image_size": (32, 32)}
+    paper = {"clip_path": str(clip_dir), "profile": "paper", "image": {"size": (32, 32)}}
     person = attach(ClipFT(**paper), tiny_datamodule(root, "synth-person"))
     scenes = attach(ClipFT(**paper), tiny_datamodule(root, "synth-scenes"))
     cir = attach(ClipFT(**paper), tiny_datamodule(root, "synth-cir"))
@@ -189,7 +189,7 @@ def test_fit_and_test_through_the_cli(root: Path, tmp_path: Path, name: str) -> 
 
 def test_profile_fields_are_settable_from_the_command_line(root: Path, tmp_path: Path) -> None:
     # `overrides` is the CLI's way to profile fields (keyword arguments are invisible to LightningCLI)
-    extra = ("--model.init_args.overrides", "{max_len: 6, image_size: [32, 16]}")
+    extra = ("--model.init_args.overrides", "{max_len: 6, image: {size: [32, 16]}}")
     assert main(cli_args(root, tmp_path, "synth-person", "clip_ft", *extra)) == 0
     (ckpt,) = (tmp_path / "runs").glob("synth-person/clip_ft/tiny/seed*/checkpoints/last.ckpt")
     state = torch.load(ckpt, weights_only=True)["state_dict"]
@@ -202,7 +202,7 @@ def test_profile_fields_are_settable_from_the_command_line(root: Path, tmp_path:
 
 def test_paper_profile_from_a_local_clip_folder(root: Path, clip_dir: Path) -> None:
     dm = tiny_datamodule(root, "synth-person")
-    model = attach(ClipFT(profile="paper", clip_path=str(clip_dir), image_size=(32, 16)), dm)
+    model = attach(ClipFT(profile="paper", clip_path=str(clip_dir), image={"size": (32, 16)}), dm)
     assert model.optim_cfg.name == "adam" and model.optim_cfg.eps == 1e-3 and model.optim_cfg.lr == 1e-5
     assert model.processor.image_size == (32, 16) and model.processor.train_transform == "reid_crop"
     batch: PairBatch = train_batch(dm)
@@ -211,7 +211,7 @@ def test_paper_profile_from_a_local_clip_folder(root: Path, clip_dir: Path) -> N
     loss.backward()
     assert torch.isfinite(loss) and model.image_tower.proj.weight.grad is not None
     scenes = attach(
-        ClipFT(profile="paper", clip_path=str(clip_dir), image_size=(32, 32)),
+        ClipFT(profile="paper", clip_path=str(clip_dir), image={"size": (32, 32)}),
         tiny_datamodule(root, "synth-scenes"),
     )
     assert scenes.optim_cfg.weight_decay == 0.2 and scenes.logit_scale.requires_grad

@@ -63,7 +63,7 @@ def test_paper_profile_reproduces_clip_embeddings(root: Path, tmp_path: Path) ->
 
     clip_dir = save_tiny_clip(tmp_path / "clip")
     dm = tiny_datamodule(root, "synth-scenes")
-    model = attach(ClipZS(profile="paper", clip_path=str(clip_dir), image_size=(32, 32)), dm).eval()
+    model = attach(ClipZS(profile="paper", clip_path=str(clip_dir), image={"size": (32, 32)}), dm).eval()
     ref = CLIPModel.from_pretrained(clip_dir, local_files_only=True).eval()
     queries, gallery = (batches[0] for batches in eval_batches(dm, 4))
     assert queries.text.input_ids.shape[1] == 77

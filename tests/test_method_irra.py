@@ -115,7 +115,7 @@ def test_fit_then_test_from_the_checkpoint_through_the_cli(root: Path, tmp_path:
 def test_paper_profile_from_a_local_clip_folder(root: Path, tmp_path: Path) -> None:
     clip_dir = save_tiny_clip(tmp_path / "clip")
     dm = tiny_datamodule(root, "synth-person")
-    model = attach(IRRA(profile="paper", clip_path=str(clip_dir), image_size=(32, 16)), dm)
+    model = attach(IRRA(profile="paper", clip_path=str(clip_dir), image={"size": (32, 16)}), dm)
     # byte-level test vocabulary: 512 byte tokens, then SOT 512 and EOT 513; SOT - 1 serves as <|mask|>
     assert model.mask_id == 511 and model.mlm_head.fc.out_features == 514
     assert len(model.cross_modal_transformer.layers) == 4

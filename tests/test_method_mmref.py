@@ -329,7 +329,7 @@ def test_references_never_decay_and_paper_lr_groups(root: Path, tmp_path: Path) 
     for model, _ in (built(root), built(root, optim=OptimConfig(no_decay=("bias",)))):
         assert group_of(model)["weight_decay"] == 0.0
     clip_dir = save_tiny_clip(tmp_path / "clip")
-    paper, dm = built(root, profile="paper", clip_path=str(clip_dir), image_size=(32, 16))
+    paper, dm = built(root, profile="paper", clip_path=str(clip_dir), image={"size": (32, 16)})
     assert paper.mask_id == 511 and paper.mlm_head.fc.out_features == 514 and paper.references.shape[1] == 16
     groups = {(g["lr"], g["weight_decay"]) for g in param_groups(paper, paper.optim_cfg)}
     assert {g[0] for g in groups} == {1e-5, 2e-5, 5e-5} and paper.optim_cfg.name == "adam"
@@ -413,7 +413,7 @@ def test_experiment_configs_merge_after_the_paper_profile(name: str) -> None:
     cfg = paper_config("mmref", name)
     assert cfg["data"]["init_args"]["batch_size"] == 64 and cfg["trainer"]["max_epochs"] == 60
     assert cfg["model"]["init_args"]["profile"] == "paper"
-    size = (cfg["model"]["init_args"].get("overrides") or {}).get("image_size")
+    size = (cfg["model"]["init_args"].get("overrides") or {}).get("image", {}).get("size")
     assert size == ([224, 224] if name in ("cub", "flowers") else None)
 
 

@@ -365,7 +365,7 @@ def resnet50_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_paper_profile_offline(root: Path, resnet50_weights: Path) -> None:
     dm = mc.synth_dm(root, "synth-cir", batch_size=4)
-    model = built(dm, profile="paper", weights_path=str(resnet50_weights), image_size=(64, 64))
+    model = built(dm, profile="paper", weights_path=str(resnet50_weights), image={"size": (64, 64)})
     assert (
         model.image_fc.in_features == model.global_fc.in_features == 2048
         and model.image_fc.out_features == 512

@@ -534,7 +534,7 @@ def test_paper_profile_drops_a_final_period_but_keeps_a_final_word(bert_dir: Pat
 
 def test_warmup_steps_start_from_lr_over_steps(root: Path) -> None:
     dm = synth_dm(root, "synth-scenes", batch_size=8)
-    model = built(dm, warmup_steps=1000, schedule="step", step_epochs=20)
+    model = built(dm, warmup_steps=1000, overrides={"optim": {"schedule": "step", "step_epochs": 20}})
     model._schedule_steps = lambda: (3000 * 30, 3000)  # type: ignore[method-assign]
     sched = model.configure_optimizers()["lr_scheduler"]["scheduler"]
     f = sched.lr_lambdas[0]

@@ -173,7 +173,7 @@ def test_cli_fit_and_test_on_fashioniq(root: Path, tmp_path: Path) -> None:
 def test_paper_profile_offline(root: Path, resnet18_weights: tuple[Path, torch.nn.Module]) -> None:
     path, src = resnet18_weights
     dm = synth_dm(root, "synth-cir", batch_size=4)
-    model = built(dm, profile="paper", weights_path=str(path), image_size=(64, 64))
+    model = built(dm, profile="paper", weights_path=str(path), image={"size": (64, 64)})
     assert torch.equal(model.image_encoder.model.conv1.weight, src.conv1.weight)
     assert model.image_fc.in_features == 512 and model.text_encoder.rnn.hidden_size == 512
     cfg = model.optim_cfg

@@ -150,7 +150,7 @@ def test_cli_fit_and_test_on_synth_person(root: Path, tmp_path: Path) -> None:
 
 
 def paper(dm: RetrievalDataModule, weights: Path, **kw: Any) -> VSEPP:
-    kw = {"image_kwargs": {"model_name": "resnet18"}, "image_size": (64, 64), **kw}
+    kw = {"image": {"kwargs": {"model_name": "resnet18"}, "size": (64, 64)}, **kw}
     return built(dm, profile="paper", weights_path=str(weights), **kw)
 
 

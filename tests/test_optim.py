@@ -81,21 +81,13 @@ def test_step_decay() -> None:
     assert f[12] == pytest.approx(0.01)
 
 
-def test_optim_config_from_a_profile_takes_the_fields_it_has() -> None:
-    from dataclasses import dataclass
-
+def test_a_methods_lr_mult_comes_after_the_profiles() -> None:
     from fgbench.optim import OptimConfig
 
-    @dataclass
-    class Profile:
-        optimizer: str = "adam"
-        lr: float = 2e-4
-        weight_decay: float = 0.0
-        schedule: str = "step"
-        step_epochs: int = 15
-        other: int = 3  # not an optimiser field: ignored
-
-    cfg = OptimConfig.from_profile(Profile(), lr_mult={"cnn.": 0.1})
-    assert cfg == OptimConfig(name="adam", lr=2e-4, weight_decay=0.0, schedule="step", step_epochs=15,
-                              lr_mult={"cnn.": 0.1})  # fmt: skip
-    assert cfg.gamma == OptimConfig().gamma  # absent from the profile: the default
+    cfg = OptimConfig(name="sgd", lr=1e-2)
+    assert cfg.with_lr_mult({"cnn.": 0.1}) == OptimConfig(name="sgd", lr=1e-2, lr_mult={"cnn.": 0.1})
+    given = OptimConfig(lr_mult={"cnn.": 0.5, "head.": 2.0})
+    assert list(given.with_lr_mult({"cnn.": 0.1, "text.": 0.2}).lr_mult.items()) == [
+        ("cnn.", 0.5), ("head.", 2.0), ("text.", 0.2)
+    ]  # fmt: skip
+    assert cfg.with_lr_mult({}) is cfg

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from fgbench.encoders import CLIP_MEAN, CLIP_STD, ImageTowerConfig
 from fgbench.errors import ConfigError
 from fgbench.optim import OptimConfig
 from fgbench.profiles import resolve_profile
@@ -52,3 +53,20 @@ def test_a_whole_nested_value_replaces_the_field() -> None:
 def test_bad_overrides_name_the_dotted_field(overrides: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         resolve_profile(PRESETS, "tiny", overrides, "m")
+
+
+@dataclass
+class Method:
+    image: ImageTowerConfig = field(default_factory=ImageTowerConfig)
+
+
+def test_the_image_tower_config_merges_and_builds_its_processor() -> None:
+    presets = {"paper": Method(ImageTowerConfig(encoder="timm", norm="clip", train_transform="targetpad"))}
+    cfg = resolve_profile(presets, "paper", {"image": {"size": [8, 4]}})
+    assert (cfg.image.encoder, cfg.image.size, cfg.image.train_transform) == ("timm", (8, 4), "targetpad")
+    proc = cfg.image.processor(None, tiny_size=(32, 16))
+    assert (proc.image_size, proc.mean, proc.std) == ((8, 4), CLIP_MEAN, CLIP_STD)
+    assert proc.train_transform == "targetpad"
+    assert ImageTowerConfig().processor(None, (32, 16)).image_size == (32, 16)  # no size: the data's
+    with pytest.raises(ConfigError, match=r"image.norm='imagenett': expected one of half, imagenet, clip"):
+        resolve_profile(presets, "paper", {"image": {"norm": "imagenett"}})

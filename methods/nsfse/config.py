@@ -4,11 +4,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 from torchvision.transforms import v2
 
-from fgbench.encoders import MethodProcessor, TargetPad, register_preset
+from fgbench.encoders import ImageTowerConfig, MethodProcessor, TargetPad, register_preset
+from fgbench.optim import OptimConfig
 
 PROVENANCE = "re-implementation from the paper's description"
 CLIP_VARIANT = "clip (not from the paper)"
@@ -41,12 +41,9 @@ def _square_center_crop(p: MethodProcessor) -> tuple[list, list]:
 class NSFSEConfig:
     """Hyper-parameters of one NSFSE profile."""
 
-    image_encoder: str = "tiny_cnn"  # fgbench image encoder giving a grid of cells
-    image_kwargs: dict[str, Any] = field(default_factory=dict)  # its arguments (timm: model_name)
-    image_size: tuple[int, int] | None = None  # processor (H, W); None: the tiny size (CLIP: its own)
-    imagenet_norm: bool = False  # ImageNet mean/std (pretrained CNN) instead of 0.5/0.5
-    train_transform: str = "none"  # processor preset at training time
-    test_transform: str = "none"  # processor preset at test time
+    # the CNN giving a grid of cells; the CLIP variant keeps the transforms, its size (None: CLIP's own) and
+    # CLIP's statistics
+    image: ImageTowerConfig = field(default_factory=ImageTowerConfig)
     embed_dim: int = 64  # d: grid cells, words, composition
     word_dim: int = 64  # word embedding size (GloVe: 300)
     text_hidden: int = 32  # BiGRU hidden size per direction (W has 2x this, projected to d if different)
@@ -63,31 +60,27 @@ class NSFSEConfig:
     score_chunk: int = 1 << 24  # elements of one [b_q, b_g, L, N] tensor when scoring (memory bound)
     score_buckets: bool = True  # evaluation scores real words only, captions grouped by length (exact)
     store_dtype: str = "bfloat16"  # dtype of the token sets kept for scoring (computed in fp32)
-    optimizer: str = "adamw"  # fgbench.optim OPTIMIZERS key
-    lr: float = 1e-3  # learning rate of the new layers
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(step_epochs=10, gamma=0.5))  # new layers
     backbone_lr_mult: float = 1.0  # lr multiplier of the CNN (and of unfrozen CLIP towers)
-    weight_decay: float = 0.01  # weight decay
-    schedule: str = "cosine"  # fgbench.optim SCHEDULES key
-    step_epochs: int = 10  # "step" schedule: epochs between decays
-    step_gamma: float = 0.5  # "step" schedule: decay factor
 
 
 PROFILES: dict[str, NSFSEConfig] = {
     "tiny": NSFSEConfig(),
     "paper": NSFSEConfig(
-        image_encoder="timm",
-        image_kwargs={"model_name": "resnet50"},
-        image_size=(224, 224),
-        imagenet_norm=True,
-        train_transform="square_crop_flip",
-        test_transform="square_center_crop",
+        image=ImageTowerConfig(
+            encoder="timm",
+            kwargs={"model_name": "resnet50"},
+            size=(224, 224),
+            norm="imagenet",
+            train_transform="square_crop_flip",
+            test_transform="square_center_crop",
+        ),
         embed_dim=512,
         word_dim=300,
         text_hidden=256,
         max_words=100_000,
         max_len=32,
-        lr=5e-4,
+        optim=OptimConfig(lr=5e-4, schedule="step", step_epochs=10, gamma=0.5),
         backbone_lr_mult=0.1,
-        schedule="step",
     ),
 }

@@ -4,6 +4,7 @@ when given), and the CLIP-feature variant's towers (not from the paper)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -12,16 +13,7 @@ from torch import Tensor, nn
 
 from fgbench.clip_dual import ClipConfig, build_tokenizer, build_towers
 from fgbench.data.module import DataInfo
-from fgbench.encoders import (
-    CLIP_MEAN,
-    CLIP_STD,
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    Tokenizer,
-    WordTokenizer,
-    build_image_encoder,
-    build_text_encoder,
-)
+from fgbench.encoders import ImageTowerConfig, Tokenizer, WordTokenizer, build_text_encoder
 from fgbench.encoders.tokenizers import SPECIALS
 
 from .config import NSFSEConfig
@@ -33,8 +25,7 @@ class Encoders(NamedTuple):
     image: nn.Module  # a grid of cells (tokens), after `cls_tokens` leading non-grid tokens, and a global
     text: nn.Module  # word tokens and a sentence vector
     tokenizer: Tokenizer
-    image_size: tuple[int, int]  # the processor's (H, W)
-    mean_std: tuple[Sequence[float], Sequence[float]]  # the processor's normalisation (mean, std)
+    tower: ImageTowerConfig  # the processor's size, normalisation and transforms
     word_init: str  # result.json's `details.nsfse.word_init`
     cls_tokens: int = 0  # leading non-grid tokens of the image encoder (CLIP's CLS)
 
@@ -66,10 +57,7 @@ def load_glove(path: str | Path, words: Sequence[str], dim: int) -> tuple[Tensor
 
 def cnn_bigru(hp: NSFSEConfig, data: DataInfo, weights_path: str | None, glove_path: str | None) -> Encoders:
     """The paper's encoders: a timm/tiny CNN grid and a BiGRU over the training vocabulary."""
-    kwargs = dict(hp.image_kwargs)
-    if weights_path is not None:
-        kwargs["pretrained_path"] = weights_path
-    image = build_image_encoder(hp.image_encoder, **kwargs)
+    image = hp.image.build(weights_path)
     tokenizer = WordTokenizer.build(data.train_texts, hp.max_words, hp.max_len)
     text = build_text_encoder(
         "gru",
@@ -86,14 +74,14 @@ def cnn_bigru(hp: NSFSEConfig, data: DataInfo, weights_path: str | None, glove_p
         with torch.no_grad():
             text.embed.weight[rows[found]] = vectors[found]
         word_init = f"glove ({int(found.sum())} of {len(found)} words): {glove_path}"
-    mean_std = (IMAGENET_MEAN, IMAGENET_STD) if hp.imagenet_norm else ((0.5,) * 3, (0.5,) * 3)
-    return Encoders(image, text, tokenizer, hp.image_size or data.tiny_image_size, mean_std, word_init)
+    return Encoders(image, text, tokenizer, hp.image, word_init)
 
 
 def clip_encoders(hp: NSFSEConfig, data: DataInfo, clip_path: str) -> Encoders:
     """The variant's encoders (not from the paper): CLIP towers and BPE tokenizer from `clip_path`."""
-    cfg = ClipConfig(pretrained=True, max_len=min(77, hp.max_len + 2), image_size=hp.image_size)
+    cfg = ClipConfig(pretrained=True, max_len=min(77, hp.max_len + 2))
     tokenizer = build_tokenizer(cfg, data, clip_path)
-    image, text = build_towers(cfg, tokenizer, hp.image_size, clip_path)  # type: ignore[arg-type]
+    image, text = build_towers(cfg, tokenizer, hp.image.size, clip_path)  # type: ignore[arg-type]
     size = tuple(image.vision.embeddings.image_size)
-    return Encoders(image, text, tokenizer, size, (CLIP_MEAN, CLIP_STD), "clip", cls_tokens=1)
+    tower = replace(hp.image, size=size, norm="clip")
+    return Encoders(image, text, tokenizer, tower, "clip", cls_tokens=1)

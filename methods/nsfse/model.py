@@ -11,7 +11,6 @@ from torch import Tensor, nn
 
 from fgbench.data.batches import ComposedQueryBatch, Text, TripletBatch, Visual, VisualBatch
 from fgbench.data.module import DataInfo
-from fgbench.encoders import MethodProcessor
 from fgbench.encoders.composers import GatedResidualComposer
 from fgbench.encoders.layers import masked_max, masked_softmax, zero_padding
 from fgbench.evaluation import EvalResult, EvalSpec
@@ -144,8 +143,7 @@ class NSFSE(PairwiseMethod):
     @staticmethod
     def _optim(hp: NSFSEConfig, clip_path: str | None) -> OptimConfig:
         towers = ("image_encoder.", "text_encoder.") if clip_path is not None else ("image_encoder.",)
-        mult = {t: hp.backbone_lr_mult for t in towers}
-        return OptimConfig.from_profile(hp, lr_mult=mult, gamma=hp.step_gamma)
+        return hp.optim.with_lr_mult({t: hp.backbone_lr_mult for t in towers})
 
     @property
     def variant(self) -> str:
@@ -172,14 +170,7 @@ class NSFSE(PairwiseMethod):
         text_dim = int(text.out_dim)
         self.text_fc = nn.Identity() if text_dim == hp.embed_dim else nn.Linear(text_dim, hp.embed_dim)
         self.composer = GatedResidualComposer(hp.embed_dim, hp.init_a)
-        self.processor = MethodProcessor(
-            image_size=enc.image_size,
-            mean=enc.mean_std[0],
-            std=enc.mean_std[1],
-            train_transform=hp.train_transform,
-            test_transform=hp.test_transform,
-            tokenizer=enc.tokenizer,
-        )
+        self.processor = enc.tower.processor(enc.tokenizer, data.tiny_image_size)
         self.train(self.training)  # a frozen backbone joins in eval mode
 
     def train(self, mode: bool = True) -> NSFSE:

@@ -5,8 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from fgbench.encoders import ImageTowerConfig
 from fgbench.encoders.token_text import TOKEN_TEXT_ENCODERS, TokenTextSizes
 from fgbench.encoders.word_windows import WORD_SPANS
+from fgbench.optim import OptimConfig
 
 PROVENANCE = "re-implementation from the paper's description"
 
@@ -18,9 +20,8 @@ class RACGConfig(TokenTextSizes):
     """Sizes and recipe of one RACG profile (the ablation switches of docs/methods.md §3 are `RACG`
     arguments); its first fields, the text encoder's (TERAN's, at the same sizes), are `TokenTextSizes`'s."""
 
-    image_encoder: str = "tiny_cnn"  # pixels -> regions (grid cells, or RoI averages over the data's boxes)
-    image_kwargs: dict[str, Any] = field(default_factory=dict)  # its arguments
-    image_size: tuple[int, int] | None = None  # processor (H, W); None: the DataModule's tiny size
+    # pixels -> regions (grid cells, or RoI averages over the data's boxes); its size and (none) transforms
+    image: ImageTowerConfig = field(default_factory=ImageTowerConfig)
     roi_boxes: bool = True  # tiny_cnn: RoI-average its map over the boxes served with the images
     max_regions: int = 36  # region sets from data or boxes are padded to this many slots at test time
     embed_dim: int = 64  # D: node width (paper reading: 1024)
@@ -32,13 +33,8 @@ class RACGConfig(TokenTextSizes):
     store_dtype: str = "bfloat16"  # dtype of the node sets and Â kept for scoring (computed in fp32)
     score_chunk: int = 1 << 22  # max elements of one [b_q, b_g, H, W, R] tensor while scoring
     score_buckets: bool = True  # evaluation scores real nodes only, sets grouped by length (exact)
-    optimizer: str = "adamw"  # fgbench.optim OPTIMIZERS key
-    lr: float = 1e-3  # learning rate of the new modules
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(step_epochs=15))  # lr of the new modules
     text_lr_mult: float = 1.0  # lr multiplier of the pretrained text encoder (paper reading: 0.1 -> 2e-5)
-    weight_decay: float = 0.01  # weight decay
-    schedule: str = "cosine"  # fgbench.optim SCHEDULES key
-    step_epochs: int = 15  # "step" schedule: epochs between decays
-    gamma: float = 0.1  # "step" schedule: decay factor
     grad_clip: float = 2.0  # gradient-norm clipping (0: off)
 
 
@@ -51,12 +47,8 @@ PROFILES: dict[str, RACGConfig] = {
         heads=8,
         sum_warmup_epochs=0,
         score_chunk=1 << 26,
-        optimizer="adam",
-        lr=2e-4,
+        optim=OptimConfig(name="adam", lr=2e-4, weight_decay=0.0, schedule="step", step_epochs=15),
         text_lr_mult=0.1,
-        weight_decay=0.0,
-        schedule="step",
-        step_epochs=15,
     ),
 }
 

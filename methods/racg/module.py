@@ -11,7 +11,6 @@ from torch import Tensor, nn
 
 from fgbench.data.batches import PairBatch, Text, TextBatch, Visual, VisualBatch
 from fgbench.data.module import DataInfo
-from fgbench.encoders import MethodProcessor
 from fgbench.encoders.layers import masked_mean, text_inputs, zero_padding
 from fgbench.encoders.regions import box_infos, region_extractor, region_inputs
 from fgbench.encoders.token_text import build_token_text
@@ -115,9 +114,7 @@ class RACG(PairwiseMethod):
 
     @staticmethod
     def _optim(hp: RACGConfig) -> OptimConfig:
-        return OptimConfig.from_profile(
-            hp, lr_mult={"text_encoder.": hp.text_lr_mult} if hp.text_lr_mult != 1.0 else {}
-        )
+        return hp.optim.with_lr_mult({"text_encoder.": hp.text_lr_mult} if hp.text_lr_mult != 1.0 else {})
 
     # -- building --------------------------------------------------------------------------------------------
     def build(self, data: DataInfo) -> None:
@@ -127,9 +124,7 @@ class RACG(PairwiseMethod):
         hp, dim = self.hp, self.hp.embed_dim
         tokenizer, self.text_encoder = build_token_text(hp, self.bert_path, data)
         self.punct = punctuation_table(tokenizer)
-        self.cnn, width, self.region_source = region_extractor(
-            data, hp.image_encoder, hp.image_kwargs, hp.roi_boxes
-        )
+        self.cnn, width, self.region_source = region_extractor(data, hp.image, hp.roi_boxes)
         boxes = data.feature_source != "precomp"
         self.effective_spatial = self.spatial_edges and boxes
         self.sum_warmup = summed_hinge_epochs(hp.sum_warmup_epochs, data.family)
@@ -142,10 +137,7 @@ class RACG(PairwiseMethod):
             self.image_graph = RelationGraph(dim, hp.graph_layers, self.intra_graph)
         if self.lambda_rec > 0:
             self.rec_t, self.rec_v = nn.Linear(dim, dim), nn.Linear(dim, dim)
-        self.processor = MethodProcessor(
-            image_size=hp.image_size or data.tiny_image_size,
-            tokenizer=tokenizer,  # type: ignore[arg-type]
-        )
+        self.processor = hp.image.processor(tokenizer, data.tiny_image_size)  # type: ignore[arg-type]
 
     # -- encoders --------------------------------------------------------------------------------------------
     def text_nodes(self, text: Text) -> Nodes:

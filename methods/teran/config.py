@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
+from fgbench.encoders import ImageTowerConfig
 from fgbench.encoders.token_text import TokenTextSizes
+from fgbench.optim import OptimConfig
 
 # -- configuration -----------------------------------------------------------------------------------------
 
@@ -15,9 +16,8 @@ class TERANConfig(TokenTextSizes):
     """Sizes and recipe of one TERAN profile (the switches of docs/methods.md §2 are `TERAN` arguments); its
     first fields, the text encoder's, are `TokenTextSizes`'s."""
 
-    image_encoder: str = "tiny_cnn"  # pixels -> regions (grid cells, or RoI averages over the data's boxes)
-    image_kwargs: dict[str, Any] = field(default_factory=dict)  # its arguments
-    image_size: tuple[int, int] | None = None  # processor (H, W); None: the DataModule's tiny size
+    # pixels -> regions (grid cells, or RoI averages over the data's boxes); its size and (none) transforms
+    image: ImageTowerConfig = field(default_factory=ImageTowerConfig)
     roi_boxes: bool = True  # tiny_cnn: RoI-average its map over the boxes served with the images
     max_regions: int = 36  # region sets from data or boxes are padded to this many slots at test time
     visual_layers: int = 2  # TE layers at the region-feature width (reference: 4 at 2048)
@@ -33,12 +33,7 @@ class TERANConfig(TokenTextSizes):
     score_chunk: int = 1 << 25  # max elements of one [b_q, b_g, W, R] alignment chunk
     score_buckets: bool = True  # evaluation scores real slots only, sets grouped by length (exact)
     score_dtype: str = "float32"  # evaluation matmul dtype: float32 (exact) or bfloat16 (faster, approximate)
-    optimizer: str = "adamw"  # fgbench.optim OPTIMIZERS key
-    lr: float = 1e-3  # learning rate (every parameter)
-    weight_decay: float = 0.01  # weight decay
-    schedule: str = "cosine"  # fgbench.optim SCHEDULES key
-    step_epochs: int = 20  # "step" schedule: epochs between decays
-    gamma: float = 0.1  # "step" schedule: decay factor
+    optim: OptimConfig = field(default_factory=OptimConfig)  # one learning rate for every parameter
     warmup_steps: int = 0  # linear warm-up over this many optimiser steps (F30K recipe: 1000)
     grad_clip: float = 2.0  # gradient-norm clipping (0: off)
 
@@ -53,11 +48,7 @@ PROFILES: dict[str, TERANConfig] = {
         embed_dim=1024,
         joint_layers=2,
         joint_ff=2048,
-        optimizer="adam",
-        lr=1e-5,
-        weight_decay=0.0,
-        schedule="step",
-        step_epochs=20,
+        optim=OptimConfig(name="adam", lr=1e-5, weight_decay=0.0, schedule="step", step_epochs=20),
         sum_warmup_epochs=0,
     ),
 }

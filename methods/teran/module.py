@@ -12,7 +12,6 @@ from torch import Tensor, nn
 
 from fgbench.data.batches import PairBatch, Text, TextBatch, Visual, VisualBatch
 from fgbench.data.module import DataInfo
-from fgbench.encoders import MethodProcessor
 from fgbench.encoders.layers import text_inputs, zero_padding
 from fgbench.encoders.regions import POS_ENCODINGS, region_extractor, region_inputs
 from fgbench.encoders.token_text import TOKEN_TEXT_ENCODERS, build_token_text
@@ -31,7 +30,7 @@ from methods.teran.alignment import (
     alignment_scores,
     bucketed_alignment_matrix,
 )
-from methods.teran.config import PROFILES, TERANConfig
+from methods.teran.config import PROFILES
 
 
 def te_stack(
@@ -112,7 +111,7 @@ class TERAN(PairwiseMethod):
             )
         super().__init__(
             profile=profile,
-            optim=optim or self._optim(hp),
+            optim=optim or hp.optim,
             loss_weights=loss_weights,
             rerank_k=rerank_k,
             store_dtype=hp.store_dtype,
@@ -131,10 +130,6 @@ class TERAN(PairwiseMethod):
         self.sum_warmup = 0  # summed-hinge epochs, resolved from the profile and the data at build
         self.register_buffer("punct", torch.zeros(0, dtype=torch.bool), persistent=False)
 
-    @staticmethod
-    def _optim(hp: TERANConfig) -> OptimConfig:
-        return OptimConfig.from_profile(hp)
-
     # -- building --------------------------------------------------------------------------------------------
     def build(self, data: DataInfo) -> None:
         """Tokenizer and text encoder, region extractor (pixels) or region width (features), transformers."""
@@ -144,9 +139,7 @@ class TERAN(PairwiseMethod):
         tokenizer, self.text_encoder = build_token_text(hp, self.bert_path, data)
         text_width = int(self.text_encoder.out_dim)
         self.punct = punctuation_table(tokenizer)
-        self.cnn, width, self.region_source = region_extractor(
-            data, hp.image_encoder, hp.image_kwargs, hp.roi_boxes
-        )
+        self.cnn, width, self.region_source = region_extractor(data, hp.image, hp.roi_boxes)
         self.effective_pos = "none" if data.feature_source == "precomp" else self.pos_encoding
         self.sum_warmup = summed_hinge_epochs(hp.sum_warmup_epochs, data.family)
         self.pos = POS_ENCODINGS[self.effective_pos](width)
@@ -158,10 +151,7 @@ class TERAN(PairwiseMethod):
         self.cap_proj = nn.Linear(text_width, hp.embed_dim)
         self.text_transformer = te_stack(*joint)
         self.image_transformer = None if self.shared_transformer else te_stack(*joint)
-        self.processor = MethodProcessor(
-            image_size=hp.image_size or data.tiny_image_size,
-            tokenizer=tokenizer,  # type: ignore[arg-type]
-        )
+        self.processor = hp.image.processor(tokenizer, data.tiny_image_size)  # type: ignore[arg-type]
 
     # -- encoders --------------------------------------------------------------------------------------------
     def text_sets(self, text: Text) -> Sets:

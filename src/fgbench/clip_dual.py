@@ -2,7 +2,7 @@
 encoders (captions, images, composed queries) and the hyper-parameters every CLIP-based method shares
 (docs/methods.md §5-§7). Methods subclass `ClipDual` and add their losses.
 
-- `ClipConfig`: the fields of a CLIP dual encoder profile; `PRETRAINED_CLIP` and `REID_PAPER` are the field
+- `ClipConfig`: the fields of a CLIP dual encoder profile; `pretrained_clip()` and `REID_PAPER` are the field
   sets the "paper" profiles share.
 - `build_tokenizer` / `build_towers`: CLIP's BPE tokenizer and towers read from local files (nothing is
   downloaded), or a word vocabulary and random tiny towers.
@@ -22,11 +22,9 @@ from torch import Tensor, nn
 from fgbench.data.batches import ComposedQueryBatch, Text, TextBatch, Visual, VisualBatch
 from fgbench.data.module import DataInfo
 from fgbench.encoders import (
-    CLIP_MEAN,
-    CLIP_STD,
     HFTokenizer,
     ImageOutput,
-    MethodProcessor,
+    ImageTowerConfig,
     TextOutput,
     WordTokenizer,
     build_image_encoder,
@@ -61,19 +59,24 @@ class ClipConfig:
     pretrained: bool = False  # True: CLIP towers + BPE tokenizer from `clip_path`; False: random tiny towers
     max_len: int = 16  # caption length: words (WordTokenizer) or BPE tokens incl. SOT/EOT (CLIP)
     vocab_words: int = 1000  # tiny: size of the word vocabulary built from the training captions
-    image_size: tuple[int, int] | None = None  # (height, width); None: the DataModule's tiny size
-    tiny_image: str = "tiny_vit"  # tiny image tower: "tiny_vit" (CLS token) or "tiny_cnn" (mean of cells)
-    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)  # pixel normalisation
-    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
-    train_transform: str = "none"  # a fgbench.encoders TRANSFORM_PRESETS name
-    test_transform: str = "none"
+    # size, normalisation and transforms of the images; `encoder`: the random tower, "tiny_vit" (CLS token) or
+    # "tiny_cnn" (mean of cells); pretrained: CLIP's ViT from `clip_path`
+    image: ImageTowerConfig = field(default_factory=lambda: ImageTowerConfig(encoder="tiny_vit"))
     optim: OptimConfig = field(default_factory=OptimConfig)  # used unless `optim` is given explicitly
 
 
-# `ClipConfig` fields of pretrained CLIP: BPE captions of 77 tokens, CLIP's pixel statistics
-PRETRAINED_CLIP: dict[str, Any] = {"pretrained": True, "max_len": 77, "mean": CLIP_MEAN, "std": CLIP_STD}
-# ... at IRRA's person-retrieval setting: 384x128 images, IRRA's training augmentation
-REID_PAPER: dict[str, Any] = {**PRETRAINED_CLIP, "image_size": (384, 128), "train_transform": "reid_crop"}
+def pretrained_clip(**image: Any) -> dict[str, Any]:
+    """`ClipConfig` fields of pretrained CLIP: BPE captions of 77 tokens, CLIP's pixel statistics; `image`:
+    more fields of the image tower (size, transforms)."""
+    return {
+        "pretrained": True,
+        "max_len": 77,
+        "image": ImageTowerConfig(encoder="tiny_vit", norm="clip", **image),
+    }
+
+
+# pretrained CLIP at IRRA's person-retrieval setting: 384x128 images, IRRA's training augmentation
+REID_PAPER: dict[str, Any] = pretrained_clip(size=(384, 128), train_transform="reid_crop")
 
 
 def build_tokenizer(cfg: ClipConfig, data: DataInfo, clip_path: str | Path) -> Any:
@@ -93,8 +96,7 @@ def build_towers(
         )
         text = _loud(lambda: build_text_encoder("clip_text", name_or_path=clip_path), clip_path)
         return image, text
-    kwargs = {"image_size": image_size} if cfg.tiny_image == "tiny_vit" else {}
-    image = build_image_encoder(cfg.tiny_image, **kwargs)
+    image = cfg.image.build(**({"image_size": image_size} if cfg.image.encoder == "tiny_vit" else {}))
     text = build_text_encoder("tiny_text", vocab_size=tokenizer.vocab_size, max_len=cfg.max_len + 2)
     return image, text
 
@@ -150,17 +152,10 @@ class ClipDual(RetrievalMethod):
         if self.built:
             return
         tokenizer = build_tokenizer(self.hp, data, self.clip_path)
-        size = self.hp.image_size or data.tiny_image_size
+        size = self.hp.image.size or data.tiny_image_size
         self.image_tower, self.text_tower = build_towers(self.hp, tokenizer, size, self.clip_path)
         self.tokenizer = tokenizer
-        self.processor = MethodProcessor(
-            image_size=size,
-            mean=self.hp.mean,
-            std=self.hp.std,
-            train_transform=self.hp.train_transform,
-            test_transform=self.hp.test_transform,
-            tokenizer=tokenizer,
-        )
+        self.processor = self.hp.image.processor(tokenizer, size)
 
     # -- towers --------------------------------------------------------------------------------------
     def image_out(self, visual: Visual) -> ImageOutput:

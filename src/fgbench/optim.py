@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
@@ -43,17 +42,12 @@ class OptimConfig:
     step_epochs: int = 20  # "step": decay period
     gamma: float = 0.1  # "step": decay factor
 
-    @classmethod
-    def from_profile(cls, hp: object, **extra: Any) -> OptimConfig:
-        """The optimiser of a method profile's flat fields (`optimizer`, `lr`, `weight_decay`, `schedule`,
-        `step_epochs`, `gamma`, whichever it has), plus `extra` fields such as `lr_mult`."""
-        values = {dst: getattr(hp, src) for src, dst in PROFILE_FIELDS.items() if hasattr(hp, src)}
-        return cls(**values, **extra)
+    def with_lr_mult(self, mult: dict[str, float]) -> OptimConfig:
+        """This config with the method's own `lr_mult` prefixes (e.g. a backbone's multiplier from a flat
+        method field) after those the profile names, which win (the first matching prefix counts)."""
+        extra = {prefix: m for prefix, m in mult.items() if prefix not in self.lr_mult}
+        return replace(self, lr_mult={**self.lr_mult, **extra}) if extra else self
 
-
-# profile field -> OptimConfig field (OptimConfig.from_profile)
-PROFILE_FIELDS = {"optimizer": "name", "lr": "lr", "weight_decay": "weight_decay", "schedule": "schedule",
-                  "step_epochs": "step_epochs", "gamma": "gamma"}  # fmt: skip
 
 # checkpoints keep OptimConfig in their hyper-parameters: allow it under torch.load(weights_only=True)
 torch.serialization.add_safe_globals([OptimConfig])

@@ -2,7 +2,7 @@
 
 Explicit overrides replace fields of the preset; an unknown field is an error naming the valid ones, so a
 typo in a config never silently falls back to a default. Every method takes them two ways: the `overrides`
-dict argument, which LightningCLI sees (`--model.init_args.overrides '{image_size: [128, 64]}'` or an
+dict argument, which LightningCLI sees (`--model.init_args.overrides '{image: {size: [128, 64]}}'` or an
 `overrides:` mapping in a YAML config), and keyword arguments from Python (`ClipFT(max_len=8)`).
 """
 

@@ -10,6 +10,7 @@ Example:
 
 from fgbench.encoders.bert import BertText
 from fgbench.encoders.clip import ClipText, ClipVision, GridEmbeddings
+from fgbench.encoders.config import NORMALISATIONS, ImageTowerConfig
 from fgbench.encoders.hf import load_hf_model
 from fgbench.encoders.outputs import ImageOutput, TextOutput
 from fgbench.encoders.processors import (
@@ -44,6 +45,7 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "IMAGE_ENCODERS",
+    "NORMALISATIONS",
     "TEXT_ENCODERS",
     "TRANSFORM_PRESETS",
     "BertText",
@@ -51,6 +53,7 @@ __all__ = [
     "ClipVision",
     "GridEmbeddings",
     "HFTokenizer",
+    "ImageTowerConfig",
     "ImageOutput",
     "MethodProcessor",
     "RNNText",

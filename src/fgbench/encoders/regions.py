@@ -6,7 +6,7 @@ d.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import Tensor, nn
@@ -14,11 +14,12 @@ from torch import Tensor, nn
 from fgbench.data.batches import Visual
 from fgbench.encoders.layers import masked_mean, pixels_of, zero_padding
 from fgbench.encoders.outputs import ImageOutput
-from fgbench.encoders.registry import build_image_encoder, register_image_encoder
+from fgbench.encoders.registry import register_image_encoder
 from fgbench.encoders.timm_backbone import roi_pool
 
 if TYPE_CHECKING:
     from fgbench.data.module import DataInfo
+    from fgbench.encoders.config import ImageTowerConfig
 
 PosEncoding = Literal["concat-and-process", "project-and-sum", "none"]
 
@@ -127,18 +128,19 @@ class RegionEncoder(nn.Module):
 
 
 def region_extractor(
-    data: DataInfo, encoder: str, kwargs: dict[str, Any], roi_boxes: bool
+    data: DataInfo, tower: ImageTowerConfig, roi_boxes: bool
 ) -> tuple[nn.Module | None, int, str]:
     """(pixel region extractor or None, region width, region source) of a region-set method on `data`.
 
     Precomputed region features (`precomp`, `butd`) need no extractor: their width is the data's and the
-    source its feature source. On pixels, `encoder` extracts the regions: its grid cells (`grid`), or, for
-    the tiny CNN when the data serves boxes and `roi_boxes` is set, RoI averages over those boxes (`roi`).
+    source its feature source. On pixels, the `tower`'s encoder extracts the regions: its grid cells
+    (`grid`), or, for the tiny CNN when the data serves boxes and `roi_boxes` is set, RoI averages over those
+    boxes (`roi`).
     """
     if data.region_dim is not None:
         return None, data.region_dim, data.feature_source
     from fgbench.encoders.tiny import TinyCNN  # tiny registers its encoders through this package
 
-    cnn = build_image_encoder(encoder, **kwargs)
+    cnn = tower.build()
     roi = roi_boxes and data.with_boxes and isinstance(cnn, TinyCNN)
     return cnn, int(cnn.out_dim), "roi" if roi else "grid"
