@@ -29,7 +29,6 @@ from fgbench.encoders import ImageTowerConfig, MethodProcessor, build_text_encod
 from fgbench.encoders.layers import masked_mean
 from fgbench.encoders.regions import region_mask_of
 from fgbench.encoders.tokenizers import build_vocabulary
-from fgbench.evaluation import EvalResult, EvalSpec
 from fgbench.features import Features
 from fgbench.losses import hardest_negative_triplet
 from fgbench.losses.warmup import summed_hinge_epochs, warmup_label
@@ -198,9 +197,9 @@ class VSEPP(RetrievalMethod):
     def encode_gallery(self, batch: VisualBatch) -> Features:
         return Features(index=batch.index, glob=self.encode_image(batch.visual))
 
-    def evaluate_features(self, q: Features, g: Features, spec: EvalSpec) -> EvalResult:
-        """The evaluator's result, labelled with the image branch used (`images` or the `precomp` variant)."""
-        result = super().evaluate_features(q, g, spec)
-        result.details["variant"] = self.variant
-        result.details["sum_warmup_epochs"] = warmup_label(self.sum_warmup)
-        return result
+    def run_details(self) -> dict[str, Any]:
+        """The image branch used (`images` or the `precomp` variant) and the summed-hinge warm-up."""
+        return {
+            "variant": self.variant,
+            "sum_warmup_epochs": warmup_label(self.sum_warmup),
+        }

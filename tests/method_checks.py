@@ -106,6 +106,15 @@ def assert_encoding_batch_independent(
         torch.testing.assert_close(again.tensors()[name], t, atol=0, rtol=0)
 
 
+def cpu_trainer(root: Any, **kwargs: Any) -> Any:
+    """A quiet CPU Trainer for tests (no logger, checkpoints, progress bar or model summary); `kwargs` set
+    the run's length and anything else a test needs."""
+    import lightning as L
+
+    quiet = {"logger": False, "enable_checkpointing": False, "enable_progress_bar": False}
+    return L.Trainer(accelerator="cpu", default_root_dir=root, enable_model_summary=False, **quiet, **kwargs)
+
+
 def fit_and_test(
     model: RetrievalMethod, dm: Any, root: Any, epochs: int = 8
 ) -> tuple[list[float], dict[str, float]]:
@@ -122,16 +131,8 @@ def fit_and_test(
         def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
             losses.append(float(trainer.callback_metrics["train/loss"]))
 
-    trainer = L.Trainer(
-        max_epochs=epochs,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-        callbacks=[Record()],
-        default_root_dir=root,
+    trainer = cpu_trainer(
+        root, max_epochs=epochs, num_sanity_val_steps=0, limit_val_batches=0, callbacks=[Record()]
     )
     trainer.fit(model, datamodule=dm)
     trainer.test(model, datamodule=dm, verbose=False)

@@ -16,7 +16,7 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
-from method_checks import rstpreid_args
+from method_checks import cpu_trainer, rstpreid_args
 from torch import Tensor, nn
 
 from datamodules.person import RSTPReidDataModule
@@ -85,15 +85,7 @@ def test_fit_and_test_evaluates_through_the_evaluator(data_root: Path, tmp_path:
     L.seed_everything(0)
     dm = RSTPReidDataModule(root=str(data_root), batch_size=8, eval_batch_size=4)
     model = TinyDual()
-    trainer = L.Trainer(
-        max_epochs=2,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        default_root_dir=tmp_path,
-        num_sanity_val_steps=2,
-    )
+    trainer = cpu_trainer(tmp_path, max_epochs=2, num_sanity_val_steps=2)
     trainer.fit(model, datamodule=dm)
     trainer.test(model, datamodule=dm, verbose=False)
     got = model.last_result["test"].metrics

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from method_checks import (
     attach,
     config_fit,
+    cpu_trainer,
     encoded,
     first_batch,
     paper_config,
@@ -123,16 +124,7 @@ def test_resumed_fit_loads_the_references_from_the_checkpoint(
     root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     def trainer(steps: int) -> L.Trainer:
-        return L.Trainer(
-            max_steps=steps,
-            accelerator="cpu",
-            logger=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            enable_checkpointing=False,
-            limit_val_batches=0,
-            default_root_dir=tmp_path,
-        )
+        return cpu_trainer(tmp_path, max_steps=steps, limit_val_batches=0)
 
     L.seed_everything(0)
     first = MMRef()

@@ -13,7 +13,6 @@ from fgbench.data.batches import ComposedQueryBatch, Text, TripletBatch, Visual,
 from fgbench.data.module import DataInfo
 from fgbench.encoders.composers import GatedResidualComposer
 from fgbench.encoders.layers import masked_max, masked_softmax, zero_padding
-from fgbench.evaluation import EvalResult, EvalSpec
 from fgbench.features import STORE_DTYPES, Features, length_buckets
 from fgbench.losses import same_target_mask
 from fgbench.losses.contrastive import diagonal_cross_entropy
@@ -316,20 +315,20 @@ class NSFSE(PairwiseMethod):
         g, cs = self.candidate_sets(batch.visual)
         return Features(index=batch.index, glob=g.float(), tok=self.stored(cs.grid), mask=cs.grid_mask)
 
-    def evaluate_features(self, q: Features, g: Features, spec: EvalSpec) -> EvalResult:
-        """The evaluator's result, labelled with the variant and the switches this run used."""
-        result = super().evaluate_features(q, g, spec)
-        result.details["variant"] = self.variant
-        result.details["nsfse"] = {
-            "threshold": self.threshold_mode,
-            "theta": None if self.threshold is None else float(self.threshold.theta),
-            "neg_stats": self.neg_stats,
-            "ema": self.ema,
-            "infusion": self.infusion,
-            "score_terms": self.score_terms,
-            "score_weights": [float(w) for w in self.score_weights],
-            "learn_weights": self.learn_weights,
-            "word_init": self.word_init,
-            "freeze_backbone": self.freeze_backbone,
+    def run_details(self) -> dict[str, Any]:
+        """The variant and the switches this run used."""
+        return {
+            "variant": self.variant,
+            "nsfse": {
+                "threshold": self.threshold_mode,
+                "theta": None if self.threshold is None else float(self.threshold.theta),
+                "neg_stats": self.neg_stats,
+                "ema": self.ema,
+                "infusion": self.infusion,
+                "score_terms": self.score_terms,
+                "score_weights": [float(w) for w in self.score_weights],
+                "learn_weights": self.learn_weights,
+                "word_init": self.word_init,
+                "freeze_backbone": self.freeze_backbone,
+            },
         }
-        return result

@@ -15,7 +15,6 @@ from fgbench.encoders.layers import masked_mean, text_inputs, zero_padding
 from fgbench.encoders.regions import box_infos, region_extractor, region_inputs
 from fgbench.encoders.token_text import build_token_text
 from fgbench.encoders.word_windows import punctuation_table, scored_tokens, word_mask
-from fgbench.evaluation import EvalResult, EvalSpec
 from fgbench.features import Features
 from fgbench.losses import hardest_negative_triplet
 from fgbench.losses.warmup import summed_hinge_epochs, warmup_label
@@ -258,21 +257,25 @@ class RACG(PairwiseMethod):
             "does not define; run it on f30k, coco, synth-scenes or the person datasets"
         )
 
-    def evaluate_features(self, q: Features, g: Features, spec: EvalSpec) -> EvalResult:
-        """The evaluator's result, with the graph, scorer and region settings this run used."""
-        result = super().evaluate_features(q, g, spec)
-        result.details["racg"] = {
-            "intra_graph": self.intra_graph,
-            "spatial_edges": self.effective_spatial,
-            "cross_graph": self.cross_graph,
-            "beta": self.beta,
-            "heads": self.hp.heads,
-            "lambda_rec": self.lambda_rec,
-            "global_aux": self.global_aux,
-            "score_sides": self.score_sides,
-            "sum_warmup_epochs": warmup_label(self.sum_warmup),
-            "regions": self.region_source,
-            "word_span": self.word_span,
-            "scoring": "global" if not self.cross_graph else "exact" if self.rerank_k is None else "rerank",
+    def run_details(self) -> dict[str, Any]:
+        """The graph, scorer and region settings this run used."""
+        return {
+            "racg": {
+                "intra_graph": self.intra_graph,
+                "spatial_edges": self.effective_spatial,
+                "cross_graph": self.cross_graph,
+                "beta": self.beta,
+                "heads": self.hp.heads,
+                "lambda_rec": self.lambda_rec,
+                "global_aux": self.global_aux,
+                "score_sides": self.score_sides,
+                "sum_warmup_epochs": warmup_label(self.sum_warmup),
+                "regions": self.region_source,
+                "word_span": self.word_span,
+                "scoring": "global"
+                if not self.cross_graph
+                else "exact"
+                if self.rerank_k is None
+                else "rerank",
+            },
         }
-        return result

@@ -16,7 +16,6 @@ from fgbench.encoders.layers import text_inputs, zero_padding
 from fgbench.encoders.regions import POS_ENCODINGS, region_extractor, region_inputs
 from fgbench.encoders.token_text import TOKEN_TEXT_ENCODERS, build_token_text
 from fgbench.encoders.word_windows import WORD_SPANS, punctuation_table, scored_tokens, word_mask
-from fgbench.evaluation import EvalResult, EvalSpec
 from fgbench.features import Features, cut_padding
 from fgbench.losses import hardest_negative_triplet
 from fgbench.losses.warmup import summed_hinge_epochs, warmup_label
@@ -254,17 +253,17 @@ class TERAN(PairwiseMethod):
         reads the mask on the host, a sync the training step avoids."""
         return (x, mask) if self.zero_pad_quirk else cut_padding(x, mask)
 
-    def evaluate_features(self, q: Features, g: Features, spec: EvalSpec) -> EvalResult:
-        """The evaluator's result, with the alignment and region settings this run used."""
-        result = super().evaluate_features(q, g, spec)
-        result.details["teran"] = {
-            "alignment_mode": self.alignment_mode,
-            "pos_encoding": self.effective_pos,
-            "regions": self.region_source,
-            "word_span": self.word_span,
-            "zero_pad_quirk": self.zero_pad_quirk,
-            "shared_transformer": self.shared_transformer,
-            "global_aux_loss": self.global_aux_loss,
-            "sum_warmup_epochs": warmup_label(self.sum_warmup),
+    def run_details(self) -> dict[str, Any]:
+        """The alignment and region settings this run used."""
+        return {
+            "teran": {
+                "alignment_mode": self.alignment_mode,
+                "pos_encoding": self.effective_pos,
+                "regions": self.region_source,
+                "word_span": self.word_span,
+                "zero_pad_quirk": self.zero_pad_quirk,
+                "shared_transformer": self.shared_transformer,
+                "global_aux_loss": self.global_aux_loss,
+                "sum_warmup_epochs": warmup_label(self.sum_warmup),
+            },
         }
-        return result

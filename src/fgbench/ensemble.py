@@ -43,7 +43,6 @@ from torch import Tensor, nn
 from fgbench.data.batches import Text
 from fgbench.data.module import DataInfo, RetrievalDataModule
 from fgbench.encoders.tokenizers import WordTokenizer
-from fgbench.evaluation import EvalResult, EvalSpec
 from fgbench.features import Features
 from fgbench.io import check_checkpoint
 from fgbench.method import RetrievalMethod
@@ -235,13 +234,13 @@ class Ensemble(RetrievalMethod):
         for m in self.members:
             m.prepare_eval(datamodule)
 
-    def evaluate_features(self, q: Features, g: Features, spec: EvalSpec) -> EvalResult:
-        """The evaluator's result, listing the members, their methods and weights."""
-        result = super().evaluate_features(q, g, spec)
-        result.details["ensemble"] = {
-            "members": self.member_paths,
-            "methods": [m.name or type(m).__name__ for m in self.members],
-            "provenance": [m.provenance for m in self.members],
-            "weights": self.weights,
+    def run_details(self) -> dict[str, Any]:
+        """The members, their methods and weights."""
+        return {
+            "ensemble": {
+                "members": self.member_paths,
+                "methods": [m.name or type(m).__name__ for m in self.members],
+                "provenance": [m.provenance for m in self.members],
+                "weights": self.weights,
+            },
         }
-        return result

@@ -300,7 +300,13 @@ class RetrievalMethod(L.LightningModule):
         result = evaluate(source, spec, rerank_k=self.rerank_k, block_rows=self.eval_block_rows)
         if self.rerank_k is not None:  # the re-rank's cost (this rank's share of the query blocks)
             result.details.update(rerank_s=rescore.seconds, rerank_pairs=rescore.pairs)
+        result.details.update(self.run_details())
         return result
+
+    def run_details(self) -> dict[str, Any]:
+        """What result.json's `details` records of this run's own settings (switches, variants), beside the
+        evaluator's: override to say which of a method's options a result was measured with."""
+        return {}
 
 
 def gather_features(parts: list[Features], n: int, what: str) -> Features:
