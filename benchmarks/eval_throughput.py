@@ -93,19 +93,10 @@ class Sizes:
 
 FULL = Sizes()
 QUICK = Sizes(
-    person_q=616,
-    person_g=308,
-    person_ids=100,
-    person_dim=64,
-    coco_img=100,
-    coco_cap=500,
-    coco_dim=64,
-    words=14,
-    min_len=4,
-    max_len=12,
-    regions=36,
-    rerank_k=10,
-)
+    person_q=616, person_g=308, person_ids=100, person_dim=64,
+    coco_img=100, coco_cap=500, coco_dim=64,
+    words=14, min_len=4, max_len=12, regions=36, rerank_k=10,
+)  # fmt: skip
 
 
 # -- synthetic features --------------------------------------------------------------------------------
