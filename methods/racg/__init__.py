@@ -54,10 +54,10 @@ What comes from where (docs/methods.md marks):
     does not define: an error.
 """
 
-from methods.racg.config import ABLATIONS, PROFILES, PROVENANCE, RACGConfig
-from methods.racg.graph import GraphLayer, Nodes, RelationGraph, spatial_edges
-from methods.racg.module import RACG
-from methods.racg.scorer import (
+from .config import ABLATIONS, PROFILES, PROVENANCE, RACGConfig
+from .graph import GraphLayer, Nodes, RelationGraph, spatial_edges
+from .module import RACG
+from .scorer import (
     SIDES,
     bucketed_relation_scores,
     contexts,

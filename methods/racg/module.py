@@ -22,9 +22,10 @@ from fgbench.optim import OptimConfig
 from fgbench.pairwise import PairwiseMethod
 from fgbench.profiles import merge_overrides, resolve_profile
 from fgbench.registry import register_method
-from methods.racg.config import PROFILES, PROVENANCE, RACGConfig, check_options
-from methods.racg.graph import EPS, Nodes, RelationGraph, spatial_edges
-from methods.racg.scorer import SIDES, bucketed_relation_scores, contexts, fit_adjacency, relation_scores
+
+from .config import PROFILES, PROVENANCE, RACGConfig, check_options
+from .graph import EPS, Nodes, RelationGraph, spatial_edges
+from .scorer import SIDES, bucketed_relation_scores, contexts, fit_adjacency, relation_scores
 
 
 @register_method("racg")

@@ -14,7 +14,8 @@ from torch import Tensor
 from fgbench.encoders.layers import masked_softmax
 from fgbench.features import Features, cut_padding, length_buckets
 from fgbench.pairwise import chunked_matrix, chunked_pairs
-from methods.racg.graph import EPS, Nodes
+
+from .graph import EPS, Nodes
 
 # -- the cross-graph relation encoder and multi-head similarity (docs/methods.md §3) -------------------------
 

@@ -56,7 +56,7 @@ Our reading [inf]:
 - `precomp` features have no boxes: the positional encoding is forced to `none` and recorded in result.json.
 """
 
-from methods.teran.alignment import (
+from .alignment import (
     POOLINGS,
     SCORE_DTYPES,
     alignment_matrix,
@@ -65,8 +65,8 @@ from methods.teran.alignment import (
     bucketed_alignment_matrix,
     pool_alignments,
 )
-from methods.teran.config import PROFILES, TERANConfig
-from methods.teran.module import TERAN, Sets, te_stack
+from .config import PROFILES, TERANConfig
+from .module import TERAN, Sets, te_stack
 
 __all__ = [
     "POOLINGS",

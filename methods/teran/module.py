@@ -23,13 +23,14 @@ from fgbench.optim import OptimConfig
 from fgbench.pairwise import PairwiseMethod
 from fgbench.profiles import merge_overrides, resolve_profile
 from fgbench.registry import register_method
-from methods.teran.alignment import (
+
+from .alignment import (
     POOLINGS,
     SCORE_DTYPES,
     alignment_scores,
     bucketed_alignment_matrix,
 )
-from methods.teran.config import PROFILES
+from .config import PROFILES
 
 
 def te_stack(
