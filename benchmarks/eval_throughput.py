@@ -8,7 +8,7 @@ Cases:
   dot-product scorer (`clip_ft`/`irra`), protocol ``person_t2i``;
 - ``coco_global``: COCO 5K, 5,000 images x 25,000 captions, 1,024-d globals, dot product, ``coco_5k``
   (i2t and t2i);
-- ``coco_teran_exact``: COCO 5K with TERAN's MrSw alignment (`methods/teran.py`, paper profile: words of the
+- ``coco_teran_exact``: COCO 5K with TERAN's MrSw alignment (`methods/teran/alignment.py`, paper profile: words of the
   scored window of 88 word-pieces = 86 slots, 8-20 of them valid; 36 regions; d = 1,024; stored in bf16,
   scored in fp32) on every one of the 5,000 x 25,000 pairs; the suite walks the matrix once for both
   directions (plus a pre-pass of each image against its own captions);
@@ -19,7 +19,7 @@ Cases:
 - ``coco_teran_exact_padded``: ``coco_teran_exact`` with `score_buckets` off: every padded word slot
   multiplied (the scorer before length grouping), for the before/after ratio in one run;
 - ``coco_teran_exact_bf16``: ``coco_teran_exact`` multiplying in bf16 (`score_dtype`);
-- ``coco_racg_exact`` / ``coco_racg_exact_padded``: RACG's cross-graph attention (`methods/racg.py`, paper
+- ``coco_racg_exact`` / ``coco_racg_exact_padded``: RACG's cross-graph attention (`methods/racg/scorer.py`, paper
   profile: 8 heads, no Â in the features, so β plays no part) on the same sets and pairs, grouped by length
   or padded.
 
