@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from fgbench.encoders.layers import masked_softmax
+from fgbench.pairwise import chunk_grid
 
 EPS = 1e-8  # floor of a norm
 
@@ -102,23 +103,21 @@ def enhanced_terms(
     return out
 
 
-def pairs_per_chunk(qs: QuerySets, cs: CandidateSets, budget: int) -> int:
-    """How many (query, candidate) pairs one chunk scores: its [.., L, N] tensors hold at most `budget`
-    elements."""
-    return max(1, budget // (qs.words.shape[1] * max(cs.grid.shape[1], 1)))
+def slots_per_pair(qs: QuerySets, cs: CandidateSets) -> int:
+    """Elements of one (query, candidate) pair's [L, N] tensors, what a chunk's `budget` counts."""
+    return qs.words.shape[1] * max(cs.grid.shape[1], 1)
 
 
 def matrix_terms(
     qs: QuerySets, cs: CandidateSets, lam: float, terms: Sequence[str], budget: int
 ) -> dict[str, Tensor]:
     """`enhanced_terms` of every query against every candidate, [n_q, n_c], in blocks of query rows x
-    candidate columns within `budget` (`pairs_per_chunk`)."""
+    candidate columns within `budget` (`fgbench.pairwise.chunk_grid`)."""
     if not terms:
         return {}
     cs = cs.prepared()
-    pairs, nc = pairs_per_chunk(qs, cs, budget), len(cs.grid)
-    cols = min(nc, pairs)
-    rows = max(1, pairs // max(cols, 1))
+    nc = len(cs.grid)
+    rows, cols = chunk_grid(len(qs.words), nc, slots_per_pair(qs, cs), budget)
     out_rows: list[dict[str, Tensor]] = []
     for i in range(0, len(qs.words), rows):
         q = qs.slice(slice(i, i + rows))
@@ -134,7 +133,7 @@ def pair_terms(
     if not terms:
         return {}
     cs = cs.prepared()
-    pairs = pairs_per_chunk(qs, cs, budget)
+    pairs = max(1, budget // slots_per_pair(qs, cs))
     runs = [slice(i, i + pairs) for i in range(0, len(qs.words), pairs)]
     parts = [enhanced_terms(qs.slice(sl), cs.slice(sl), lam, terms, "pairs") for sl in runs]
     return {t: torch.cat([p[t] for p in parts]) for t in terms}
